@@ -1,0 +1,69 @@
+"""cio-queue: a non-blocking, batching asyncio client for the Customer.io Track API."""
+
+from ._config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    Overflow,
+    QueueConfig,
+    Region,
+)
+from ._exceptions import (
+    CioQueueError,
+    ConfigError,
+    DeliveryError,
+    InvalidEventError,
+    QueueClosedError,
+    QueueFullError,
+    QueueUsageError,
+    RateLimitedError,
+    RejectedError,
+    ServerError,
+    TransportError,
+)
+from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
+from ._queue import EventQueue
+from ._replay import replay
+from ._retry import RetryPolicy
+from ._sender import HttpSender, Request, Response, Sender
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_FLUSH_INTERVAL",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_RATE_LIMIT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "CioQueueError",
+    "ConfigError",
+    "DeliveryError",
+    "EventQueue",
+    "HttpSender",
+    "InvalidEventError",
+    "Outcome",
+    "OutcomeStatus",
+    "Overflow",
+    "QueueClosedError",
+    "QueueConfig",
+    "QueueFullError",
+    "QueueUsageError",
+    "RateLimitedError",
+    "Receipt",
+    "Region",
+    "RejectedError",
+    "Request",
+    "Response",
+    "RetryPolicy",
+    "Sender",
+    "ServerError",
+    "Statistics",
+    "TransportError",
+    "__version__",
+    "replay",
+]

@@ -1,0 +1,70 @@
+"""The batch accumulator: pure bookkeeping of what waits for the flusher (no I/O, no awaits)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generic, TypeVar
+
+__all__ = ["BatchAccumulator"]
+
+T = TypeVar("T")
+
+
+class BatchAccumulator(Generic[T]):
+    """Hold items in arrival order and say when a batch should leave.
+
+    A batch is due as soon as ``batch_size`` items wait, or once the oldest waiting item
+    is ``flush_interval`` seconds old, whichever comes first. Times are float seconds on
+    whatever monotonic clock the caller passes in.
+    """
+
+    __slots__ = ("_arrivals", "_items", "batch_size", "flush_interval")
+
+    def __init__(self, batch_size: int, flush_interval: float) -> None:
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self._items: deque[T] = deque()
+        self._arrivals: deque[float] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, item: T, now: float) -> bool:
+        """Add an item; return True when the flusher must re-plan (new deadline or full batch)."""
+        items = self._items
+        items.append(item)
+        self._arrivals.append(now)
+        size = len(items)
+        return size in (1, self.batch_size)
+
+    def popleft(self) -> T:
+        """Remove and return the oldest item (for a drop-oldest overflow)."""
+        self._arrivals.popleft()
+        return self._items.popleft()
+
+    def deadline(self) -> float | None:
+        """Return when the oldest item's batch is due by age, or None when empty."""
+        return self._arrivals[0] + self.flush_interval if self._arrivals else None
+
+    def due(self, now: float) -> bool:
+        """Return whether a batch should leave now."""
+        size = len(self._items)
+        if size >= self.batch_size:
+            return True
+        return size > 0 and now >= self._arrivals[0] + self.flush_interval
+
+    def take(self) -> list[T]:
+        """Remove and return the oldest items, at most ``batch_size`` of them."""
+        count = min(self.batch_size, len(self._items))
+        items, arrivals = self._items, self._arrivals
+        batch = [items.popleft() for _ in range(count)]
+        for _ in range(count):
+            arrivals.popleft()
+        return batch
+
+    def take_all(self) -> list[list[T]]:
+        """Remove everything, as a list of batches of at most ``batch_size``."""
+        batches = []
+        while self._items:
+            batches.append(self.take())
+        return batches

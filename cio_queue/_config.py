@@ -1,0 +1,218 @@
+"""Configuration: one frozen, keyword-only dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import urlsplit
+
+from ._exceptions import ConfigError
+from ._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from ._outcome import Outcome
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_FLUSH_INTERVAL",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_RATE_LIMIT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "OnOutcome",
+    "Overflow",
+    "QueueConfig",
+    "Region",
+]
+
+DEFAULT_BATCH_SIZE: Final = 100
+DEFAULT_FLUSH_INTERVAL: Final = 5.0
+DEFAULT_MAX_QUEUE_SIZE: Final = 10_000
+DEFAULT_MAX_CONCURRENCY: Final = 10
+DEFAULT_REQUEST_TIMEOUT: Final = 10.0
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
+DEFAULT_RATE_LIMIT: Final = 100.0
+"""Requests per second: the Track API's documented fair-use figure (see track-api.md §5)."""
+DEFAULT_RATE_LIMITED_PAUSE: Final = 2.0
+"""Seconds every sender pauses after a 429 that carries no Retry-After."""
+
+Overflow = Literal["block", "raise", "drop_newest", "drop_oldest"]
+OnOutcome = Callable[["Outcome"], "Awaitable[Any] | Any"]
+_OVERFLOWS: Final = ("block", "raise", "drop_newest", "drop_oldest")
+
+
+class Region(enum.Enum):
+    """A Customer.io data centre; its value is the Track API's scheme and host."""
+
+    US = "https://track.customer.io"
+    EU = "https://track-eu.customer.io"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """Everything an EventQueue needs; times are float seconds.
+
+    Attributes:
+        site_id: the workspace's Site ID (the Basic-auth user name).
+        api_key: the Track API key; never shown in a repr, log, exception or file.
+        region: the data centre, used when ``base_url`` is not set.
+        base_url: scheme, host and optional port of the Track API, e.g.
+            ``"http://127.0.0.1:8080"``; overrides ``region``. The library appends
+            ``/api/v1/...``.
+        batch_size: operations the flusher sends together; a batch leaves as soon as
+            this many are waiting.
+        flush_interval: the longest an operation waits in the queue before its batch
+            leaves, even if the batch is not full.
+        max_queue_size: operations accepted but not yet settled (queued, in flight or
+            waiting to retry); beyond it the ``overflow`` policy applies.
+        overflow: what an enqueue call does when the queue is full: ``"raise"``
+            QueueFullError at once, ``"block"`` until there is room (at most
+            ``enqueue_timeout``), ``"drop_newest"`` the new operation or ``"drop_oldest"``
+            the oldest queued one. A drop is counted, logged and reported, never silent.
+        enqueue_timeout: with ``overflow="block"``, the longest a call waits for room
+            before QueueFullError; None waits as long as it takes.
+        max_concurrency: HTTP requests in flight at once, across all batches.
+        request_timeout: the limit on one HTTP request, connect to last byte.
+        shutdown_timeout: the deadline ``aclose()`` gives the drain; what is unsent by
+            then goes to the dead-letter file.
+        retry: the RetryPolicy for failed requests.
+        rate_limit: requests per second across all senders of this queue (no one-second
+            window sees more); None turns it off.
+        rate_limited_pause: how long every sender pauses after a 429 without Retry-After.
+        dead_letter_path: a JSON-lines file that receives every operation that ends
+            rejected, failed or unsent at shutdown; None keeps them only in the outcome.
+        on_outcome: a sync or async callable run once per settled operation.
+    """
+
+    site_id: str
+    api_key: str = field(repr=False)
+    region: Region = Region.US
+    base_url: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    overflow: Overflow = "raise"
+    enqueue_timeout: float | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rate_limit: float | None = DEFAULT_RATE_LIMIT
+    rate_limited_pause: float = DEFAULT_RATE_LIMITED_PAUSE
+    dead_letter_path: str | os.PathLike[str] | None = None
+    on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("site_id", "api_key"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name} must be a non-empty string (see your workspace's "
+                                  "API credentials page)")
+        if not isinstance(self.region, Region):
+            raise ConfigError("region must be Region.US or Region.EU")
+        if self.base_url is not None:
+            _check_base_url(self.base_url)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("max_queue_size", self.max_queue_size)
+        _positive_int("max_concurrency", self.max_concurrency)
+        if self.batch_size > self.max_queue_size:
+            raise ConfigError("batch_size must not exceed max_queue_size")
+        for name in ("flush_interval", "request_timeout", "shutdown_timeout",
+                     "rate_limited_pause"):
+            _positive_seconds(name, getattr(self, name), allow_zero=name == "rate_limited_pause")
+        if self.enqueue_timeout is not None:
+            _positive_seconds("enqueue_timeout", self.enqueue_timeout, allow_zero=True)
+        if self.rate_limit is not None:
+            _positive_seconds("rate_limit", self.rate_limit, allow_zero=False)
+        if self.overflow not in _OVERFLOWS:
+            raise ConfigError(f"overflow must be one of {', '.join(_OVERFLOWS)}; "
+                              f"got {self.overflow!r}")
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigError("retry must be a RetryPolicy")
+        if self.on_outcome is not None and not callable(self.on_outcome):
+            raise ConfigError("on_outcome must be callable")
+        if self.dead_letter_path is not None and not isinstance(self.dead_letter_path,
+                                                                 str | os.PathLike):
+            raise ConfigError("dead_letter_path must be a path")
+
+    @property
+    def track_url(self) -> str:
+        """The scheme, host and port requests go to, without a trailing slash."""
+        return (self.base_url or self.region.value).rstrip("/")
+
+    @property
+    def dead_letter_file(self) -> Path | None:
+        """``dead_letter_path`` as a Path, or None."""
+        return None if self.dead_letter_path is None else Path(self.dead_letter_path)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> QueueConfig:
+        """Build a config from the environment.
+
+        Reads ``CUSTOMERIO_SITE_ID``, ``CUSTOMERIO_API_KEY``, ``CUSTOMERIO_REGION`` (``us``
+        or ``eu``, default ``us``) and the optional ``CUSTOMERIO_BASE_URL``; keyword
+        arguments override or add fields.
+
+        Args:
+            environ: the variables to read; defaults to ``os.environ``.
+            **overrides: QueueConfig fields that take precedence.
+
+        Raises:
+            ConfigError: a required variable is missing (the message names it) or a
+                value is invalid.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in (("site_id", "CUSTOMERIO_SITE_ID"), ("api_key", "CUSTOMERIO_API_KEY")):
+            if name in overrides:
+                continue
+            value = env.get(var, "").strip()
+            if not value:
+                raise ConfigError(f"environment variable {var} is not set")
+            values[name] = value
+        region = env.get("CUSTOMERIO_REGION", "").strip().lower()
+        if region:
+            try:
+                values["region"] = Region[region.upper()]
+            except KeyError:
+                raise ConfigError(
+                    f"CUSTOMERIO_REGION must be 'us' or 'eu', not {region!r}") from None
+        base_url = env.get("CUSTOMERIO_BASE_URL", "").strip()
+        if base_url:
+            values["base_url"] = base_url
+        values.update(overrides)
+        return cls(**values)
+
+
+def _check_base_url(url: object) -> None:
+    if not isinstance(url, str):
+        raise ConfigError("base_url must be a string such as 'https://track.customer.io'")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"base_url must look like 'https://host[:port]', got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError("base_url takes only scheme, host and port; the library appends "
+                          f"/api/v1/... itself (got {url!r})")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"base_url has an invalid port: {url!r}") from exc
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _positive_seconds(name: str, value: object, *, allow_zero: bool) -> None:
+    ok = (isinstance(value, int | float) and not isinstance(value, bool)
+          and math.isfinite(value) and (value >= 0 if allow_zero else value > 0))
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}")

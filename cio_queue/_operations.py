@@ -1,0 +1,382 @@
+"""Operations: validate a call's input and build its wire form, once, at enqueue.
+
+Every builder here is pure and synchronous. It either returns an :class:`Operation`
+whose request (method, percent-encoded path, JSON body bytes) is byte-for-byte what the
+official ``customerio`` 3.2 SDK sends for the same call, plus an event ``id`` on events,
+or raises :class:`InvalidEventError` naming the field. So bad input fails in the
+caller's stack and can never poison a batch later.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import quote
+
+from ._exceptions import InvalidEventError
+
+__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "new_ulid"]
+
+MAX_ID_BYTES: Final = 150
+MAX_ATTRIBUTE_NAME_BYTES: Final = 150
+MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
+MAX_ATTRIBUTES: Final = 300
+MAX_EVENT_NAME_BYTES: Final = 100
+MAX_EVENT_DATA_BYTES: Final = 100_000
+MAX_TIMESTAMP: Final = 99_999_999_999
+"""Eleven digits: anything larger is almost surely milliseconds, not the seconds the API wants."""
+MAX_DEPTH: Final = 64
+MERGE_ID_TYPES: Final = frozenset({"id", "email", "cio_id"})
+PLATFORMS: Final = frozenset({"ios", "android"})
+# Identify attributes whose values are structured by design and may exceed the
+# per-value size limit that applies to ordinary attributes.
+_STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
+EVENT_KINDS: Final = frozenset({"track", "track_anonymous", "pageview", "backfill"})
+
+
+class Operation:
+    """One validated operation and its v1 request, serialised once.
+
+    Attributes:
+        kind: the EventQueue method that made it, e.g. ``"track"``.
+        method: the HTTP method.
+        path: the percent-encoded path below ``/api/v1``, e.g. ``"/customers/42/events"``.
+        body: the JSON body, exactly as the official SDK encodes it.
+        payload: the sanitised body as a dict (for other transports and the dead letters).
+        customer_id: the person the operation is about, as given (None for anonymous and
+            merge operations).
+        event_id: the event's dedupe id (events only).
+        enqueued_at: ``time.time()`` when it was built.
+    """
+
+    __slots__ = ("body", "customer_id", "enqueued_at", "event_id", "kind", "method", "path",
+                 "payload")
+
+    def __init__(self, kind: str, method: str, path: str, payload: dict[str, Any],
+                 *, customer_id: object = None, event_id: str | None = None,
+                 body: bytes | None = None, enqueued_at: float | None = None) -> None:
+        self.kind = kind
+        self.method = method
+        self.path = path
+        self.payload = payload
+        self.body = _encode(payload) if body is None else body
+        self.customer_id = customer_id
+        self.event_id = event_id
+        self.enqueued_at = time.time() if enqueued_at is None else enqueued_at
+
+    def __repr__(self) -> str:
+        return f"<Operation {self.kind} {self.method} {self.path}>"
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    # The same call requests makes for json=: default separators, ASCII, no NaN.
+    return json.dumps(payload, allow_nan=False).encode("ascii")
+
+
+# --- ULID ------------------------------------------------------------------------------
+
+_B32_TO_CROCKFORD: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
+                                           b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+_random = random.Random()  # noqa: S311 - ULIDs need uniqueness, not secrecy
+
+
+def new_ulid() -> str:
+    """Return a new ULID: 48 bits of milliseconds, 80 random bits, 26 Crockford chars."""
+    value = (time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80)
+    # 160 bits encode as 32 base32 characters; the top 30 bits are zero, so the last 26
+    # characters are exactly the 130-bit ULID text.
+    text = base64.b32encode(value.to_bytes(20, "big"))[6:]
+    return text.translate(_B32_TO_CROCKFORD).decode("ascii")
+
+
+# --- validation helpers --------------------------------------------------------------
+
+class _FieldError(Exception):
+    """Internal: a bad value somewhere below a field; the path is prefixed on the way up."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+
+
+def _utf8_len(value: str, field: str) -> int:
+    if value.isascii():
+        return len(value)
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidEventError(field, "contains an unpaired surrogate; not valid text") from None
+
+
+def _check_id(value: object, field: str) -> str:
+    """Check a person or device id and return its path form, as ``str(value)``."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidEventError(field, f"must be a str or int, not {type(value).__name__}")
+    text = str(value)
+    if not text.strip():
+        raise InvalidEventError(field, "must not be blank")
+    size = _utf8_len(text, field)
+    if size > MAX_ID_BYTES:
+        raise InvalidEventError(field, f"is {size} bytes; the limit is {MAX_ID_BYTES}")
+    return text
+
+
+def _check_event_name(name: object, field: str = "name") -> str:
+    if not isinstance(name, str):
+        raise InvalidEventError(field, f"must be a str, not {type(name).__name__}")
+    if not name.strip():
+        raise InvalidEventError(field, "must not be blank")
+    size = _utf8_len(name, field)
+    if size > MAX_EVENT_NAME_BYTES:
+        raise InvalidEventError(field, f"is {size} bytes; the limit is {MAX_EVENT_NAME_BYTES}")
+    return name
+
+
+def _datetime_to_unix(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())
+
+
+def _clean(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911, PLR0912 - a branch per type
+    """Return ``value`` sanitised as the official SDK does, or raise _FieldError.
+
+    datetime becomes int unix seconds (naive means UTC), NaN becomes None, dicts, lists
+    and tuples are copied recursively; anything json cannot encode is refused.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise _FieldError("", "is infinite; JSON has no infinity")
+        return value
+    if depth > MAX_DEPTH:
+        raise _FieldError("", f"is nested more than {MAX_DEPTH} levels deep (or is a cycle)")
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _FieldError("", f"has a {type(key).__name__} key {key!r}; keys must be str")
+            try:
+                out[key] = _clean(item, depth + 1)
+            except _FieldError as exc:
+                exc.path = f".{key}{exc.path}"
+                raise
+        return out
+    if isinstance(value, list | tuple):
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_clean(item, depth + 1))
+            except _FieldError as exc:
+                exc.path = f"[{index}]{exc.path}"
+                raise
+        return items
+    if isinstance(value, datetime):
+        return _datetime_to_unix(value)
+    if isinstance(value, float):  # a float subclass
+        return _clean(float(value), depth)
+    if isinstance(value, str | int):  # str and int subclasses such as enums encode as values
+        return value
+    raise _FieldError("", f"is a {kind.__name__}, which is not JSON-serialisable "
+                          "(convert it to str, int, float, bool, None, list, dict or datetime)")
+
+
+def _clean_mapping(value: object, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidEventError(field, f"must be a dict, not {type(value).__name__}")
+    try:
+        cleaned: dict[str, Any] = _clean(value)
+    except _FieldError as exc:
+        raise InvalidEventError(f"{field}{exc.path}", exc.message) from None
+    return cleaned
+
+
+def _check_data_size(data: dict[str, Any], body: bytes, field: str) -> None:
+    # The body contains the data, so a small body proves small data without a second dump.
+    if len(body) <= MAX_EVENT_DATA_BYTES:
+        return
+    size = len(json.dumps(data).encode("ascii"))
+    if size > MAX_EVENT_DATA_BYTES:
+        raise InvalidEventError(field, f"is {size} bytes of JSON; the limit is "
+                                       f"{MAX_EVENT_DATA_BYTES}")
+
+
+def _check_timestamp(value: object, field: str = "timestamp") -> int:
+    if isinstance(value, datetime):
+        result = _datetime_to_unix(value)
+    elif isinstance(value, bool):
+        raise InvalidEventError(field, "must be unix seconds or a datetime, not a bool")
+    elif isinstance(value, int):
+        result = value
+    elif isinstance(value, float) and math.isfinite(value):
+        result = int(value)
+    elif isinstance(value, str):
+        try:
+            result = int(value)
+        except ValueError:
+            raise InvalidEventError(field, f"{value!r} is not unix seconds") from None
+    else:
+        raise InvalidEventError(field, f"must be unix seconds or a datetime, not "
+                                       f"{type(value).__name__}")
+    if not 0 <= result <= MAX_TIMESTAMP:
+        raise InvalidEventError(field, f"{result} is not unix seconds (milliseconds?)")
+    return result
+
+
+def _check_event_id(value: object) -> str:
+    if value is None:
+        return new_ulid()
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidEventError("id", "must be a non-blank str (a ULID is best) or None")
+    _utf8_len(value, "id")
+    return value
+
+
+def _customer_path(customer_id: str) -> str:
+    return "/customers/" + quote(customer_id, safe="")
+
+
+# --- builders, one per EventQueue method -------------------------------------------
+
+def identify(id: object, attributes: dict[str, Any]) -> Operation:
+    text = _check_id(id, "id")
+    payload = _clean_mapping(attributes, "attributes")
+    if len(payload) > MAX_ATTRIBUTES:
+        raise InvalidEventError("attributes", f"has {len(payload)} attributes; the limit is "
+                                              f"{MAX_ATTRIBUTES} per call")
+    for name, value in payload.items():
+        field = f"attributes.{name}"
+        size = _utf8_len(name, field)
+        if size > MAX_ATTRIBUTE_NAME_BYTES:
+            raise InvalidEventError(field, f"name is {size} bytes; the limit is "
+                                           f"{MAX_ATTRIBUTE_NAME_BYTES}")
+        if name in _STRUCTURED_ATTRIBUTES:
+            continue
+        size = (_utf8_len(value, field) if isinstance(value, str)
+                else len(json.dumps(value).encode("ascii")))
+        if size > MAX_ATTRIBUTE_VALUE_BYTES:
+            raise InvalidEventError(field, f"value is {size} bytes; the limit is "
+                                           f"{MAX_ATTRIBUTE_VALUE_BYTES}")
+    return Operation("identify", "PUT", _customer_path(text), payload, customer_id=id)
+
+
+def _event_payload(name: object, data: object, event_id: object,
+                   timestamp: object) -> tuple[dict[str, Any], str]:
+    payload: dict[str, Any] = {
+        "name": _check_event_name(name),
+        "data": {} if data is None else _clean_mapping(data, "data"),
+    }
+    eid = _check_event_id(event_id)
+    payload["id"] = eid
+    if timestamp is not None:
+        payload["timestamp"] = _check_timestamp(timestamp)
+    return payload, eid
+
+
+def track(customer_id: object, name: object, data: object, event_id: object,
+          timestamp: object) -> Operation:
+    text = _check_id(customer_id, "customer_id")
+    payload, eid = _event_payload(name, data, event_id, timestamp)
+    op = Operation("track", "POST", _customer_path(text) + "/events", payload,
+                   customer_id=customer_id, event_id=eid)
+    _check_data_size(payload["data"], op.body, "data")
+    return op
+
+
+def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
+                    timestamp: object) -> Operation:
+    payload, eid = _event_payload(name, data, event_id, timestamp)
+    if anonymous_id is not None and anonymous_id != "":
+        _check_id(anonymous_id, "anonymous_id")
+        payload["anonymous_id"] = anonymous_id
+    elif "recipient" not in payload["data"]:
+        raise InvalidEventError("anonymous_id", "is blank: an event without one is an invite "
+                                                "and needs data['recipient']")
+    op = Operation("track_anonymous", "POST", "/events", payload, event_id=eid)
+    _check_data_size(payload["data"], op.body, "data")
+    return op
+
+
+def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operation:
+    text = _check_id(customer_id, "customer_id")
+    eid = new_ulid()
+    payload: dict[str, Any] = {"type": "page", "name": _check_event_name(page, "page"),
+               "data": _clean_mapping(data, "data"), "id": eid}
+    op = Operation("pageview", "POST", _customer_path(text) + "/events", payload,
+                   customer_id=customer_id, event_id=eid)
+    _check_data_size(payload["data"], op.body, "data")
+    return op
+
+
+def backfill(customer_id: object, name: object, timestamp: object,
+             data: dict[str, Any]) -> Operation:
+    text = _check_id(customer_id, "customer_id")
+    eid = new_ulid()
+    payload: dict[str, Any] = {"name": _check_event_name(name),
+                               "data": _clean_mapping(data, "data"),
+               "timestamp": _check_timestamp(timestamp), "id": eid}
+    op = Operation("backfill", "POST", _customer_path(text) + "/events", payload,
+                   customer_id=customer_id, event_id=eid)
+    _check_data_size(payload["data"], op.body, "data")
+    return op
+
+
+def _bare(kind: str, method: str, suffix: str, customer_id: object) -> Operation:
+    text = _check_id(customer_id, "customer_id")
+    return Operation(kind, method, _customer_path(text) + suffix, {},
+                     customer_id=customer_id)
+
+
+def delete(customer_id: object) -> Operation:
+    return _bare("delete", "DELETE", "", customer_id)
+
+
+def suppress(customer_id: object) -> Operation:
+    return _bare("suppress", "POST", "/suppress", customer_id)
+
+
+def unsuppress(customer_id: object) -> Operation:
+    return _bare("unsuppress", "POST", "/unsuppress", customer_id)
+
+
+def add_device(customer_id: object, device_id: object, platform: object,
+               data: dict[str, Any]) -> Operation:
+    text = _check_id(customer_id, "customer_id")
+    _check_id(device_id, "device_id")
+    if platform not in PLATFORMS:
+        raise InvalidEventError("platform", f"must be 'ios' or 'android', not {platform!r}")
+    device = _clean_mapping(data, "data")
+    device.update({"id": device_id, "platform": platform})
+    return Operation("add_device", "PUT", _customer_path(text) + "/devices", {"device": device},
+                     customer_id=customer_id)
+
+
+def delete_device(customer_id: object, device_id: object) -> Operation:
+    text = _check_id(customer_id, "customer_id")
+    device = _check_id(device_id, "device_id")
+    return Operation("delete_device", "DELETE",
+                     f"{_customer_path(text)}/devices/{quote(device, safe='')}", {},
+                     customer_id=customer_id)
+
+
+def merge_customers(primary_id_type: object, primary_id: object, secondary_id_type: object,
+                    secondary_id: object) -> Operation:
+    for field, id_type in (("primary_id_type", primary_id_type),
+                           ("secondary_id_type", secondary_id_type)):
+        if id_type not in MERGE_ID_TYPES:
+            raise InvalidEventError(field, f"must be one of 'cio_id', 'email', 'id', "
+                                           f"not {id_type!r}")
+    _check_id(primary_id, "primary_id")
+    _check_id(secondary_id, "secondary_id")
+    payload = {"primary": {primary_id_type: primary_id},
+               "secondary": {secondary_id_type: secondary_id}}
+    return Operation("merge_customers", "POST", "/merge_customers", payload)

@@ -1,0 +1,133 @@
+"""Outcomes: how every accepted operation ends, and the receipts that report it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+
+from ._exceptions import DeliveryError
+
+__all__ = ["Outcome", "OutcomeStatus", "Receipt", "Statistics"]
+
+
+class OutcomeStatus(enum.Enum):
+    """The one way an accepted operation ends."""
+
+    DELIVERED = "delivered"
+    """The API answered 2xx."""
+    REJECTED = "rejected"
+    """The API refused it (4xx other than 408/429); it was not retried."""
+    FAILED = "failed"
+    """Retries ran out, or it was unsent at the shutdown deadline with no dead-letter file."""
+    DROPPED = "dropped"
+    """The overflow policy dropped it from a full queue."""
+    DEAD_LETTERED = "dead_lettered"
+    """It was unsent at the shutdown deadline and was written to the dead-letter file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The final record of one operation.
+
+    Attributes:
+        status: how it ended.
+        kind: the method that enqueued it, e.g. ``"track"``.
+        customer_id: the person it was about, as given (None for anonymous events and merges).
+        event_id: the event's dedupe id (events only).
+        attempts: HTTP attempts made.
+        reason: a short machine-readable cause for anything but delivery, e.g.
+            ``"rejected"``, ``"retries_exhausted"``, ``"retry_timeout"``, ``"queue_full"``,
+            ``"shutdown_deadline"``.
+        error: the last delivery error, if any.
+    """
+
+    status: OutcomeStatus
+    kind: str
+    customer_id: object = None
+    event_id: str | None = None
+    attempts: int = 0
+    reason: str | None = None
+    error: DeliveryError | None = None
+
+
+class Receipt:
+    """Returned by every enqueue call; ``await receipt.wait()`` gives the final Outcome.
+
+    Awaiting it is optional: the operation is delivered (or its failure recorded)
+    whether or not anybody waits.
+    """
+
+    __slots__ = ("_outcome", "_waiter", "event_id", "kind")
+
+    def __init__(self, kind: str, event_id: str | None) -> None:
+        self.kind = kind
+        self.event_id = event_id
+        self._outcome: Outcome | None = None
+        self._waiter: asyncio.Future[Outcome] | None = None
+
+    def __repr__(self) -> str:
+        state = self._outcome.status.value if self._outcome else "pending"
+        return f"<Receipt {self.kind} {state}>"
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The Outcome once settled, else None."""
+        return self._outcome
+
+    def done(self) -> bool:
+        """Return whether the operation has settled."""
+        return self._outcome is not None
+
+    async def wait(self) -> Outcome:
+        """Wait until the operation settles and return its Outcome.
+
+        This waits as long as delivery takes (bounded by the retry policy's timeout and
+        the shutdown deadline); wrap it in ``anyio.fail_after`` for a tighter bound.
+        """
+        if self._outcome is not None:
+            return self._outcome
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._waiter)
+
+    def _settle(self, outcome: Outcome) -> None:
+        self._outcome = outcome
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """A snapshot of a queue's counters.
+
+    ``enqueued == delivered + rejected + failed + dropped + dead_lettered + pending``
+    holds in every snapshot.
+
+    Attributes:
+        enqueued: operations accepted by an enqueue call (including any later dropped).
+        delivered: operations the API accepted.
+        rejected: operations the API refused with a non-retryable status.
+        failed: operations given up after retries, or unsent at shutdown with no file.
+        dropped: operations dropped by the overflow policy.
+        dead_lettered: operations unsent at shutdown and written to the dead-letter file.
+        pending: operations accepted and not yet settled (queued, in flight or retrying).
+        queued: of the pending, those still waiting for the flusher.
+        batches: batches the flusher has handed to the sender.
+        requests: HTTP requests started (attempts, including retries).
+        retries: attempts after an operation's first.
+        rate_limited: 429 responses received.
+    """
+
+    enqueued: int = 0
+    delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+    pending: int = 0
+    queued: int = 0
+    batches: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0

@@ -1,0 +1,673 @@
+"""EventQueue: the public facade, the flusher and per-operation delivery.
+
+The pipeline: an enqueue call validates and serialises its operation (``_operations``),
+then appends it to the pure ``BatchAccumulator``. One flusher task hands a batch to a
+new batch task as soon as ``batch_size`` operations wait or the oldest has waited
+``flush_interval``. A batch task gathers one delivery coroutine per operation, with
+exceptions kept as results; each delivery waits for a concurrency token, the shared 429
+gate and the rate limit, sends, and retries by the RetryPolicy, sleeping without holding
+a token, so a batch that backs off never holds up other batches, the flusher or intake.
+Every operation is settled exactly once, by ``_settle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import time
+import weakref
+from collections import deque
+from typing import Any, Final, Literal
+
+import anyio
+import structlog
+
+from . import _operations as ops
+from ._accumulator import BatchAccumulator
+from ._config import OnOutcome, QueueConfig
+from ._deadletter import DeadLetterFile, record_for
+from ._exceptions import (
+    DeliveryError,
+    QueueClosedError,
+    QueueFullError,
+    QueueUsageError,
+    RateLimitedError,
+    TransportError,
+)
+from ._operations import Operation
+from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
+from ._pacing import RequestPacer
+from ._sender import HttpSender, Request, Sender, classify
+
+__all__ = ["EventQueue"]
+
+log = structlog.get_logger("cio_queue")
+
+_V1_PREFIX: Final = "/api/v1"
+_CLOSE_MARGIN: Final = 2.0
+"""Seconds past ``shutdown_timeout`` that ``aclose`` allows for writing the dead letters,
+running the last callbacks and closing connections."""
+
+_State = Literal["new", "running", "closing", "closed"]
+
+# Queues alive in this process, so a fork can mark them unusable in the child.
+_live_queues: weakref.WeakSet[EventQueue] = weakref.WeakSet()
+
+
+def _mark_forked() -> None:
+    for queue in list(_live_queues):
+        queue._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mark_forked)
+
+
+class _AbandonedError(Exception):
+    """Internal: the shutdown deadline left no time for this operation's next step."""
+
+
+class _Entry:
+    """An accepted operation and its delivery state."""
+
+    __slots__ = ("attempts", "failures", "first_attempt", "op", "receipt")
+
+    def __init__(self, op: Operation) -> None:
+        self.op = op
+        self.receipt = Receipt(op.kind, op.event_id)
+        self.attempts = 0
+        self.failures = 0
+        self.first_attempt = 0.0
+
+
+class _Counters:
+    __slots__ = (
+        "batches",
+        "dead_lettered",
+        "delivered",
+        "dropped",
+        "enqueued",
+        "failed",
+        "pending",
+        "rate_limited",
+        "rejected",
+        "requests",
+        "retries",
+    )
+
+    def __init__(self) -> None:
+        self.enqueued = self.delivered = self.rejected = self.failed = 0
+        self.dropped = self.dead_lettered = self.pending = 0
+        self.batches = self.requests = self.retries = self.rate_limited = 0
+
+
+class EventQueue:
+    """Queue Customer.io Track API operations in memory and deliver them in the background.
+
+    Use it as an async context manager (``async with EventQueue(config) as cio:``), or
+    call :meth:`start` and :meth:`aclose` yourself, e.g. in an app's lifespan. The first
+    enqueue call starts it if you have not. Method names and arguments match the official
+    ``customerio.CustomerIO`` client; each call validates its input, enqueues without any
+    network I/O, and returns a :class:`Receipt`.
+
+    A queue belongs to the event loop it started in and to the process that made it.
+    """
+
+    def __init__(self, config: QueueConfig, *, on_outcome: OnOutcome | None = None,
+                 sender: Sender | None = None) -> None:
+        """Create a queue; nothing runs until :meth:`start` or the first enqueue.
+
+        Args:
+            config: the QueueConfig.
+            on_outcome: overrides ``config.on_outcome``: a sync or async callable run once
+                per settled operation. A sync one runs on the event loop, so keep it quick;
+                an exception it raises is logged and never stops delivery.
+            sender: the I/O layer; defaults to an aiohttp HttpSender for ``config``.
+        """
+        self._config = config
+        self._on_outcome = on_outcome if on_outcome is not None else config.on_outcome
+        self._sender: Sender = sender if sender is not None else HttpSender(config)
+        self._acc: BatchAccumulator[_Entry] = BatchAccumulator(config.batch_size,
+                                                               config.flush_interval)
+        self._counters = _Counters()
+        self._pacer = RequestPacer(config.rate_limit)
+        dead_letter = config.dead_letter_file
+        self._dead_letters = DeadLetterFile(dead_letter) if dead_letter else None
+        self._state: _State = "new"
+        self._forked = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._wake: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._batches: dict[asyncio.Task[None], list[_Entry]] = {}
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        self._sleepers: set[asyncio.Future[None]] = set()
+        self._callbacks: set[asyncio.Task[Any]] = set()
+        self._abandoned: list[_Entry] = []
+        self._deadline: float | None = None
+        self._closed: asyncio.Event | None = None
+        _live_queues.add(self)
+
+    def __repr__(self) -> str:
+        c = self._counters
+        return (f"<EventQueue {self._state} site_id={self._config.site_id!r} "
+                f"pending={c.pending} delivered={c.delivered}>")
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> EventQueue:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start the flusher in the running event loop (idempotent).
+
+        Raises:
+            QueueClosedError: the queue was closed.
+            QueueUsageError: another event loop or a forked child.
+        """
+        self._start()
+
+    def _start(self) -> None:
+        self._check_context()
+        if self._state == "running":
+            return
+        if self._state != "new":
+            raise QueueClosedError("this EventQueue is closed; create a new one")
+        self._loop = asyncio.get_running_loop()
+        self._limiter = anyio.CapacityLimiter(self._config.max_concurrency)
+        self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._state = "running"
+        self._flusher = self._loop.create_task(self._run_flusher(), name="cio_queue.flusher")
+
+    def _check_context(self) -> None:
+        if self._forked:
+            raise QueueUsageError(
+                "this EventQueue was created before os.fork(); a forked child cannot use its "
+                "parent's queue or connections: create a new EventQueue in the child "
+                "(for example in the worker's lifespan)")
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise QueueUsageError(
+                "this EventQueue belongs to another event loop; create one per event loop")
+
+    async def flush(self) -> Statistics:
+        """Send everything queued now and wait until it, and all in flight, has settled.
+
+        Each operation is bounded by the retry policy's ``timeout``; for a tighter bound
+        wrap the call in ``anyio.fail_after`` (delivery then goes on in the background).
+
+        Returns:
+            The statistics after the wait.
+        """
+        if self._state == "new":
+            return self.statistics()
+        self._check_context()
+        for batch in self._acc.take_all():
+            self._dispatch(batch)
+        tasks = list(self._batches)
+        if tasks:
+            await asyncio.wait(tasks)
+        return self.statistics()
+
+    async def aclose(self) -> Statistics:
+        """Stop intake, drain within ``shutdown_timeout``, and return the final statistics.
+
+        Later enqueue calls raise QueueClosedError. Whatever is unsent at the deadline,
+        queued, in flight or waiting to retry, is written to the dead-letter file (or,
+        with no file configured, ends ``failed``), so nothing accepted is left pending.
+        Returns within ``shutdown_timeout`` plus a small margin even when the API is down
+        or hanging. Safe to call more than once.
+        """
+        if self._state == "new":
+            self._state = "closed"
+            await self._close_sender()
+            return self.statistics()
+        self._check_context()
+        assert self._closed is not None
+        if self._state != "running":
+            await self._closed.wait()
+            return self.statistics()
+        self._state = "closing"
+        self._deadline = time.monotonic() + self._config.shutdown_timeout
+        for waiter in self._room_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._wake_sleepers()
+        try:
+            if self._flusher is not None:
+                self._flusher.cancel()
+            for batch in self._acc.take_all():
+                self._dispatch(batch)
+            tasks = list(self._batches)
+            if tasks:
+                await asyncio.wait(tasks, timeout=self._config.shutdown_timeout)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_MARGIN):
+                await self._finish_close()
+        return self.statistics()
+
+    async def _finish_close(self) -> None:
+        leftovers = list(self._batches.items())
+        for task, _ in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait([task for task, _ in leftovers], timeout=_CLOSE_MARGIN / 4)
+        unsent = [e for _, batch in leftovers for e in batch if not e.receipt.done()]
+        unsent.extend(e for e in self._abandoned if not e.receipt.done())
+        unsent.extend(e for batch in self._acc.take_all() for e in batch)
+        self._abandoned.clear()
+        if unsent:
+            await self._spill(unsent)
+        if self._callbacks:
+            await asyncio.wait(list(self._callbacks), timeout=_CLOSE_MARGIN / 4)
+        await self._close_sender()
+        self._state = "closed"
+        assert self._closed is not None
+        self._closed.set()
+        c = self._counters
+        log.info("cio_queue.closed", delivered=c.delivered, rejected=c.rejected,
+                 failed=c.failed, dropped=c.dropped, dead_lettered=c.dead_lettered,
+                 pending=c.pending)
+
+    async def _close_sender(self) -> None:
+        try:
+            with anyio.move_on_after(_CLOSE_MARGIN / 4):
+                await self._sender.aclose()
+        except Exception:
+            log.exception("cio_queue.sender_close_failed")
+
+    async def _spill(self, entries: list[_Entry]) -> None:
+        """Settle operations left unsent at the shutdown deadline."""
+        now = time.time()
+        if self._dead_letters is not None:
+            records = [record_for(e.op, reason="shutdown_deadline", attempts=e.attempts,
+                                  status=None, error=None, now=now) for e in entries]
+            try:
+                await self._dead_letters.append(records)
+            except OSError:
+                log.exception("cio_queue.dead_letter_write_failed", count=len(records),
+                              path=str(self._dead_letters.path))
+            else:
+                for e in entries:
+                    self._settle(e, OutcomeStatus.DEAD_LETTERED, "shutdown_deadline")
+                log.warning("cio_queue.dead_lettered", count=len(entries),
+                            path=str(self._dead_letters.path))
+                return
+        for e in entries:
+            self._settle(e, OutcomeStatus.FAILED, "shutdown_deadline")
+        log.error("cio_queue.unsent_at_shutdown", count=len(entries),
+                  hint="set dead_letter_path to keep them for replay")
+
+    # --- statistics ----------------------------------------------------------------------
+
+    def statistics(self) -> Statistics:
+        """Return a snapshot of the counters; see :class:`Statistics` for the invariant."""
+        c = self._counters
+        return Statistics(
+            enqueued=c.enqueued, delivered=c.delivered, rejected=c.rejected, failed=c.failed,
+            dropped=c.dropped, dead_lettered=c.dead_lettered, pending=c.pending,
+            queued=len(self._acc), batches=c.batches, requests=c.requests,
+            retries=c.retries, rate_limited=c.rate_limited,
+        )
+
+    # --- the public operations, shaped like customerio.CustomerIO ------------------------
+
+    async def identify(self, id: str | int, **attributes: Any) -> Receipt:
+        """Create or update a person (``PUT /api/v1/customers/{id}``).
+
+        Raises:
+            InvalidEventError: a blank or wrong-typed id, or a bad attribute.
+            QueueClosedError, QueueFullError, QueueUsageError: see the class docs.
+        """
+        self._ready()
+        return await self._submit(ops.identify(id, attributes))
+
+    async def track(self, customer_id: str | int, name: str, data: dict[str, Any] | None = None,
+                    id: str | None = None, timestamp: Any = None) -> Receipt:
+        """Track an event for a person (``POST /api/v1/customers/{id}/events``).
+
+        Args:
+            customer_id: the person's id, email or ``cio_``-prefixed cio_id.
+            name: the event name (at most 100 bytes).
+            data: event data (at most 100,000 bytes of JSON).
+            id: a dedupe id; a ULID is assigned when None and reused on every retry.
+            timestamp: unix seconds or a datetime (naive means UTC).
+        """
+        self._ready()
+        return await self._submit(ops.track(customer_id, name, data, id, timestamp))
+
+    async def track_anonymous(self, anonymous_id: str | int | None, name: str,
+                              data: dict[str, Any] | None = None, id: str | None = None,
+                              timestamp: Any = None) -> Receipt:
+        """Track an event for an anonymous visitor (``POST /api/v1/events``).
+
+        A blank ``anonymous_id`` makes an invite event, which needs ``data["recipient"]``.
+        """
+        self._ready()
+        return await self._submit(ops.track_anonymous(anonymous_id, name, data, id, timestamp))
+
+    async def pageview(self, customer_id: str | int, page: str, **data: Any) -> Receipt:
+        """Track a page view (an event of type ``page`` named after the page)."""
+        self._ready()
+        return await self._submit(ops.pageview(customer_id, page, data))
+
+    async def backfill(self, customer_id: str | int, name: str, timestamp: Any,
+                       **data: Any) -> Receipt:
+        """Track a past event with its required timestamp."""
+        self._ready()
+        return await self._submit(ops.backfill(customer_id, name, timestamp, data))
+
+    async def delete(self, customer_id: str | int) -> Receipt:
+        """Delete a person (``DELETE /api/v1/customers/{id}``)."""
+        self._ready()
+        return await self._submit(ops.delete(customer_id))
+
+    async def add_device(self, customer_id: str | int, device_id: str, platform: str,
+                         **data: Any) -> Receipt:
+        """Add or update a device; extra keyword arguments go into the device object."""
+        self._ready()
+        return await self._submit(ops.add_device(customer_id, device_id, platform, data))
+
+    async def delete_device(self, customer_id: str | int, device_id: str) -> Receipt:
+        """Delete a person's device."""
+        self._ready()
+        return await self._submit(ops.delete_device(customer_id, device_id))
+
+    async def suppress(self, customer_id: str | int) -> Receipt:
+        """Suppress a person: delete the profile and block the id from coming back."""
+        self._ready()
+        return await self._submit(ops.suppress(customer_id))
+
+    async def unsuppress(self, customer_id: str | int) -> Receipt:
+        """Lift a person's suppression."""
+        self._ready()
+        return await self._submit(ops.unsuppress(customer_id))
+
+    async def merge_customers(self, primary_id_type: str, primary_id: str | int,
+                              secondary_id_type: str, secondary_id: str | int) -> Receipt:
+        """Merge the secondary person into the primary; id types are id, email, cio_id."""
+        self._ready()
+        return await self._submit(ops.merge_customers(primary_id_type, primary_id,
+                                                      secondary_id_type, secondary_id))
+
+    # --- intake ----------------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        """Refuse intake early, before validation, when the queue cannot take it."""
+        if self._state != "running":
+            if self._state == "new":
+                self._start()
+                return
+            raise QueueClosedError("this EventQueue is closed; no new operations are accepted")
+        if self._forked or self._loop is not asyncio.get_running_loop():
+            self._check_context()
+
+    async def _submit(self, op: Operation) -> Receipt:
+        entry = _Entry(op)
+        c = self._counters
+        if c.pending >= self._config.max_queue_size and not await self._make_room(entry):
+            return entry.receipt
+        c.enqueued += 1
+        c.pending += 1
+        if self._acc.append(entry, time.monotonic()):
+            assert self._wake is not None
+            self._wake.set()
+        return entry.receipt
+
+    async def _make_room(self, entry: _Entry) -> bool:
+        """Apply the overflow policy; return whether ``entry`` may still be enqueued."""
+        policy = self._config.overflow
+        if policy == "raise":
+            raise QueueFullError(f"the queue holds {self._config.max_queue_size} pending "
+                                 "operations (overflow='raise')")
+        if policy == "block":
+            while self._counters.pending >= self._config.max_queue_size:
+                assert self._loop is not None
+                waiter = self._loop.create_future()
+                self._room_waiters.append(waiter)
+                try:
+                    with anyio.fail_after(self._config.enqueue_timeout):
+                        await waiter
+                except TimeoutError:
+                    raise QueueFullError(
+                        f"no room in the queue within enqueue_timeout="
+                        f"{self._config.enqueue_timeout}s (overflow='block')") from None
+                finally:
+                    if waiter in self._room_waiters:
+                        self._room_waiters.remove(waiter)
+                if self._state != "running":
+                    raise QueueClosedError("the EventQueue closed while this call waited")
+            return True
+        victim = entry
+        if policy == "drop_oldest" and len(self._acc):
+            victim = self._acc.popleft()
+        self._counters.enqueued += victim is entry
+        self._counters.pending += victim is entry
+        self._settle(victim, OutcomeStatus.DROPPED, "queue_full")
+        log.warning("cio_queue.dropped", reason="queue_full", policy=policy, kind=victim.op.kind,
+                    max_queue_size=self._config.max_queue_size)
+        return victim is not entry
+
+    # --- settling ------------------------------------------------------------------------------
+
+    def _settle(self, entry: _Entry, status: OutcomeStatus, reason: str | None = None,
+                error: DeliveryError | None = None) -> Outcome:
+        op = entry.op
+        outcome = Outcome(status, op.kind, op.customer_id, op.event_id, entry.attempts,
+                          reason, error)
+        entry.receipt._settle(outcome)
+        c = self._counters
+        c.pending -= 1
+        if status is OutcomeStatus.DELIVERED:
+            c.delivered += 1
+        elif status is OutcomeStatus.REJECTED:
+            c.rejected += 1
+        elif status is OutcomeStatus.FAILED:
+            c.failed += 1
+        elif status is OutcomeStatus.DROPPED:
+            c.dropped += 1
+        else:
+            c.dead_lettered += 1
+        waiters = self._room_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if self._on_outcome is not None:
+            self._run_callback(outcome)
+        return outcome
+
+    def _run_callback(self, outcome: Outcome) -> None:
+        assert self._on_outcome is not None
+        try:
+            result = self._on_outcome(outcome)
+            if inspect.isawaitable(result):
+                assert self._loop is not None
+                task = self._loop.create_task(_await(result))
+                self._callbacks.add(task)
+                task.add_done_callback(self._callback_done)
+        except Exception:
+            log.exception("cio_queue.on_outcome_failed", kind=outcome.kind)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cio_queue.on_outcome_failed", exc_info=task.exception())
+
+    # --- the flusher --------------------------------------------------------------------------
+
+    async def _run_flusher(self) -> None:
+        acc = self._acc
+        wake = self._wake
+        assert wake is not None
+        while True:
+            now = time.monotonic()
+            if acc.due(now):
+                self._dispatch(acc.take())
+                continue
+            wake.clear()
+            deadline = acc.deadline()
+            if deadline is None:
+                await wake.wait()
+            else:
+                with anyio.move_on_after(deadline - now):
+                    await wake.wait()
+
+    def _dispatch(self, batch: list[_Entry]) -> None:
+        assert self._loop is not None
+        self._counters.batches += 1
+        task = self._loop.create_task(self._send_batch(batch))
+        self._batches[task] = batch
+        task.add_done_callback(self._batches.pop)
+
+    async def _send_batch(self, batch: list[_Entry]) -> None:
+        started = time.monotonic()
+        results = await asyncio.gather(*(self._deliver(e) for e in batch),
+                                       return_exceptions=True)
+        failures: list[tuple[_Entry, Outcome]] = []
+        counts = {"delivered": 0, "rejected": 0, "failed": 0, "abandoned": 0}
+        for entry, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                    raise result
+                # A bug, not a delivery failure; still, the operation must not vanish.
+                log.error("cio_queue.delivery_crashed", kind=entry.op.kind, exc_info=result)
+                outcome = self._settle(entry, OutcomeStatus.FAILED, "internal_error")
+            elif result is None:
+                counts["abandoned"] += 1
+                continue
+            else:
+                outcome = result
+            counts[outcome.status.value] += 1
+            if outcome.status is not OutcomeStatus.DELIVERED:
+                failures.append((entry, outcome))
+        if failures and self._dead_letters is not None:
+            await self._record_failures(failures)
+        duration = round(time.monotonic() - started, 4)
+        attempts = sum(e.attempts for e in batch)
+        if len(batch) == counts["delivered"]:
+            log.info("cio_queue.batch_sent", operations=len(batch), attempts=attempts,
+                     duration=duration)
+        else:
+            last = failures[-1][1].error if failures else None
+            log.warning("cio_queue.batch_failed", operations=len(batch), attempts=attempts,
+                        duration=duration, status=last.status if last else None, **counts)
+
+    async def _record_failures(self, failures: list[tuple[_Entry, Outcome]]) -> None:
+        assert self._dead_letters is not None
+        now = time.time()
+        records = [record_for(e.op, reason=o.reason or o.status.value, attempts=o.attempts,
+                              status=o.error.status if o.error else None,
+                              error=str(o.error) if o.error else None, now=now)
+                   for e, o in failures]
+        try:
+            await self._dead_letters.append(records)
+        except OSError:
+            log.exception("cio_queue.dead_letter_write_failed", count=len(records),
+                          path=str(self._dead_letters.path))
+
+    # --- delivery of one operation ---------------------------------------------------------
+
+    async def _deliver(self, entry: _Entry) -> Outcome | None:
+        """Deliver one operation with retries; return its Outcome, or None if abandoned."""
+        policy = self._config.retry
+        limiter = self._limiter
+        assert limiter is not None
+        op = entry.op
+        request = Request(op.method, _V1_PREFIX + op.path, op.body)
+        c = self._counters
+        try:
+            while True:
+                async with limiter:
+                    await self._pace()
+                    if entry.attempts == 0:
+                        entry.first_attempt = time.monotonic()
+                    else:
+                        c.retries += 1
+                    entry.attempts += 1
+                    c.requests += 1
+                    error: DeliveryError | None
+                    try:
+                        error = classify(await self._sender.send(request))
+                    except TransportError as exc:
+                        error = exc
+                if error is None:
+                    return self._settle(entry, OutcomeStatus.DELIVERED)
+                if not error.retryable:
+                    return self._settle(entry, OutcomeStatus.REJECTED, "rejected", error)
+                delay = self._retry_delay(entry, error)
+                if delay is None:
+                    return self._settle(entry, OutcomeStatus.FAILED, "retries_exhausted", error)
+                if time.monotonic() + delay - entry.first_attempt > policy.timeout:
+                    return self._settle(entry, OutcomeStatus.FAILED, "retry_timeout", error)
+                await self._sleep(delay)
+        except _AbandonedError:
+            self._abandoned.append(entry)
+            return None
+
+    def _retry_delay(self, entry: _Entry, error: DeliveryError) -> float | None:
+        """Return the wait before the next attempt, or None when attempts are spent."""
+        policy = self._config.retry
+        if isinstance(error, RateLimitedError):
+            # A 429 pauses every sender through the gate and costs no attempt.
+            self._counters.rate_limited += 1
+            pause = (self._config.rate_limited_pause if error.retry_after is None
+                     else policy.clamp_retry_after(error.retry_after))
+            self._pacer.close_gate(time.monotonic(), pause)
+            return pause
+        entry.failures += 1
+        if entry.failures >= policy.attempts:
+            return None
+        if error.retry_after is not None:
+            return policy.clamp_retry_after(error.retry_after)
+        return policy.backoff(entry.failures)
+
+    async def _pace(self) -> None:
+        """Wait for the 429 gate and a rate-limit slot."""
+        pacer = self._pacer
+        while True:
+            delay = pacer.reserve(time.monotonic())
+            if delay <= 0:
+                return
+            await self._sleep(delay)
+            if pacer.gate_until <= time.monotonic():
+                return
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early at shutdown; raise _AbandonedError if it would cross the deadline."""
+        loop = self._loop
+        assert loop is not None
+        end = time.monotonic() + seconds
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._deadline is not None and end > self._deadline:
+                raise _AbandonedError
+            waiter: asyncio.Future[None] = loop.create_future()
+            handle = loop.call_later(remaining, _resolve, waiter)
+            self._sleepers.add(waiter)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
+                self._sleepers.discard(waiter)
+
+    def _wake_sleepers(self) -> None:
+        for waiter in self._sleepers:
+            _resolve(waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable

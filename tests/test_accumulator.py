@@ -1,0 +1,68 @@
+"""Unit tests of the pure batch accumulator and the request pacer."""
+
+from __future__ import annotations
+
+from cio_queue._accumulator import BatchAccumulator
+from cio_queue._pacing import RATE_GUARD, RequestPacer
+
+
+def test_a_batch_is_due_when_full() -> None:
+    """batch_size waiting items make a batch due at once, whatever their age."""
+    acc: BatchAccumulator[int] = BatchAccumulator(3, 5.0)
+    assert acc.append(1, 0.0)  # first item: a new deadline to plan for
+    assert not acc.append(2, 0.0)
+    assert not acc.due(0.0)
+    assert acc.append(3, 0.0)  # full
+    assert acc.due(0.0)
+    assert acc.take() == [1, 2, 3]
+    assert not acc.due(100.0)
+
+
+def test_a_batch_is_due_when_the_oldest_item_is_flush_interval_old() -> None:
+    """A partial batch is due once its oldest item has waited flush_interval."""
+    acc: BatchAccumulator[str] = BatchAccumulator(100, 5.0)
+    acc.append("a", 10.0)
+    acc.append("b", 12.0)
+    assert acc.deadline() == 15.0
+    assert not acc.due(14.99)
+    assert acc.due(15.0)
+    assert acc.take() == ["a", "b"]
+    assert acc.deadline() is None
+
+
+def test_take_all_splits_into_batches_and_popleft_drops_the_oldest() -> None:
+    """take_all returns batch_size chunks in order; popleft removes the oldest item."""
+    acc: BatchAccumulator[int] = BatchAccumulator(4, 1.0)
+    for i in range(10):
+        acc.append(i, float(i))
+    assert acc.popleft() == 0
+    assert acc.deadline() == 2.0
+    assert acc.take_all() == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert len(acc) == 0
+
+
+def test_pacer_never_lets_a_window_hold_more_than_the_rate() -> None:
+    """With rate r, any window of one second (plus guard) holds at most r start times."""
+    pacer = RequestPacer(10)
+    starts = [0.0 + pacer.reserve(0.0) for _ in range(35)]
+    assert starts[:10] == [0.0] * 10
+    assert starts[10] == 1.0 + RATE_GUARD
+    for i in range(len(starts) - 10):
+        assert starts[i + 10] - starts[i] >= 1.0
+
+
+def test_pacer_without_a_rate_only_obeys_the_gate() -> None:
+    """rate=None means no limit, but a closed 429 gate still holds every request back."""
+    pacer = RequestPacer(None)
+    assert pacer.reserve(5.0) == 0
+    pacer.close_gate(5.0, 2.0)
+    pacer.close_gate(5.5, 0.5)  # a shorter pause never shortens the gate
+    assert pacer.reserve(6.0) == 1.0
+    assert pacer.reserve(7.5) == 0
+
+
+def test_pacer_with_a_fractional_rate() -> None:
+    """A rate below one per second spaces requests 1/rate seconds apart."""
+    pacer = RequestPacer(0.5)
+    assert pacer.reserve(0.0) == 0
+    assert pacer.reserve(0.0) == 2.0 + RATE_GUARD

@@ -1,0 +1,132 @@
+"""Pure unit tests of operation validation and wire forms (no I/O)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from cio_queue import InvalidEventError
+from cio_queue import _operations as ops
+
+
+def _refuses(field: str, build: Any, *args: Any) -> InvalidEventError:
+    with pytest.raises(InvalidEventError) as info:
+        build(*args)
+    assert info.value.field == field, info.value
+    assert isinstance(info.value, ValueError)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("field", "build", "args"),
+    [
+        ("id", ops.identify, ("", {})),
+        ("id", ops.identify, ("   ", {})),
+        ("id", ops.identify, (None, {})),
+        ("id", ops.identify, (True, {})),
+        ("id", ops.identify, (4.2, {})),
+        ("id", ops.identify, ("x" * 151, {})),
+        ("id", ops.identify, ("é" * 76, {})),  # 152 bytes in UTF-8
+        ("customer_id", ops.track, ("", "ev", None, None, None)),
+        ("customer_id", ops.track, (["42"], "ev", None, None, None)),
+        ("name", ops.track, ("42", "", None, None, None)),
+        ("name", ops.track, ("42", 7, None, None, None)),
+        ("name", ops.track, ("42", "n" * 101, None, None, None)),
+        ("data", ops.track, ("42", "ev", "not a dict", None, None)),
+        ("data.when", ops.track, ("42", "ev", {"when": datetime.now().date()}, None, None)),
+        ("data.items[1].price", ops.track,
+         ("42", "ev", {"items": [{"price": 1}, {"price": Decimal("1.5")}]}, None, None)),
+        ("data.big", ops.track, ("42", "ev", {"big": math.inf}, None, None)),
+        ("data", ops.track, ("42", "ev", {1: "int key"}, None, None)),
+        ("data", ops.track, ("42", "ev", {"blob": "x" * 100_001}, None, None)),
+        ("id", ops.track, ("42", "ev", None, "", None)),
+        ("id", ops.track, ("42", "ev", None, 17, None)),
+        ("timestamp", ops.track, ("42", "ev", None, None, "yesterday")),
+        ("timestamp", ops.track, ("42", "ev", None, None, 1_700_000_000_000)),
+        ("timestamp", ops.track, ("42", "ev", None, None, True)),
+        ("timestamp", ops.backfill, ("42", "ev", None, {})),
+        ("anonymous_id", ops.track_anonymous, (None, "invite", {}, None, None)),
+        ("anonymous_id", ops.track_anonymous, (["a"], "ev", {}, None, None)),
+        ("page", ops.pageview, ("42", "", {})),
+        ("attributes.x", ops.identify, ("42", {"x": "v" * 1001})),
+        ("attributes.x", ops.identify, ("42", {"x": ["v" * 600, "w" * 600]})),
+        ("attributes." + "k" * 151, ops.identify, ("42", {"k" * 151: 1})),
+        ("attributes", ops.identify, ("42", {f"a{i}": i for i in range(301)})),
+        ("device_id", ops.add_device, ("42", "", "ios", {})),
+        ("platform", ops.add_device, ("42", "tok", "windows", {})),
+        ("device_id", ops.delete_device, ("42", None)),
+        ("primary_id_type", ops.merge_customers, ("phone", "1", "id", "2")),
+        ("secondary_id_type", ops.merge_customers, ("id", "1", "cio", "2")),
+        ("secondary_id", ops.merge_customers, ("id", "1", "id", "")),
+        ("customer_id", ops.suppress, ("",)),
+        ("customer_id", ops.unsuppress, (None,)),
+        ("customer_id", ops.delete, ("\ud800",)),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field(field: str, build: Any, args: tuple[Any, ...]) -> None:
+    """Every kind of bad input raises InvalidEventError (a ValueError) naming its field."""
+    _refuses(field, build, *args)
+
+
+def test_deep_nesting_and_cycles_are_refused() -> None:
+    """A self-referencing or absurdly deep structure is refused instead of recursing forever."""
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    error = _refuses("data" + ".self" * 65, ops.track, "42", "ev", cyclic, None, None)
+    assert "nested" in str(error)
+
+
+def test_sanitising_matches_the_official_sdk() -> None:
+    """datetimes become unix seconds (naive = UTC) at any depth, NaN becomes null."""
+    naive = datetime(2024, 1, 2, 3, 4, 5)
+    aware = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    op = ops.track("42", "ev", {"a": naive, "b": [aware, {"c": math.nan}], "d": (1, 2)},
+                   "E1", None)
+    assert json.loads(op.body)["data"] == {"a": 1704164645, "b": [1704157445, {"c": None}],
+                                           "d": [1, 2]}
+
+
+def test_structured_identify_attributes_may_exceed_the_value_limit() -> None:
+    """cio_relationships is structured by design, so the 1000-byte value limit skips it."""
+    relationships = {"action": "add_relationships", "relationships": [
+        {"identifiers": {"object_type_id": "1", "object_id": f"acct-{i}"}} for i in range(40)]}
+    op = ops.identify("42", {"cio_relationships": relationships})
+    assert json.loads(op.body)["cio_relationships"] == relationships
+
+
+def test_events_get_a_ulid_unless_the_caller_gave_an_id() -> None:
+    """Each event is stamped with a fresh ULID, kept in its body, so retries can be deduped."""
+    ids = {ops.track("42", "ev", None, None, None).event_id for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", i or "") for i in ids)
+    op = ops.pageview("42", "/", {})
+    assert json.loads(op.body)["id"] == op.event_id
+    assert ops.track("42", "ev", None, "mine", None).event_id == "mine"
+    assert ops.identify("42", {}).event_id is None
+
+
+def test_ulids_sort_by_time() -> None:
+    """ULIDs start with the millisecond time, so later ones sort after earlier ones."""
+    first = ops.new_ulid()
+    later = [ops.new_ulid() for _ in range(2000)][-1]
+    assert first[:10] <= later[:10]
+
+
+def test_timestamps_are_unix_seconds() -> None:
+    """Timestamps accept int, float, digit strings and datetimes, and always send int seconds."""
+    for given in (1_700_000_000, 1_700_000_000.9, "1700000000",
+                  datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)):
+        op = ops.track("42", "ev", None, "E", given)
+        assert json.loads(op.body)["timestamp"] == 1_700_000_000
+
+
+def test_identify_attribute_sizes_count_utf8_bytes() -> None:
+    """The per-value limit is 1000 bytes of UTF-8, not 1000 characters."""
+    ops.identify("42", {"bio": "a" * 1000})
+    _refuses("attributes.bio", ops.identify, "42", {"bio": "é" * 501})
