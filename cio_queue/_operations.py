@@ -296,6 +296,9 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
                     timestamp: object) -> Operation:
     payload, eid = _event_payload(name, data, event_id, timestamp)
     if anonymous_id is not None and anonymous_id != "":
+        if not isinstance(anonymous_id, str):
+            raise InvalidEventError("anonymous_id", f"must be a str, not "
+                                                    f"{type(anonymous_id).__name__}")
         _check_id(anonymous_id, "anonymous_id")
         payload["anonymous_id"] = anonymous_id
     elif "recipient" not in payload["data"]:

@@ -53,6 +53,7 @@ def _refuses(field: str, build: Any, *args: Any) -> InvalidEventError:
         ("timestamp", ops.backfill, ("42", "ev", None, {})),
         ("anonymous_id", ops.track_anonymous, (None, "invite", {}, None, None)),
         ("anonymous_id", ops.track_anonymous, (["a"], "ev", {}, None, None)),
+        ("anonymous_id", ops.track_anonymous, (42, "ev", {}, None, None)),
         ("page", ops.pageview, ("42", "", {})),
         ("attributes.x", ops.identify, ("42", {"x": "v" * 1001})),
         ("attributes.x", ops.identify, ("42", {"x": ["v" * 600, "w" * 600]})),
