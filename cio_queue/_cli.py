@@ -19,6 +19,7 @@ from ._exceptions import CioQueueError
 from ._queue import EventQueue
 from ._replay import replay
 from ._version import __version__
+from .testing import FakeTrackAPI
 
 __all__ = ["main"]
 
@@ -27,7 +28,7 @@ _DEMO_PLANS = ("Free", "Pro", "Team")
 
 async def _handler(queue: EventQueue, worker: int, count: int, latencies: list[int]) -> None:
     """Act like a web handler: a few operations per request, each timed at the call site."""
-    rng = random.Random(worker)
+    rng = random.Random(worker)  # noqa: S311 - demo data, not secrets
     clock = time.perf_counter_ns
     for n in range(count):
         person = f"user-{worker}-{rng.randrange(50)}"
@@ -49,8 +50,6 @@ async def _handler(queue: EventQueue, worker: int, count: int, latencies: list[i
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from .testing import FakeTrackAPI  # the demo's only use of the test server
-
     per_task, extra = divmod(args.operations, args.tasks)
     async with FakeTrackAPI(latency=args.latency) as fake:
         config = QueueConfig(site_id=fake.site_id, api_key=fake.api_key, base_url=fake.url,

@@ -29,6 +29,7 @@ __all__ = [
     "Overflow",
     "QueueConfig",
     "Region",
+    "Transport",
 ]
 
 DEFAULT_BATCH_SIZE: Final = 100
@@ -43,6 +44,8 @@ DEFAULT_RATE_LIMITED_PAUSE: Final = 2.0
 """Seconds every sender pauses after a 429 that carries no Retry-After."""
 
 Overflow = Literal["block", "raise", "drop_newest", "drop_oldest"]
+Transport = Literal["batch", "v1"]
+_TRANSPORTS: Final = ("batch", "v1")
 OnOutcome = Callable[["Outcome"], "Awaitable[Any] | Any"]
 _OVERFLOWS: Final = ("block", "raise", "drop_newest", "drop_oldest")
 
@@ -64,7 +67,10 @@ class QueueConfig:
         region: the data centre, used when ``base_url`` is not set.
         base_url: scheme, host and optional port of the Track API, e.g.
             ``"http://127.0.0.1:8080"``; overrides ``region``. The library appends
-            ``/api/v1/...``.
+            ``/api/v1/...`` and ``/api/v2/batch``.
+        transport: ``"v1"`` sends one request per operation, exactly as the official SDK
+            does; ``"batch"`` packs each flushed batch into as few ``POST /api/v2/batch``
+            requests as fit (anonymous events, which v2 cannot express, still go by v1).
         batch_size: operations the flusher sends together; a batch leaves as soon as
             this many are waiting.
         flush_interval: the longest an operation waits in the queue before its batch
@@ -94,6 +100,7 @@ class QueueConfig:
     api_key: str = field(repr=False)
     region: Region = Region.US
     base_url: str | None = None
+    transport: Transport = "v1"
     batch_size: int = DEFAULT_BATCH_SIZE
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
@@ -108,7 +115,7 @@ class QueueConfig:
     dead_letter_path: str | os.PathLike[str] | None = None
     on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: PLR0912 - one check per field
         for name in ("site_id", "api_key"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
@@ -130,6 +137,8 @@ class QueueConfig:
             _positive_seconds("enqueue_timeout", self.enqueue_timeout, allow_zero=True)
         if self.rate_limit is not None:
             _positive_seconds("rate_limit", self.rate_limit, allow_zero=False)
+        if self.transport not in _TRANSPORTS:
+            raise ConfigError(f"transport must be 'batch' or 'v1', got {self.transport!r}")
         if self.overflow not in _OVERFLOWS:
             raise ConfigError(f"overflow must be one of {', '.join(_OVERFLOWS)}; "
                               f"got {self.overflow!r}")

@@ -1,10 +1,11 @@
-"""Operations: validate a call's input and build its wire form, once, at enqueue.
+"""Operations: validate a call's input and build its wire forms.
 
 Every builder here is pure and synchronous. It either returns an :class:`Operation`
-whose request (method, percent-encoded path, JSON body bytes) is byte-for-byte what the
-official ``customerio`` 3.2 SDK sends for the same call, plus an event ``id`` on events,
-or raises :class:`InvalidEventError` naming the field. So bad input fails in the
-caller's stack and can never poison a batch later.
+whose v1 request (method, percent-encoded path, JSON body bytes) is byte-for-byte what
+the official ``customerio`` 3.2 SDK sends for the same call, plus an event ``id`` on
+events, or raises :class:`InvalidEventError` naming the field. :meth:`Operation.seal`
+then serialises it once, as a v1 body or a v2 batch element, and checks the size limits
+of that form. So bad input fails in the caller's stack and can never poison a batch.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import base64
 import json
 import math
 import random
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from ._exceptions import InvalidEventError
 
@@ -30,6 +32,8 @@ MAX_EVENT_NAME_BYTES: Final = 100
 MAX_EVENT_DATA_BYTES: Final = 100_000
 MAX_TIMESTAMP: Final = 99_999_999_999
 """Eleven digits: anything larger is almost surely milliseconds, not the seconds the API wants."""
+MAX_V2_OPERATION_BYTES: Final = 32 * 1024
+"""The Track API's limit on one operation inside a v2 batch."""
 MAX_DEPTH: Final = 64
 MERGE_ID_TYPES: Final = frozenset({"id", "email", "cio_id"})
 PLATFORMS: Final = frozenset({"ios", "android"})
@@ -37,45 +41,137 @@ PLATFORMS: Final = frozenset({"ios", "android"})
 # per-value size limit that applies to ordinary attributes.
 _STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
 EVENT_KINDS: Final = frozenset({"track", "track_anonymous", "pageview", "backfill"})
+# What the API treats as an email when it reads an identifier from a v1 path.
+_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class Operation:
-    """One validated operation and its v1 request, serialised once.
+    """One validated operation, with its v1 request and, once sealed, its wire bytes.
 
     Attributes:
         kind: the EventQueue method that made it, e.g. ``"track"``.
-        method: the HTTP method.
-        path: the percent-encoded path below ``/api/v1``, e.g. ``"/customers/42/events"``.
-        body: the JSON body, exactly as the official SDK encodes it.
-        payload: the sanitised body as a dict (for other transports and the dead letters).
+        method: the v1 HTTP method.
+        path: the percent-encoded v1 path below ``/api/v1``, e.g. ``"/customers/42/events"``.
+        payload: the sanitised v1 body as a dict (for the dead letters and the v2 form).
         customer_id: the person the operation is about, as given (None for anonymous and
             merge operations).
         event_id: the event's dedupe id (events only).
         enqueued_at: ``time.time()`` when it was built.
+        v2: the compact JSON of its v2 batch element, once sealed for the batch transport.
     """
 
-    __slots__ = ("body", "customer_id", "enqueued_at", "event_id", "kind", "method", "path",
-                 "payload")
+    __slots__ = ("_body", "customer_id", "enqueued_at", "event_id", "kind", "method", "path",
+                 "payload", "v2")
 
     def __init__(self, kind: str, method: str, path: str, payload: dict[str, Any],
                  *, customer_id: object = None, event_id: str | None = None,
-                 body: bytes | None = None, enqueued_at: float | None = None) -> None:
+                 enqueued_at: float | None = None) -> None:
         self.kind = kind
         self.method = method
         self.path = path
         self.payload = payload
-        self.body = _encode(payload) if body is None else body
         self.customer_id = customer_id
         self.event_id = event_id
         self.enqueued_at = time.time() if enqueued_at is None else enqueued_at
+        self._body: bytes | None = None
+        self.v2: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Operation {self.kind} {self.method} {self.path}>"
 
+    @property
+    def body(self) -> bytes:
+        """The v1 JSON body, exactly as the official SDK encodes it (encoded on first use)."""
+        if self._body is None:
+            # The same call requests makes for json=: default separators, ASCII, no NaN.
+            self._body = json.dumps(self.payload, allow_nan=False).encode("ascii")
+        return self._body
 
-def _encode(payload: dict[str, Any]) -> bytes:
-    # The same call requests makes for json=: default separators, ASCII, no NaN.
-    return json.dumps(payload, allow_nan=False).encode("ascii")
+    def seal(self, *, batch: bool) -> Operation:
+        """Serialise the operation once, for the transport that will carry it.
+
+        With ``batch``, operations that have a v2 form get their compact v2 element in
+        ``v2``; the others (anonymous events) and every operation without ``batch`` get
+        their v1 body. The size limits of that form are checked here.
+
+        Returns:
+            The operation itself.
+
+        Raises:
+            InvalidEventError: event data over 100,000 bytes, or a v2 element over 32 KB.
+        """
+        form = to_v2(self) if batch else None
+        if form is not None:
+            self.v2 = json.dumps(form, separators=(",", ":"), allow_nan=False).encode("ascii")
+            size = len(self.v2)
+            if size > MAX_V2_OPERATION_BYTES:
+                raise InvalidEventError("operation", f"is {size} bytes as a v2 batch operation; "
+                                                     f"the limit is {MAX_V2_OPERATION_BYTES}")
+        else:
+            size = len(self.body)
+        # The wire bytes contain the data, so a small message proves small data cheaply.
+        if self.kind in EVENT_KINDS and size > MAX_EVENT_DATA_BYTES:
+            data_size = len(json.dumps(self.payload["data"], separators=(",", ":")).encode())
+            if data_size > MAX_EVENT_DATA_BYTES:
+                raise InvalidEventError("data", f"is {data_size} bytes of JSON; the limit is "
+                                                f"{MAX_EVENT_DATA_BYTES}")
+        return self
+
+
+def person_identifiers(customer_id: object) -> dict[str, str]:
+    """Map a v1 path identifier to v2 ``identifiers`` the way the API reads a v1 path.
+
+    A ``cio_`` prefix means a cio_id (sent without the prefix), an email-like value an
+    email, anything else an id.
+    """
+    text = str(customer_id)
+    if text.startswith("cio_"):
+        return {"cio_id": text[4:]}
+    if _EMAIL.fullmatch(text):
+        return {"email": text}
+    return {"id": text}
+
+
+def to_v2(op: Operation) -> dict[str, Any] | None:  # noqa: PLR0911 - one branch per kind
+    """Return the v2 batch element of an operation, or None when it has no v2 form."""
+    payload = op.payload
+    kind = op.kind
+    if kind == "track_anonymous":
+        return None  # v2 has no anonymous person identifier: these go through v1
+    if kind == "merge_customers":
+        return {"type": "person", "action": "merge",
+                "primary": {k: str(v) for k, v in payload["primary"].items()},
+                "secondary": {k: str(v) for k, v in payload["secondary"].items()}}
+    element: dict[str, Any] = {"type": "person",
+                               "identifiers": person_identifiers(op.customer_id)}
+    if kind == "identify":
+        element["action"] = "identify"
+        element["attributes"] = payload
+        return element
+    if kind in ("track", "backfill", "pageview"):
+        element["action"] = "page" if kind == "pageview" else "event"
+        element["name"] = payload["name"]
+        element["id"] = payload["id"]
+        if "timestamp" in payload:
+            element["timestamp"] = payload["timestamp"]
+        element["attributes"] = payload["data"]
+        return element
+    if kind == "add_device":
+        attributes = dict(payload["device"])
+        device: dict[str, Any] = {"token": attributes.pop("id"),
+                                  "platform": attributes.pop("platform")}
+        if "last_used" in attributes:
+            device["last_used"] = attributes.pop("last_used")
+        device["attributes"] = attributes
+        element["action"] = "add_device"
+        element["device"] = device
+        return element
+    if kind == "delete_device":
+        element["action"] = "delete_device"
+        element["device"] = {"token": unquote(op.path.rsplit("/", 1)[1])}
+        return element
+    element["action"] = kind  # delete, suppress, unsuppress
+    return element
 
 
 # --- ULID ------------------------------------------------------------------------------
@@ -200,16 +296,6 @@ def _clean_mapping(value: object, field: str) -> dict[str, Any]:
     return cleaned
 
 
-def _check_data_size(data: dict[str, Any], body: bytes, field: str) -> None:
-    # The body contains the data, so a small body proves small data without a second dump.
-    if len(body) <= MAX_EVENT_DATA_BYTES:
-        return
-    size = len(json.dumps(data).encode("ascii"))
-    if size > MAX_EVENT_DATA_BYTES:
-        raise InvalidEventError(field, f"is {size} bytes of JSON; the limit is "
-                                       f"{MAX_EVENT_DATA_BYTES}")
-
-
 def _check_timestamp(value: object, field: str = "timestamp") -> int:
     if isinstance(value, datetime):
         result = _datetime_to_unix(value)
@@ -286,10 +372,8 @@ def track(customer_id: object, name: object, data: object, event_id: object,
           timestamp: object) -> Operation:
     text = _check_id(customer_id, "customer_id")
     payload, eid = _event_payload(name, data, event_id, timestamp)
-    op = Operation("track", "POST", _customer_path(text) + "/events", payload,
-                   customer_id=customer_id, event_id=eid)
-    _check_data_size(payload["data"], op.body, "data")
-    return op
+    return Operation("track", "POST", _customer_path(text) + "/events", payload,
+                     customer_id=customer_id, event_id=eid)
 
 
 def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
@@ -304,9 +388,7 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
     elif "recipient" not in payload["data"]:
         raise InvalidEventError("anonymous_id", "is blank: an event without one is an invite "
                                                 "and needs data['recipient']")
-    op = Operation("track_anonymous", "POST", "/events", payload, event_id=eid)
-    _check_data_size(payload["data"], op.body, "data")
-    return op
+    return Operation("track_anonymous", "POST", "/events", payload, event_id=eid)
 
 
 def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operation:
@@ -314,10 +396,8 @@ def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operati
     eid = new_ulid()
     payload: dict[str, Any] = {"type": "page", "name": _check_event_name(page, "page"),
                "data": _clean_mapping(data, "data"), "id": eid}
-    op = Operation("pageview", "POST", _customer_path(text) + "/events", payload,
-                   customer_id=customer_id, event_id=eid)
-    _check_data_size(payload["data"], op.body, "data")
-    return op
+    return Operation("pageview", "POST", _customer_path(text) + "/events", payload,
+                     customer_id=customer_id, event_id=eid)
 
 
 def backfill(customer_id: object, name: object, timestamp: object,
@@ -327,10 +407,8 @@ def backfill(customer_id: object, name: object, timestamp: object,
     payload: dict[str, Any] = {"name": _check_event_name(name),
                                "data": _clean_mapping(data, "data"),
                "timestamp": _check_timestamp(timestamp), "id": eid}
-    op = Operation("backfill", "POST", _customer_path(text) + "/events", payload,
-                   customer_id=customer_id, event_id=eid)
-    _check_data_size(payload["data"], op.body, "data")
-    return op
+    return Operation("backfill", "POST", _customer_path(text) + "/events", payload,
+                     customer_id=customer_id, event_id=eid)
 
 
 def _bare(kind: str, method: str, suffix: str, customer_id: object) -> Operation:

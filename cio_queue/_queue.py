@@ -18,6 +18,7 @@ import os
 import time
 import weakref
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, Final, Literal
 
 import anyio
@@ -33,18 +34,21 @@ from ._exceptions import (
     QueueFullError,
     QueueUsageError,
     RateLimitedError,
+    RejectedError,
     TransportError,
 )
 from ._operations import Operation
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
 from ._pacing import RequestPacer
-from ._sender import HttpSender, Request, Sender, classify
+from ._packing import batch_body, pack, partial_errors
+from ._sender import HttpSender, Request, Response, Sender, classify
 
 __all__ = ["EventQueue"]
 
 log = structlog.get_logger("cio_queue")
 
 _V1_PREFIX: Final = "/api/v1"
+_V2_BATCH_PATH: Final = "/api/v2/batch"
 _CLOSE_MARGIN: Final = 2.0
 """Seconds past ``shutdown_timeout`` that ``aclose`` allows for writing the dead letters,
 running the last callbacks and closing connections."""
@@ -71,14 +75,12 @@ class _AbandonedError(Exception):
 class _Entry:
     """An accepted operation and its delivery state."""
 
-    __slots__ = ("attempts", "failures", "first_attempt", "op", "receipt")
+    __slots__ = ("attempts", "op", "receipt")
 
     def __init__(self, op: Operation) -> None:
         self.op = op
         self.receipt = Receipt(op.kind, op.event_id)
         self.attempts = 0
-        self.failures = 0
-        self.first_attempt = 0.0
 
 
 class _Counters:
@@ -132,6 +134,7 @@ class EventQueue:
                                                                config.flush_interval)
         self._counters = _Counters()
         self._pacer = RequestPacer(config.rate_limit)
+        self._batch_transport = config.transport == "batch"
         dead_letter = config.dead_letter_file
         self._dead_letters = DeadLetterFile(dead_letter) if dead_letter else None
         self._state: _State = "new"
@@ -408,7 +411,7 @@ class EventQueue:
             self._check_context()
 
     async def _submit(self, op: Operation) -> Receipt:
-        entry = _Entry(op)
+        entry = _Entry(op.seal(batch=self._batch_transport))
         c = self._counters
         if c.pending >= self._config.max_queue_size and not await self._make_room(entry):
             return entry.receipt
@@ -528,22 +531,25 @@ class EventQueue:
 
     async def _send_batch(self, batch: list[_Entry]) -> None:
         started = time.monotonic()
-        results = await asyncio.gather(*(self._deliver(e) for e in batch),
-                                       return_exceptions=True)
-        failures: list[tuple[_Entry, Outcome]] = []
-        counts = {"delivered": 0, "rejected": 0, "failed": 0, "abandoned": 0}
-        for entry, result in zip(batch, results, strict=True):
+        units = self._units(batch)
+        results = await asyncio.gather(*(unit for _, unit in units), return_exceptions=True)
+        for (entries, _), result in zip(units, results, strict=True):
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                     raise result
-                # A bug, not a delivery failure; still, the operation must not vanish.
-                log.error("cio_queue.delivery_crashed", kind=entry.op.kind, exc_info=result)
-                outcome = self._settle(entry, OutcomeStatus.FAILED, "internal_error")
-            elif result is None:
+                # A bug, not a delivery failure; still, no operation may vanish.
+                log.error("cio_queue.delivery_crashed", operations=len(entries),
+                          exc_info=result)
+                for entry in entries:
+                    if not entry.receipt.done() and entry not in self._abandoned:
+                        self._settle(entry, OutcomeStatus.FAILED, "internal_error")
+        counts = {"delivered": 0, "rejected": 0, "failed": 0, "abandoned": 0}
+        failures: list[tuple[_Entry, Outcome]] = []
+        for entry in batch:
+            outcome = entry.receipt.outcome
+            if outcome is None:
                 counts["abandoned"] += 1
                 continue
-            else:
-                outcome = result
             counts[outcome.status.value] += 1
             if outcome.status is not OutcomeStatus.DELIVERED:
                 failures.append((entry, outcome))
@@ -552,12 +558,25 @@ class EventQueue:
         duration = round(time.monotonic() - started, 4)
         attempts = sum(e.attempts for e in batch)
         if len(batch) == counts["delivered"]:
-            log.info("cio_queue.batch_sent", operations=len(batch), attempts=attempts,
-                     duration=duration)
+            log.info("cio_queue.batch_sent", operations=len(batch), requests=len(units),
+                     attempts=attempts, duration=duration)
         else:
             last = failures[-1][1].error if failures else None
-            log.warning("cio_queue.batch_failed", operations=len(batch), attempts=attempts,
-                        duration=duration, status=last.status if last else None, **counts)
+            log.warning("cio_queue.batch_failed", operations=len(batch), requests=len(units),
+                        attempts=attempts, duration=duration,
+                        status=last.status if last else None, **counts)
+
+    def _units(self, batch: list[_Entry]) -> list[tuple[list[_Entry], Awaitable[None]]]:
+        """Split a batch into the requests that carry it: v1 singles and packed v2 batches."""
+        singles = [e for e in batch if e.op.v2 is None]
+        units: list[tuple[list[_Entry], Awaitable[None]]] = [
+            ([e], self._deliver_v1(e)) for e in singles]
+        if len(singles) < len(batch):
+            packed = [e for e in batch if e.op.v2 is not None]
+            for group in pack([len(e.op.v2 or b"") for e in packed]):
+                entries = packed[group.start:group.stop]
+                units.append((entries, self._deliver_v2(entries)))
+        return units
 
     async def _record_failures(self, failures: list[tuple[_Entry, Outcome]]) -> None:
         assert self._dead_letters is not None
@@ -572,61 +591,122 @@ class EventQueue:
             log.exception("cio_queue.dead_letter_write_failed", count=len(records),
                           path=str(self._dead_letters.path))
 
-    # --- delivery of one operation ---------------------------------------------------------
+    # --- delivery ------------------------------------------------------------------------------
 
-    async def _deliver(self, entry: _Entry) -> Outcome | None:
-        """Deliver one operation with retries; return its Outcome, or None if abandoned."""
+    async def _deliver_v1(self, entry: _Entry) -> None:
+        """Deliver one operation as its own v1 request, with retries."""
+        op = entry.op
+        try:
+            _, error, reason = await self._exchange(
+                [entry], Request(op.method, _V1_PREFIX + op.path, op.body))
+        except _AbandonedError:
+            self._abandoned.append(entry)
+            return
+        if error is None:
+            self._settle(entry, OutcomeStatus.DELIVERED)
+        else:
+            status = OutcomeStatus.REJECTED if reason == "rejected" else OutcomeStatus.FAILED
+            self._settle(entry, status, reason, error)
+
+    async def _deliver_v2(self, entries: list[_Entry]) -> None:
+        """Deliver operations in one v2 batch request, with retries and per-item outcomes.
+
+        A 207 rejects exactly the listed indexes and delivers the rest. A 400 or 413 on
+        several operations splits them in two and sends each half, until the offending
+        operations stand alone and end rejected, so every valid one is still delivered.
+        """
+        body = batch_body([e.op.v2 or b"" for e in entries])
+        try:
+            response, error, reason = await self._exchange(
+                entries, Request("POST", _V2_BATCH_PATH, body))
+        except _AbandonedError:
+            self._abandoned.extend(entries)
+            return
+        if error is None:
+            assert response is not None
+            self._settle_accepted(entries, response)
+        elif reason == "rejected" and error.status in (400, 413) and len(entries) > 1:
+            log.info("cio_queue.batch_split", status=error.status, operations=len(entries))
+            middle = len(entries) // 2
+            await asyncio.gather(self._deliver_v2(entries[:middle]),
+                                 self._deliver_v2(entries[middle:]))
+        else:
+            status = OutcomeStatus.REJECTED if reason == "rejected" else OutcomeStatus.FAILED
+            for entry in entries:
+                self._settle(entry, status, reason, error)
+
+    def _settle_accepted(self, entries: list[_Entry], response: Response) -> None:
+        if response.status != 207:
+            for entry in entries:
+                self._settle(entry, OutcomeStatus.DELIVERED)
+            return
+        errors = partial_errors(response.body, len(entries))
+        if errors is None:
+            # Which ones failed is unknown; keep them all (events dedupe by id on replay).
+            error = DeliveryError("207 with an unreadable error list", status=207)
+            log.error("cio_queue.unreadable_partial_response", operations=len(entries))
+            for entry in entries:
+                self._settle(entry, OutcomeStatus.FAILED, "unreadable_partial_response", error)
+            return
+        for index, entry in enumerate(entries):
+            if index in errors:
+                self._settle(entry, OutcomeStatus.REJECTED, "rejected",
+                             RejectedError(errors[index], status=207))
+            else:
+                self._settle(entry, OutcomeStatus.DELIVERED)
+
+    async def _exchange(self, entries: list[_Entry], request: Request,
+                        ) -> tuple[Response | None, DeliveryError | None, str | None]:
+        """Send a request until it gets a final answer, by the retry policy.
+
+        Returns:
+            ``(response, None, None)`` on a 2xx; ``(response, error, "rejected")`` on a
+            non-retryable status; ``(response or None, error, reason)`` when retries are
+            given up, with reason ``"retries_exhausted"`` or ``"retry_timeout"``.
+
+        Raises:
+            _AbandonedError: the shutdown deadline leaves no time for the next attempt.
+        """
         policy = self._config.retry
         limiter = self._limiter
         assert limiter is not None
-        op = entry.op
-        request = Request(op.method, _V1_PREFIX + op.path, op.body)
         c = self._counters
-        try:
-            while True:
-                async with limiter:
-                    await self._pace()
-                    if entry.attempts == 0:
-                        entry.first_attempt = time.monotonic()
-                    else:
-                        c.retries += 1
+        first: float | None = None
+        failures = 0
+        while True:
+            async with limiter:
+                await self._pace()
+                if first is None:
+                    first = time.monotonic()
+                else:
+                    c.retries += 1
+                for entry in entries:
                     entry.attempts += 1
-                    c.requests += 1
-                    error: DeliveryError | None
-                    try:
-                        error = classify(await self._sender.send(request))
-                    except TransportError as exc:
-                        error = exc
-                if error is None:
-                    return self._settle(entry, OutcomeStatus.DELIVERED)
-                if not error.retryable:
-                    return self._settle(entry, OutcomeStatus.REJECTED, "rejected", error)
-                delay = self._retry_delay(entry, error)
-                if delay is None:
-                    return self._settle(entry, OutcomeStatus.FAILED, "retries_exhausted", error)
-                if time.monotonic() + delay - entry.first_attempt > policy.timeout:
-                    return self._settle(entry, OutcomeStatus.FAILED, "retry_timeout", error)
-                await self._sleep(delay)
-        except _AbandonedError:
-            self._abandoned.append(entry)
-            return None
-
-    def _retry_delay(self, entry: _Entry, error: DeliveryError) -> float | None:
-        """Return the wait before the next attempt, or None when attempts are spent."""
-        policy = self._config.retry
-        if isinstance(error, RateLimitedError):
-            # A 429 pauses every sender through the gate and costs no attempt.
-            self._counters.rate_limited += 1
-            pause = (self._config.rate_limited_pause if error.retry_after is None
-                     else policy.clamp_retry_after(error.retry_after))
-            self._pacer.close_gate(time.monotonic(), pause)
-            return pause
-        entry.failures += 1
-        if entry.failures >= policy.attempts:
-            return None
-        if error.retry_after is not None:
-            return policy.clamp_retry_after(error.retry_after)
-        return policy.backoff(entry.failures)
+                c.requests += 1
+                response: Response | None = None
+                error: DeliveryError | None
+                try:
+                    response = await self._sender.send(request)
+                    error = classify(response)
+                except TransportError as exc:
+                    error = exc
+            if error is None or not error.retryable:
+                return response, error, None if error is None else "rejected"
+            if isinstance(error, RateLimitedError):
+                # A 429 pauses every sender through the gate and costs no attempt.
+                c.rate_limited += 1
+                delay = (self._config.rate_limited_pause if error.retry_after is None
+                         else policy.clamp_retry_after(error.retry_after))
+                self._pacer.close_gate(time.monotonic(), delay)
+            else:
+                failures += 1
+                if failures >= policy.attempts:
+                    return response, error, "retries_exhausted"
+                delay = (policy.backoff(failures) if error.retry_after is None
+                         else policy.clamp_retry_after(error.retry_after))
+            if time.monotonic() + delay - first > policy.timeout:
+                return response, error, "retry_timeout"
+            await self._sleep(delay)
 
     async def _pace(self) -> None:
         """Wait for the 429 gate and a rate-limit slot."""

@@ -495,6 +495,7 @@ class FakeTrackAPI:
         seed: int = 0,
         reject: Callable[[RecordedRequest], str | None] | None = None,
         reject_op: Callable[[dict[str, Any]], str | None] | None = None,
+        malformed_op: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         """Configure the server; nothing listens until `start()` (or `async with`)."""
         self._site_id = site_id
@@ -506,6 +507,8 @@ class FakeTrackAPI:
         self.faults = faults
         self.reject = reject
         self.reject_op = reject_op
+        # Ops the server cannot even parse: they fail a whole v2 batch with a 400, not a 207.
+        self.malformed_op = malformed_op
         # Reproducible fault injection, not cryptography (S311 is only enabled in some configs).
         self._rng = random.Random(seed)  # noqa: S311, RUF100
         self._script: deque[Fault | int] = deque()
@@ -839,6 +842,11 @@ class FakeTrackAPI:
                 raise _ValidationError("batch", "batch must be a non-empty list", "required")
         except _ValidationError as problem:
             return _v2_error(400, problem)
+        if self.malformed_op is not None:
+            for op in batch:
+                if isinstance(op, dict) and self.malformed_op(op):
+                    malformed = _ValidationError("batch", "malformed operation", "parse_error")
+                    return _v2_error(400, malformed)
         valid: list[Any] = []
         errors: list[dict[str, Any]] = []
         for index, op in enumerate(batch):

@@ -34,7 +34,7 @@ def test_config_is_frozen_and_keyword_only() -> None:
     with pytest.raises(AttributeError):
         config.batch_size = 5  # type: ignore[misc]
     with pytest.raises(TypeError):
-        QueueConfig("site", "key")  # type: ignore[misc]
+        QueueConfig("site", "key")  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(

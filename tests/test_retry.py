@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -51,5 +51,5 @@ def test_retry_after_is_clamped() -> None:
 )
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     """Retry-After is read as delta seconds or an HTTP date; junk gives None."""
-    now = datetime(2026, 10, 21, 7, 28, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 10, 21, 7, 28, 0, tzinfo=UTC)
     assert parse_retry_after(header, now=now) == seconds
