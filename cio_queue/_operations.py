@@ -10,7 +10,6 @@ of that form. So bad input fails in the caller's stack and can never poison a ba
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import random
@@ -35,6 +34,10 @@ MAX_TIMESTAMP: Final = 99_999_999_999
 MAX_V2_OPERATION_BYTES: Final = 32 * 1024
 """The Track API's limit on one operation inside a v2 batch."""
 MAX_DEPTH: Final = 64
+# What requests does for json=: default separators, ASCII, no NaN. One encoder each, made
+# once: json.dumps with any non-default option builds a new encoder on every call.
+_V1_ENCODER: Final = json.JSONEncoder(allow_nan=False)
+_V2_ENCODER: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 MERGE_ID_TYPES: Final = frozenset({"id", "email", "cio_id"})
 PLATFORMS: Final = frozenset({"ios", "android"})
 # Identify attributes whose values are structured by design and may exceed the
@@ -83,8 +86,7 @@ class Operation:
     def body(self) -> bytes:
         """The v1 JSON body, exactly as the official SDK encodes it (encoded on first use)."""
         if self._body is None:
-            # The same call requests makes for json=: default separators, ASCII, no NaN.
-            self._body = json.dumps(self.payload, allow_nan=False).encode("ascii")
+            self._body = _V1_ENCODER.encode(self.payload).encode("ascii")
         return self._body
 
     def seal(self, *, batch: bool) -> Operation:
@@ -102,7 +104,7 @@ class Operation:
         """
         form = to_v2(self) if batch else None
         if form is not None:
-            self.v2 = json.dumps(form, separators=(",", ":"), allow_nan=False).encode("ascii")
+            self.v2 = _V2_ENCODER.encode(form).encode("ascii")
             size = len(self.v2)
             if size > MAX_V2_OPERATION_BYTES:
                 raise InvalidEventError("operation", f"is {size} bytes as a v2 batch operation; "
@@ -176,18 +178,30 @@ def to_v2(op: Operation) -> dict[str, Any] | None:  # noqa: PLR0911 - one branch
 
 # --- ULID ------------------------------------------------------------------------------
 
-_B32_TO_CROCKFORD: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
-                                           b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Every 10-bit value as its two Crockford characters: four lookups encode 40 bits.
+_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 _random = random.Random()  # noqa: S311 - ULIDs need uniqueness, not secrecy
+_ulid_time: list[Any] = [-1, ""]  # the last millisecond seen and its 10-character text
+
+
+def _encode_40(value: int) -> str:
+    pairs = _PAIRS
+    return (pairs[value >> 30] + pairs[(value >> 20) & 1023] + pairs[(value >> 10) & 1023]
+            + pairs[value & 1023])
 
 
 def new_ulid() -> str:
     """Return a new ULID: 48 bits of milliseconds, 80 random bits, 26 Crockford chars."""
-    value = (time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80)
-    # 160 bits encode as 32 base32 characters; the top 30 bits are zero, so the last 26
-    # characters are exactly the 130-bit ULID text.
-    text = base64.b32encode(value.to_bytes(20, "big"))[6:]
-    return text.translate(_B32_TO_CROCKFORD).decode("ascii")
+    millis = time.time_ns() // 1_000_000
+    if millis != _ulid_time[0]:
+        # 48 bits take 10 characters: the first carries the top 3 bits (2 pad bits).
+        _ulid_time[0] = millis
+        _ulid_time[1] = (_CROCKFORD[millis >> 45] + _encode_40(millis >> 5 & (1 << 40) - 1)
+                         + _CROCKFORD[millis & 31])
+    randomness = _random.getrandbits(80)
+    return (str(_ulid_time[1]) + _encode_40(randomness >> 40)
+            + _encode_40(randomness & (1 << 40) - 1))
 
 
 # --- validation helpers --------------------------------------------------------------
