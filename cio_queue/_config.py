@@ -100,7 +100,7 @@ class QueueConfig:
     api_key: str = field(repr=False)
     region: Region = Region.US
     base_url: str | None = None
-    transport: Transport = "v1"
+    transport: Transport = "batch"
     batch_size: int = DEFAULT_BATCH_SIZE
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE

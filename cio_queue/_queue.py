@@ -230,6 +230,8 @@ class EventQueue:
             self._state = "closed"
             await self._close_sender()
             return self.statistics()
+        if self._state == "closed":
+            return self.statistics()
         self._check_context()
         assert self._closed is not None
         if self._state != "running":

@@ -17,6 +17,7 @@ def test_defaults_match_the_documented_design() -> None:
     assert (config.batch_size, config.flush_interval, config.max_queue_size) == (100, 5.0, 10_000)
     assert config.track_url == "https://track.customer.io"
     assert config.rate_limit == 100
+    assert config.transport == "batch"
     assert QueueConfig(site_id="s", api_key="k", region=Region.EU).track_url == (
         "https://track-eu.customer.io")
 

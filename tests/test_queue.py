@@ -35,7 +35,7 @@ FAST_RETRY = RetryPolicy(attempts=4, wait_initial=0.001, wait_max=0.01, wait_jit
 
 def config(**overrides: Any) -> QueueConfig:
     values: dict[str, Any] = {
-        "site_id": "site", "api_key": "key", "base_url": "http://127.0.0.1:9",
+        "site_id": "site", "api_key": "key", "base_url": "http://127.0.0.1:9", "transport": "v1",
         "flush_interval": 0.05, "rate_limit": None, "retry": FAST_RETRY,
         "shutdown_timeout": 2.0,
     }
@@ -173,6 +173,7 @@ async def test_closing_an_unstarted_queue_closes_its_sender() -> None:
     sender = RecordingSender()
     queue = EventQueue(config(), sender=sender)
     assert await queue.aclose() == Statistics()
+    assert await queue.aclose() == Statistics()  # idempotent here too
     assert sender.closed
     with pytest.raises(QueueClosedError):
         await queue.track("1", "ev")

@@ -111,7 +111,7 @@ def sdk_request(call: Call, fake: FakeTrackAPI) -> requests.PreparedRequest:
 
 async def our_request(call: Call, fake: FakeTrackAPI) -> RecordedRequest:
     config = QueueConfig(site_id=fake.site_id, api_key=fake.api_key, base_url=fake.url,
-                         rate_limit=None, flush_interval=0.01)
+                         transport="v1", rate_limit=None, flush_interval=0.01)
     name, args, kwargs = call
     before = len(fake.requests)
     async with EventQueue(config) as queue:
@@ -163,7 +163,7 @@ async def test_wrong_credentials_end_rejected(fake: FakeTrackAPI) -> None:
     """A 401 is a rejection, never retried, and the key is in neither outcome nor error."""
     secret = "wrong-secret-key-123"
     config = QueueConfig(site_id=fake.site_id, api_key=secret, base_url=fake.url,
-                         rate_limit=None, flush_interval=0.01)
+                         transport="v1", rate_limit=None, flush_interval=0.01)
     async with EventQueue(config) as queue:
         receipt = await queue.identify("42")
         with anyio.fail_after(5):
