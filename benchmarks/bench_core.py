@@ -24,7 +24,6 @@ import cProfile
 import gc
 import io
 import logging
-import multiprocessing
 import os
 import platform
 import pstats
@@ -33,24 +32,22 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
-from multiprocessing.connection import Connection
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import structlog
 from customerio import CustomerIO, CustomerIOException
+from fake_server import Server, server_process
 from requests import PreparedRequest
 from requests import Response as RequestsResponse
 from requests.adapters import HTTPAdapter
 
 from cio_queue import EventQueue, QueueConfig, Request, Response, __version__
-from cio_queue.testing import FakeTrackAPI
 
 # --- named constants (the defaults of the command-line options) --------------------------
 
@@ -75,9 +72,6 @@ FLUSH_INTERVAL: Final = 0.05
 WARMUP_PER_CLIENT: Final = 3
 """Untimed requests per client (per connection for cio-queue) before a delivery phase."""
 
-SERVER_START_TIMEOUT: Final = 30.0
-SERVER_REPLY_TIMEOUT: Final = 10.0
-SERVER_STOP_TIMEOUT: Final = 5.0
 PHASE_TIMEOUT: Final = 90.0
 """Upper bound on any one delivery phase, including its warm-up."""
 SDK_TIMEOUT: Final = 10.0
@@ -233,78 +227,6 @@ def _profile_track(calls: int, warmup_calls: int, top: int, transport: QueueTran
     stats = pstats.Stats(profile, stream=out)
     stats.strip_dirs().sort_stats(pstats.SortKey.TIME).print_stats(top)
     return out.getvalue()
-
-
-# --- the fake Track API in its own process -------------------------------------------------
-
-
-def _serve(conn: Connection, latency: float) -> None:
-    """Child-process entry point: run FakeTrackAPI until told to stop or orphaned."""
-    asyncio.run(_serve_async(conn, latency))
-
-
-async def _serve_async(conn: Connection, latency: float) -> None:
-    async with FakeTrackAPI(latency=latency) as fake:
-        conn.send((fake.url, fake.site_id, fake.api_key))
-        while True:
-            try:
-                message = await asyncio.to_thread(conn.recv)
-            except EOFError:  # the parent went away
-                return
-            if message != "count":
-                return
-            # Accepted (2xx) requests so far: an independent check on the client counts.
-            conn.send(len(fake.requests))
-
-
-@dataclass(frozen=True, slots=True)
-class Server:
-    """A handle on the fake Track API running in the child process."""
-
-    url: str
-    site_id: str
-    api_key: str
-    conn: Connection
-
-    def accepted(self) -> int:
-        """Return how many requests the server has accepted so far."""
-        self.conn.send("count")
-        if not self.conn.poll(SERVER_REPLY_TIMEOUT):
-            raise RuntimeError("the fake server did not answer a count request")
-        count = self.conn.recv()
-        assert isinstance(count, int)
-        return count
-
-
-@contextmanager
-def _server_process(latency: float) -> Iterator[Server]:
-    """Start FakeTrackAPI in a spawned process; always stop it, by force if need be."""
-    ctx = multiprocessing.get_context("spawn")
-    conn, child_conn = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(child_conn, latency), name="fake-track-api",
-                          daemon=True)
-    process.start()
-    child_conn.close()
-    try:
-        if not conn.poll(SERVER_START_TIMEOUT):
-            raise RuntimeError(f"the fake server did not start within {SERVER_START_TIMEOUT}s")
-        try:
-            url, site_id, api_key = conn.recv()
-        except EOFError:
-            raise RuntimeError("the fake server process died on start-up "
-                               f"(exit code {process.exitcode})") from None
-        yield Server(url, site_id, api_key, conn)
-    finally:
-        with suppress(OSError):  # the child may already be gone
-            conn.send("stop")
-        process.join(SERVER_STOP_TIMEOUT)
-        if process.is_alive():
-            process.terminate()
-            process.join(SERVER_STOP_TIMEOUT)
-        if process.is_alive():
-            process.kill()
-            process.join(SERVER_STOP_TIMEOUT)
-        conn.close()
 
 
 # --- 2. end-to-end delivery -----------------------------------------------------------------
@@ -582,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_delivery:
         _section(f"2. delivery to FakeTrackAPI in a child process, "
                  f"latency {args.latency * 1000:.0f} ms per request", emit)
-        with _server_process(args.latency) as server:
+        with server_process(args.latency) as server:
             emit(f"fake server: {server.url}")
             phases: list[Callable[[], DeliveryResult]] = [
                 *(partial(_run_queue_phase, server, args.events, args.concurrency, transport)

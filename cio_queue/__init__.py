@@ -11,6 +11,7 @@ from ._config import (
     Overflow,
     QueueConfig,
     Region,
+    Transport,
 )
 from ._exceptions import (
     CioQueueError,
@@ -63,6 +64,7 @@ __all__ = [
     "Sender",
     "ServerError",
     "Statistics",
+    "Transport",
     "TransportError",
     "__version__",
     "replay",
