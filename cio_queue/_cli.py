@@ -53,12 +53,13 @@ async def _demo(args: argparse.Namespace) -> int:
     per_task, extra = divmod(args.operations, args.tasks)
     async with FakeTrackAPI(latency=args.latency) as fake:
         config = QueueConfig(site_id=fake.site_id, api_key=fake.api_key, base_url=fake.url,
-                             max_concurrency=args.concurrency, rate_limit=None,
-                             flush_interval=1.0)
-        print(f"cio-queue {__version__} demo: {args.operations} operations from {args.tasks} "
+                             transport=args.transport, max_concurrency=args.concurrency,
+                             rate_limit=args.rate_limit or None, flush_interval=1.0)
+        rate = f"{config.rate_limit:g} requests/s" if config.rate_limit else "no rate limit"
+        print(f"cio-queue {__version__} demo: {args.operations:,} operations from {args.tasks} "
               f"concurrent handlers to a fake Track API at {fake.url} "
-              f"({args.latency * 1000:.0f} ms latency, {args.concurrency} requests in flight, "
-              "no rate limit)")
+              f"({args.latency * 1000:.0f} ms latency; {config.transport} transport, "
+              f"{args.concurrency} requests in flight, {rate})")
         latencies: list[int] = []
         started = time.perf_counter()
         async with EventQueue(config) as queue:
@@ -77,7 +78,7 @@ async def _demo(args: argparse.Namespace) -> int:
         print(f"\r{' ' * 70}\r", end="")
         print(f"enqueued     {stats.enqueued:>10,} in {enqueued_in:.3f} s")
         print(f"delivered    {stats.delivered:>10,} (the server recorded "
-              f"{len(fake.requests):,})")
+              f"{len(fake.operations):,})")
         print(f"rejected     {stats.rejected:>10,}   failed {stats.failed:,}   "
               f"dropped {stats.dropped:,}   pending {stats.pending:,}")
         print(f"requests     {stats.requests:>10,} in {stats.batches:,} batches")
@@ -85,7 +86,7 @@ async def _demo(args: argparse.Namespace) -> int:
               f"({elapsed:.2f} s)")
         print(f"enqueue      p50 {p50:.1f} µs   p99 {p99:.1f} µs   "
               f"mean {statistics.fmean(ordered) / 1000:.1f} µs")
-        ok = stats.delivered == stats.enqueued == len(fake.requests)
+        ok = stats.delivered == stats.enqueued == len(fake.operations)
         print("every operation delivered exactly once" if ok else "MISMATCH: see counts above")
         return 0 if ok else 1
 
@@ -119,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--operations", type=int, default=10_000)
     demo.add_argument("--tasks", type=int, default=100, help="concurrent handler tasks")
     demo.add_argument("--concurrency", type=int, default=20, help="requests in flight")
-    demo.add_argument("--latency", type=float, default=0.005, help="fake server seconds")
+    demo.add_argument("--latency", type=float, default=0.02, help="fake server seconds")
+    demo.add_argument("--transport", choices=("batch", "v1"), default="batch")
+    demo.add_argument("--rate-limit", type=float, default=100.0,
+                      help="requests per second, 0 for none")
     rep = sub.add_parser("replay", help="re-send a dead-letter file (credentials from "
                                         "CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY / "
                                         "CUSTOMERIO_REGION)")
