@@ -1,9 +1,10 @@
 """The dead-letter file: JSON lines of operations that could not be delivered.
 
 One line per operation: its wire form (method, path, body), why it was not delivered,
-how many attempts it had and when; never credentials. Lines are appended, flushed and
-fsynced before the operation's outcome is reported, so a crash right after cannot lose
-them. The blocking file work runs in a worker thread, off the event loop.
+how many attempts it had and when; never credentials. The queue appends the records of a
+batch's rejected and failed operations when the batch finishes, and those unsent at the
+shutdown deadline before ``aclose()`` returns; each append is fsynced. The blocking file
+work runs in a worker thread, off the event loop.
 """
 
 from __future__ import annotations

@@ -148,6 +148,8 @@ class EventQueue:
         self._sleepers: set[asyncio.Future[None]] = set()
         self._callbacks: set[asyncio.Task[Any]] = set()
         self._abandoned: list[_Entry] = []
+        # Dead-letter records of operations settled rejected or failed, not yet on disk.
+        self._unwritten: list[dict[str, Any]] = []
         self._deadline: float | None = None
         self._closed: asyncio.Event | None = None
         _live_queues.add(self)
@@ -266,6 +268,7 @@ class EventQueue:
         unsent.extend(e for e in self._abandoned if not e.receipt.done())
         unsent.extend(e for batch in self._acc.take_all() for e in batch)
         self._abandoned.clear()
+        await self._write_dead_letters()
         if unsent:
             await self._spill(unsent)
         if self._callbacks:
@@ -470,10 +473,16 @@ class EventQueue:
         c.pending -= 1
         if status is OutcomeStatus.DELIVERED:
             c.delivered += 1
-        elif status is OutcomeStatus.REJECTED:
-            c.rejected += 1
-        elif status is OutcomeStatus.FAILED:
-            c.failed += 1
+        elif status is OutcomeStatus.REJECTED or status is OutcomeStatus.FAILED:
+            if status is OutcomeStatus.REJECTED:
+                c.rejected += 1
+            else:
+                c.failed += 1
+            if self._dead_letters is not None and reason != "shutdown_deadline":
+                self._unwritten.append(record_for(
+                    op, reason=reason or status.value, attempts=entry.attempts,
+                    status=error.status if error else None,
+                    error=str(error) if error else None, now=time.time()))
         elif status is OutcomeStatus.DROPPED:
             c.dropped += 1
         else:
@@ -546,27 +555,24 @@ class EventQueue:
                     if not entry.receipt.done() and entry not in self._abandoned:
                         self._settle(entry, OutcomeStatus.FAILED, "internal_error")
         counts = {"delivered": 0, "rejected": 0, "failed": 0, "abandoned": 0}
-        failures: list[tuple[_Entry, Outcome]] = []
+        last_error: DeliveryError | None = None
         for entry in batch:
             outcome = entry.receipt.outcome
             if outcome is None:
                 counts["abandoned"] += 1
                 continue
             counts[outcome.status.value] += 1
-            if outcome.status is not OutcomeStatus.DELIVERED:
-                failures.append((entry, outcome))
-        if failures and self._dead_letters is not None:
-            await self._record_failures(failures)
+            last_error = outcome.error or last_error
+        await self._write_dead_letters()
         duration = round(time.monotonic() - started, 4)
         attempts = sum(e.attempts for e in batch)
         if len(batch) == counts["delivered"]:
             log.info("cio_queue.batch_sent", operations=len(batch), requests=len(units),
                      attempts=attempts, duration=duration)
         else:
-            last = failures[-1][1].error if failures else None
             log.warning("cio_queue.batch_failed", operations=len(batch), requests=len(units),
                         attempts=attempts, duration=duration,
-                        status=last.status if last else None, **counts)
+                        status=last_error.status if last_error else None, **counts)
 
     def _units(self, batch: list[_Entry]) -> list[tuple[list[_Entry], Awaitable[None]]]:
         """Split a batch into the requests that carry it: v1 singles and packed v2 batches."""
@@ -580,18 +586,15 @@ class EventQueue:
                 units.append((entries, self._deliver_v2(entries)))
         return units
 
-    async def _record_failures(self, failures: list[tuple[_Entry, Outcome]]) -> None:
-        assert self._dead_letters is not None
-        now = time.time()
-        records = [record_for(e.op, reason=o.reason or o.status.value, attempts=o.attempts,
-                              status=o.error.status if o.error else None,
-                              error=str(o.error) if o.error else None, now=now)
-                   for e, o in failures]
-        try:
-            await self._dead_letters.append(records)
-        except OSError:
-            log.exception("cio_queue.dead_letter_write_failed", count=len(records),
-                          path=str(self._dead_letters.path))
+    async def _write_dead_letters(self) -> None:
+        """Append the records of operations that ended rejected or failed since last time."""
+        records, self._unwritten = self._unwritten, []
+        if records and self._dead_letters is not None:
+            try:
+                await self._dead_letters.append(records)
+            except OSError:
+                log.exception("cio_queue.dead_letter_write_failed", count=len(records),
+                              path=str(self._dead_letters.path))
 
     # --- delivery ------------------------------------------------------------------------------
 
