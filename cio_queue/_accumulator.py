@@ -37,6 +37,12 @@ class BatchAccumulator(Generic[T]):
         size = len(items)
         return size in (1, self.batch_size)
 
+    def requeue(self, items: list[T], now: float) -> None:
+        """Put items back at the front, due at once (their batch was cut short)."""
+        arrival = now - self.flush_interval
+        self._items.extendleft(reversed(items))
+        self._arrivals.extendleft([arrival] * len(items))
+
     def popleft(self) -> T:
         """Remove and return the oldest item (for a drop-oldest overflow)."""
         self._arrivals.popleft()

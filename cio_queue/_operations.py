@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import time
@@ -34,6 +35,9 @@ MAX_TIMESTAMP: Final = 99_999_999_999
 MAX_V2_OPERATION_BYTES: Final = 32 * 1024
 """The Track API's limit on one operation inside a v2 batch."""
 MAX_DEPTH: Final = 64
+MAX_INT_BITS: Final = 64
+"""Larger ints are refused: JSON readers (and Python's own int-to-str limit) cannot take
+them reliably."""
 # What requests does for json=: default separators, ASCII, no NaN. One encoder each, made
 # once: json.dumps with any non-default option builds a new encoder on every call.
 _V1_ENCODER: Final = json.JSONEncoder(allow_nan=False)
@@ -182,6 +186,9 @@ _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Every 10-bit value as its two Crockford characters: four lookups encode 40 bits.
 _PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 _random = random.Random()  # noqa: S311 - ULIDs need uniqueness, not secrecy
+if hasattr(os, "register_at_fork"):
+    # A forked child would otherwise repeat its parent's random sequence, and so its ids.
+    os.register_at_fork(after_in_child=_random.seed)
 _ulid_time: list[Any] = [-1, ""]  # the last millisecond seen and its 10-character text
 
 
@@ -223,13 +230,19 @@ def _utf8_len(value: str, field: str) -> int:
         raise InvalidEventError(field, "contains an unpaired surrogate; not valid text") from None
 
 
-def _check_id(value: object, field: str) -> str:
+def _check_id(value: object, field: str, *, allow_int: bool = True) -> str:
     """Check a person or device id and return its path form, as ``str(value)``."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidEventError(field, f"must be a str or int, not {type(value).__name__}")
+    if isinstance(value, bool) or not isinstance(value, str | int) or (
+            not allow_int and not isinstance(value, str)):
+        kinds = "a str or int" if allow_int else "a str"
+        raise InvalidEventError(field, f"must be {kinds}, not {type(value).__name__}")
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise InvalidEventError(field, f"is an int beyond {MAX_INT_BITS} bits")
     text = str(value)
     if not text.strip():
         raise InvalidEventError(field, "must not be blank")
+    if text == "cio_":
+        raise InvalidEventError(field, "is the cio_ prefix with no cio_id after it")
     size = _utf8_len(text, field)
     if size > MAX_ID_BYTES:
         raise InvalidEventError(field, f"is {size} bytes; the limit is {MAX_ID_BYTES}")
@@ -260,7 +273,12 @@ def _clean(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911, PLR0912 - a bra
     and tuples are copied recursively; anything json cannot encode is refused.
     """
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        if value.bit_length() > MAX_INT_BITS:
+            raise _FieldError("", f"is an int beyond {MAX_INT_BITS} bits, which JSON readers "
+                                  "cannot hold; send it as a str")
         return value
     if kind is float:
         if math.isnan(value):
@@ -295,7 +313,7 @@ def _clean(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911, PLR0912 - a bra
     if isinstance(value, float):  # a float subclass
         return _clean(float(value), depth)
     if isinstance(value, str | int):  # str and int subclasses such as enums encode as values
-        return value
+        return _clean(str(value) if isinstance(value, str) else int(value), depth)
     raise _FieldError("", f"is a {kind.__name__}, which is not JSON-serialisable "
                           "(convert it to str, int, float, bool, None, list, dict or datetime)")
 
@@ -446,7 +464,7 @@ def unsuppress(customer_id: object) -> Operation:
 def add_device(customer_id: object, device_id: object, platform: object,
                data: dict[str, Any]) -> Operation:
     text = _check_id(customer_id, "customer_id")
-    _check_id(device_id, "device_id")
+    _check_id(device_id, "device_id", allow_int=False)  # the API wants a string token
     if platform not in PLATFORMS:
         raise InvalidEventError("platform", f"must be 'ios' or 'android', not {platform!r}")
     device = _clean_mapping(data, "data")

@@ -19,22 +19,25 @@ apart can never make the server see one request too many in a second."""
 class RequestPacer:
     """Hand out start times so that requests respect a rate limit and a shared 429 gate.
 
-    With ``rate`` requests per second, the window is ``n / rate`` seconds (plus
-    RATE_GUARD) for ``n = max(1, floor(rate))``, and no window ever holds more than ``n``
-    start times: a sliding log, not a token bucket, so there is no burst above the rate.
-    A 429 closes the gate: no request starts before it reopens.
+    With ``rate`` requests per second, starts are spread at least ``1 / rate`` seconds
+    apart (no bursts that the network or the server's own queue could bunch up further),
+    and, for ``n = max(1, floor(rate))``, no window of ``n / rate`` seconds plus
+    RATE_GUARD ever holds more than ``n`` of them: a sliding log, so the server sees at
+    most the rate in any second even when arrival times wobble. A 429 closes the gate:
+    no request starts before it reopens.
     """
 
-    __slots__ = ("_log", "_size", "_window", "gate_until")
+    __slots__ = ("_interval", "_log", "_size", "_window", "gate_until")
 
     def __init__(self, rate: float | None) -> None:
         self.gate_until = -math.inf
         if rate is None:
             self._size = 0
-            self._window = 0.0
+            self._window = self._interval = 0.0
         else:
             self._size = max(1, math.floor(rate))
             self._window = self._size / rate + RATE_GUARD
+            self._interval = 1 / rate
         self._log: deque[float] = deque()
 
     def close_gate(self, now: float, seconds: float) -> None:
@@ -46,6 +49,8 @@ class RequestPacer:
         start = now if now >= self.gate_until else self.gate_until
         if self._size:
             log = self._log
+            if log:
+                start = max(start, log[-1] + self._interval)
             if len(log) >= self._size:
                 start = max(start, log.popleft() + self._window)
             log.append(start)

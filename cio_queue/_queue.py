@@ -13,6 +13,7 @@ Every operation is settled exactly once, by ``_settle``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import time
@@ -146,12 +147,15 @@ class EventQueue:
         self._batches: dict[asyncio.Task[None], list[_Entry]] = {}
         self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._sleepers: set[asyncio.Future[None]] = set()
-        self._callbacks: set[asyncio.Task[Any]] = set()
-        self._abandoned: list[_Entry] = []
-        # Dead-letter records of operations settled rejected or failed, not yet on disk.
-        self._unwritten: list[dict[str, Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()  # callbacks and dead-letter writes
+        # Operations whose delivery stopped short at shutdown; an ordered set.
+        self._abandoned: dict[_Entry, None] = {}
+        # Operations that ended rejected or failed, waiting for their dead-letter record.
+        self._unwritten: dict[_Entry, tuple[OutcomeStatus, str | None,
+                                            DeliveryError | None]] = {}
         self._deadline: float | None = None
-        self._closed: asyncio.Event | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._draining: asyncio.Task[Any] | None = None
         _live_queues.add(self)
 
     def __repr__(self) -> str:
@@ -186,9 +190,22 @@ class EventQueue:
         self._loop = asyncio.get_running_loop()
         self._limiter = anyio.CapacityLimiter(self._config.max_concurrency)
         self._wake = asyncio.Event()
-        self._closed = asyncio.Event()
         self._state = "running"
+        self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        assert self._loop is not None
         self._flusher = self._loop.create_task(self._run_flusher(), name="cio_queue.flusher")
+        self._flusher.add_done_callback(self._flusher_done)
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        if self._state != "running":
+            return
+        # Something cancelled our flusher (a cancel-all-tasks teardown) or it crashed:
+        # without it nothing would ever be sent again, so start another.
+        error = None if task.cancelled() else task.exception()
+        log.warning("cio_queue.flusher_restarted", error=repr(error) if error else "cancelled")
+        self._start_flusher()
 
     def _check_context(self) -> None:
         if self._forked:
@@ -235,48 +252,70 @@ class EventQueue:
         if self._state == "closed":
             return self.statistics()
         self._check_context()
-        assert self._closed is not None
-        if self._state != "running":
-            await self._closed.wait()
-            return self.statistics()
-        self._state = "closing"
-        self._deadline = time.monotonic() + self._config.shutdown_timeout
-        for waiter in self._room_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._wake_sleepers()
-        try:
+        if self._state == "running":
+            self._state = "closing"
+            self._deadline = time.monotonic() + self._config.shutdown_timeout
+            for waiter in self._room_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._wake_sleepers()
             if self._flusher is not None:
                 self._flusher.cancel()
             for batch in self._acc.take_all():
                 self._dispatch(batch)
-            tasks = list(self._batches)
-            if tasks:
-                await asyncio.wait(tasks, timeout=self._config.shutdown_timeout)
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_MARGIN):
-                await self._finish_close()
+            assert self._loop is not None
+            # The close runs in a task of its own, so that cancelling the caller (an app's
+            # lifespan being torn down) can never stop the spill half-way; a later aclose()
+            # simply waits for the same task.
+            self._closing = self._loop.create_task(self._drain_and_close(),
+                                                   name="cio_queue.close")
+        closing = self._closing
+        assert closing is not None
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            # The caller stopped waiting: cut the drain short, but let the spill finish
+            # (it is bounded by _CLOSE_MARGIN) before passing the cancellation on.
+            if self._draining is not None:
+                self._draining.cancel()
+            while not closing.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(closing)
+            raise
         return self.statistics()
 
+    async def _drain_and_close(self) -> None:
+        tasks = list(self._batches)
+        if tasks:
+            assert self._loop is not None
+            self._draining = self._loop.create_task(
+                asyncio.wait(tasks, timeout=self._config.shutdown_timeout))
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._draining
+        with anyio.move_on_after(_CLOSE_MARGIN):
+            await self._finish_close()
+
     async def _finish_close(self) -> None:
-        leftovers = list(self._batches.items())
-        for task, _ in leftovers:
+        leftovers = list(self._batches)
+        for task in leftovers:
             task.cancel()
         if leftovers:
-            await asyncio.wait([task for task, _ in leftovers], timeout=_CLOSE_MARGIN / 4)
-        unsent = [e for _, batch in leftovers for e in batch if not e.receipt.done()]
-        unsent.extend(e for e in self._abandoned if not e.receipt.done())
+            await asyncio.wait(leftovers, timeout=_CLOSE_MARGIN / 4)
+        # Cancelled batches moved their unsettled operations into _abandoned; a batch that
+        # did not even finish cancelling still holds its own.
+        unsent = [e for e in self._abandoned if not e.receipt.done()]
+        unsent.extend(e for batch in self._batches.values() for e in batch
+                      if not e.receipt.done())
         unsent.extend(e for batch in self._acc.take_all() for e in batch)
+        unsent = list(dict.fromkeys(unsent))
         self._abandoned.clear()
         await self._write_dead_letters()
         if unsent:
             await self._spill(unsent)
-        if self._callbacks:
-            await asyncio.wait(list(self._callbacks), timeout=_CLOSE_MARGIN / 4)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=_CLOSE_MARGIN / 4)
         await self._close_sender()
         self._state = "closed"
-        assert self._closed is not None
-        self._closed.set()
         c = self._counters
         log.info("cio_queue.closed", delivered=c.delivered, rejected=c.rejected,
                  failed=c.failed, dropped=c.dropped, dead_lettered=c.dead_lettered,
@@ -441,10 +480,16 @@ class EventQueue:
                 try:
                     with anyio.fail_after(self._config.enqueue_timeout):
                         await waiter
-                except TimeoutError:
-                    raise QueueFullError(
-                        f"no room in the queue within enqueue_timeout="
-                        f"{self._config.enqueue_timeout}s (overflow='block')") from None
+                except BaseException as exc:
+                    # Woken with room and then timed out or cancelled: the room is not
+                    # ours to take, so hand it to the next caller in line.
+                    if waiter.done() and not waiter.cancelled():
+                        self._hand_over_room()
+                    if isinstance(exc, TimeoutError):
+                        raise QueueFullError(
+                            f"no room in the queue within enqueue_timeout="
+                            f"{self._config.enqueue_timeout}s (overflow='block')") from None
+                    raise
                 finally:
                     if waiter in self._room_waiters:
                         self._room_waiters.remove(waiter)
@@ -464,7 +509,20 @@ class EventQueue:
     # --- settling ------------------------------------------------------------------------------
 
     def _settle(self, entry: _Entry, status: OutcomeStatus, reason: str | None = None,
-                error: DeliveryError | None = None) -> Outcome:
+                error: DeliveryError | None = None) -> None:
+        """Give an operation its one Outcome, once its dead-letter record (if any) is on disk.
+
+        A rejection or failure with a dead-letter file configured waits in ``_unwritten``
+        until ``_write_dead_letters`` has appended and fsynced its record.
+        """
+        if (self._dead_letters is not None and reason != "shutdown_deadline"
+                and status in (OutcomeStatus.REJECTED, OutcomeStatus.FAILED)):
+            self._unwritten[entry] = (status, reason, error)
+        else:
+            self._finalize(entry, status, reason, error)
+
+    def _finalize(self, entry: _Entry, status: OutcomeStatus, reason: str | None,
+                  error: DeliveryError | None) -> None:
         op = entry.op
         outcome = Outcome(status, op.kind, op.customer_id, op.event_id, entry.attempts,
                           reason, error)
@@ -473,46 +531,47 @@ class EventQueue:
         c.pending -= 1
         if status is OutcomeStatus.DELIVERED:
             c.delivered += 1
-        elif status is OutcomeStatus.REJECTED or status is OutcomeStatus.FAILED:
-            if status is OutcomeStatus.REJECTED:
-                c.rejected += 1
-            else:
-                c.failed += 1
-            if self._dead_letters is not None and reason != "shutdown_deadline":
-                self._unwritten.append(record_for(
-                    op, reason=reason or status.value, attempts=entry.attempts,
-                    status=error.status if error else None,
-                    error=str(error) if error else None, now=time.time()))
+        elif status is OutcomeStatus.REJECTED:
+            c.rejected += 1
+        elif status is OutcomeStatus.FAILED:
+            c.failed += 1
         elif status is OutcomeStatus.DROPPED:
             c.dropped += 1
         else:
             c.dead_lettered += 1
+        self._hand_over_room()
+        if self._on_outcome is not None:
+            self._run_callback(outcome)
+
+    def _hand_over_room(self) -> None:
+        """Wake the longest-waiting caller blocked on a full queue, if any."""
         waiters = self._room_waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                break
-        if self._on_outcome is not None:
-            self._run_callback(outcome)
-        return outcome
+                return
 
     def _run_callback(self, outcome: Outcome) -> None:
         assert self._on_outcome is not None
         try:
             result = self._on_outcome(outcome)
             if inspect.isawaitable(result):
-                assert self._loop is not None
-                task = self._loop.create_task(_await(result))
-                self._callbacks.add(task)
-                task.add_done_callback(self._callback_done)
+                self._background(result)
         except Exception:
             log.exception("cio_queue.on_outcome_failed", kind=outcome.kind)
 
-    def _callback_done(self, task: asyncio.Task[Any]) -> None:
-        self._callbacks.discard(task)
+    def _background(self, awaitable: Awaitable[Any]) -> None:
+        """Run an awaitable in a task that aclose() waits for and whose errors are logged."""
+        assert self._loop is not None
+        task = self._loop.create_task(_await(awaitable))
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("cio_queue.on_outcome_failed", exc_info=task.exception())
+            log.error("cio_queue.background_task_failed", exc_info=task.exception())
 
     # --- the flusher --------------------------------------------------------------------------
 
@@ -538,7 +597,31 @@ class EventQueue:
         self._counters.batches += 1
         task = self._loop.create_task(self._send_batch(batch))
         self._batches[task] = batch
-        task.add_done_callback(self._batches.pop)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        batch = self._batches.pop(task)
+        if not task.cancelled() and task.exception() is None:
+            return  # every operation was settled, or abandoned at the deadline
+        orphans = [e for e in batch if not e.receipt.done() and e not in self._abandoned
+                   and e not in self._unwritten]
+        if self._unwritten and self._loop is not None:
+            self._background(self._write_dead_letters())
+        if not orphans:
+            return
+        if task.cancelled() and self._state == "running":
+            # Cancelled from outside while running: send them again (same event ids).
+            log.warning("cio_queue.batch_cancelled", operations=len(orphans))
+            self._acc.requeue(orphans, time.monotonic())
+            assert self._wake is not None
+            self._wake.set()
+        elif task.cancelled():
+            self._abandoned.update(dict.fromkeys(orphans))
+        else:
+            log.error("cio_queue.batch_crashed", operations=len(orphans),
+                      exc_info=task.exception())
+            for entry in orphans:
+                self._settle(entry, OutcomeStatus.FAILED, "internal_error")
 
     async def _send_batch(self, batch: list[_Entry]) -> None:
         started = time.monotonic()
@@ -552,8 +635,10 @@ class EventQueue:
                 log.error("cio_queue.delivery_crashed", operations=len(entries),
                           exc_info=result)
                 for entry in entries:
-                    if not entry.receipt.done() and entry not in self._abandoned:
+                    if (not entry.receipt.done() and entry not in self._abandoned
+                            and entry not in self._unwritten):
                         self._settle(entry, OutcomeStatus.FAILED, "internal_error")
+        await self._write_dead_letters()
         counts = {"delivered": 0, "rejected": 0, "failed": 0, "abandoned": 0}
         last_error: DeliveryError | None = None
         for entry in batch:
@@ -563,7 +648,6 @@ class EventQueue:
                 continue
             counts[outcome.status.value] += 1
             last_error = outcome.error or last_error
-        await self._write_dead_letters()
         duration = round(time.monotonic() - started, 4)
         attempts = sum(e.attempts for e in batch)
         if len(batch) == counts["delivered"]:
@@ -587,14 +671,24 @@ class EventQueue:
         return units
 
     async def _write_dead_letters(self) -> None:
-        """Append the records of operations that ended rejected or failed since last time."""
-        records, self._unwritten = self._unwritten, []
-        if records and self._dead_letters is not None:
-            try:
-                await self._dead_letters.append(records)
-            except OSError:
-                log.exception("cio_queue.dead_letter_write_failed", count=len(records),
-                              path=str(self._dead_letters.path))
+        """Write the records of operations that ended rejected or failed, then settle them."""
+        if not self._unwritten or self._dead_letters is None:
+            return
+        waiting, self._unwritten = self._unwritten, {}
+        now = time.time()
+        records = [record_for(entry.op, reason=reason or status.value, attempts=entry.attempts,
+                              status=error.status if error else None,
+                              error=str(error) if error else None, now=now)
+                   for entry, (status, reason, error) in waiting.items()]
+        try:
+            await self._dead_letters.append(records)
+        except OSError:
+            # The outcome stands all the same; the log says the record is missing.
+            log.exception("cio_queue.dead_letter_write_failed", count=len(records),
+                          path=str(self._dead_letters.path))
+        finally:
+            for entry, (status, reason, error) in waiting.items():
+                self._finalize(entry, status, reason, error)
 
     # --- delivery ------------------------------------------------------------------------------
 
@@ -605,7 +699,7 @@ class EventQueue:
             _, error, reason = await self._exchange(
                 [entry], Request(op.method, _V1_PREFIX + op.path, op.body))
         except _AbandonedError:
-            self._abandoned.append(entry)
+            self._abandoned[entry] = None
             return
         if error is None:
             self._settle(entry, OutcomeStatus.DELIVERED)
@@ -625,7 +719,7 @@ class EventQueue:
             response, error, reason = await self._exchange(
                 entries, Request("POST", _V2_BATCH_PATH, body))
         except _AbandonedError:
-            self._abandoned.extend(entries)
+            self._abandoned.update(dict.fromkeys(entries))
             return
         if error is None:
             assert response is not None

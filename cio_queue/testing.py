@@ -528,7 +528,8 @@ class FakeTrackAPI:
             raise RuntimeError("FakeTrackAPI is already running")
         self._notify()  # wake waiters of a previous run; they re-wait on a fresh event
         app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # [\s\S], not ".": ids may hold a newline, which "." would not match.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
+
 from cio_queue._accumulator import BatchAccumulator
 from cio_queue._pacing import RATE_GUARD, RequestPacer
 
@@ -42,13 +46,14 @@ def test_take_all_splits_into_batches_and_popleft_drops_the_oldest() -> None:
 
 
 def test_pacer_never_lets_a_window_hold_more_than_the_rate() -> None:
-    """With rate r, any window of one second (plus guard) holds at most r start times."""
+    """With rate r, starts are 1/r apart and any one-second window holds at most r of them."""
     pacer = RequestPacer(10)
     starts = [0.0 + pacer.reserve(0.0) for _ in range(35)]
-    assert starts[:10] == [0.0] * 10
-    assert starts[10] == 1.0 + RATE_GUARD
+    assert starts[:10] == pytest.approx([i / 10 for i in range(10)])
+    assert starts[10] == pytest.approx(1.0 + RATE_GUARD)  # the window, not just the spacing
     for i in range(len(starts) - 10):
-        assert starts[i + 10] - starts[i] >= 1.0
+        assert starts[i + 10] - starts[i] >= 1.0 + RATE_GUARD - 1e-9
+    assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(starts))
 
 
 def test_pacer_without_a_rate_only_obeys_the_gate() -> None:
@@ -66,3 +71,4 @@ def test_pacer_with_a_fractional_rate() -> None:
     pacer = RequestPacer(0.5)
     assert pacer.reserve(0.0) == 0
     assert pacer.reserve(0.0) == 2.0 + RATE_GUARD
+    assert pacer.reserve(10.0) == 0  # long idle: no wait at all
