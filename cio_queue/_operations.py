@@ -312,8 +312,10 @@ def _clean(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911, PLR0912 - a bra
         return _datetime_to_unix(value)
     if isinstance(value, float):  # a float subclass
         return _clean(float(value), depth)
-    if isinstance(value, str | int):  # str and int subclasses such as enums encode as values
-        return _clean(str(value) if isinstance(value, str) else int(value), depth)
+    if isinstance(value, str):  # a str subclass, such as a str enum, encodes as its text
+        return value
+    if isinstance(value, int):  # an int subclass, such as an IntEnum, encodes as its number
+        return _clean(int(value), depth)
     raise _FieldError("", f"is a {kind.__name__}, which is not JSON-serialisable "
                           "(convert it to str, int, float, bool, None, list, dict or datetime)")
 
