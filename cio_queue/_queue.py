@@ -55,6 +55,8 @@ _CLOSE_MARGIN: Final = 2.0
 running the last callbacks and closing connections."""
 
 _State = Literal["new", "running", "closing", "closed"]
+_DEAD_LETTER_STATUSES: Final = frozenset(
+    {OutcomeStatus.REJECTED, OutcomeStatus.FAILED, OutcomeStatus.DEAD_LETTERED})
 
 # Queues alive in this process, so a fork can mark them unusable in the child.
 _live_queues: weakref.WeakSet[EventQueue] = weakref.WeakSet()
@@ -330,25 +332,17 @@ class EventQueue:
 
     async def _spill(self, entries: list[_Entry]) -> None:
         """Settle operations left unsent at the shutdown deadline."""
-        now = time.time()
-        if self._dead_letters is not None:
-            records = [record_for(e.op, reason="shutdown_deadline", attempts=e.attempts,
-                                  status=None, error=None, now=now) for e in entries]
-            try:
-                await self._dead_letters.append(records)
-            except OSError:
-                log.exception("cio_queue.dead_letter_write_failed", count=len(records),
-                              path=str(self._dead_letters.path))
-            else:
-                for e in entries:
-                    self._settle(e, OutcomeStatus.DEAD_LETTERED, "shutdown_deadline")
-                log.warning("cio_queue.dead_lettered", count=len(entries),
-                            path=str(self._dead_letters.path))
-                return
-        for e in entries:
-            self._settle(e, OutcomeStatus.FAILED, "shutdown_deadline")
-        log.error("cio_queue.unsent_at_shutdown", count=len(entries),
-                  hint="set dead_letter_path to keep them for replay")
+        if self._dead_letters is None:
+            for entry in entries:
+                self._settle(entry, OutcomeStatus.FAILED, "shutdown_deadline")
+            log.error("cio_queue.unsent_at_shutdown", count=len(entries),
+                      hint="set dead_letter_path to keep them for replay")
+            return
+        for entry in entries:
+            self._settle(entry, OutcomeStatus.DEAD_LETTERED, "shutdown_deadline")
+        await self._write_dead_letters()
+        log.warning("cio_queue.dead_lettered", count=len(entries),
+                    path=str(self._dead_letters.path))
 
     # --- statistics ----------------------------------------------------------------------
 
@@ -512,11 +506,10 @@ class EventQueue:
                 error: DeliveryError | None = None) -> None:
         """Give an operation its one Outcome, once its dead-letter record (if any) is on disk.
 
-        A rejection or failure with a dead-letter file configured waits in ``_unwritten``
-        until ``_write_dead_letters`` has appended and fsynced its record.
+        With a dead-letter file configured, a rejection, failure or shutdown spill waits in
+        ``_unwritten`` until ``_write_dead_letters`` has appended and fsynced its record.
         """
-        if (self._dead_letters is not None and reason != "shutdown_deadline"
-                and status in (OutcomeStatus.REJECTED, OutcomeStatus.FAILED)):
+        if self._dead_letters is not None and status in _DEAD_LETTER_STATUSES:
             self._unwritten[entry] = (status, reason, error)
         else:
             self._finalize(entry, status, reason, error)
@@ -671,7 +664,7 @@ class EventQueue:
         return units
 
     async def _write_dead_letters(self) -> None:
-        """Write the records of operations that ended rejected or failed, then settle them."""
+        """Write the records of operations waiting in ``_unwritten``, then settle them."""
         if not self._unwritten or self._dead_letters is None:
             return
         waiting, self._unwritten = self._unwritten, {}
@@ -680,15 +673,19 @@ class EventQueue:
                               status=error.status if error else None,
                               error=str(error) if error else None, now=now)
                    for entry, (status, reason, error) in waiting.items()]
+        written = False
         try:
             await self._dead_letters.append(records)
+            written = True
         except OSError:
-            # The outcome stands all the same; the log says the record is missing.
             log.exception("cio_queue.dead_letter_write_failed", count=len(records),
                           path=str(self._dead_letters.path))
         finally:
             for entry, (status, reason, error) in waiting.items():
-                self._finalize(entry, status, reason, error)
+                # A spill that did not reach the disk is a failure; the log says so.
+                spilled_nowhere = status is OutcomeStatus.DEAD_LETTERED and not written
+                self._finalize(entry, OutcomeStatus.FAILED if spilled_nowhere else status,
+                               reason, error)
 
     # --- delivery ------------------------------------------------------------------------------
 
