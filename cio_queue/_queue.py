@@ -303,15 +303,15 @@ class EventQueue:
             task.cancel()
         if leftovers:
             await asyncio.wait(leftovers, timeout=_CLOSE_MARGIN / 4)
+        await self._write_dead_letters()  # settles the rejections and failures it holds
         # Cancelled batches moved their unsettled operations into _abandoned; a batch that
         # did not even finish cancelling still holds its own.
-        unsent = [e for e in self._abandoned if not e.receipt.done()]
-        unsent.extend(e for batch in self._batches.values() for e in batch
-                      if not e.receipt.done())
+        unsent = list(self._abandoned)
+        unsent.extend(e for batch in self._batches.values() for e in batch)
         unsent.extend(e for batch in self._acc.take_all() for e in batch)
-        unsent = list(dict.fromkeys(unsent))
+        unsent = [e for e in dict.fromkeys(unsent)
+                  if not e.receipt.done() and e not in self._unwritten]
         self._abandoned.clear()
-        await self._write_dead_letters()
         if unsent:
             await self._spill(unsent)
         if self._tasks:
@@ -516,6 +516,9 @@ class EventQueue:
 
     def _finalize(self, entry: _Entry, status: OutcomeStatus, reason: str | None,
                   error: DeliveryError | None) -> None:
+        if entry.receipt.done():  # never count an operation twice, whatever went wrong
+            log.error("cio_queue.settled_twice", kind=entry.op.kind, status=status.value)
+            return
         op = entry.op
         outcome = Outcome(status, op.kind, op.customer_id, op.event_id, entry.attempts,
                           reason, error)
