@@ -658,13 +658,22 @@ class EventQueue:
         """Split a batch into the requests that carry it: v1 singles and packed v2 batches."""
         singles = [e for e in batch if e.op.v2 is None]
         units: list[tuple[list[_Entry], Awaitable[None]]] = [
-            ([e], self._deliver_v1(e)) for e in singles]
+            ([e], self._recorded(self._deliver_v1(e))) for e in singles]
         if len(singles) < len(batch):
             packed = [e for e in batch if e.op.v2 is not None]
             for group in pack([len(e.op.v2 or b"") for e in packed]):
                 entries = packed[group.start:group.stop]
-                units.append((entries, self._deliver_v2(entries)))
+                units.append((entries, self._recorded(self._deliver_v2(entries))))
         return units
+
+    async def _recorded(self, delivery: Awaitable[None]) -> None:
+        """Run one request's delivery, then write its dead-letter records at once.
+
+        So a rejection is on disk and reported when its own request ends, not when the
+        slowest request of its batch does.
+        """
+        await delivery
+        await self._write_dead_letters()
 
     async def _write_dead_letters(self) -> None:
         """Write the records of operations waiting in ``_unwritten``, then settle them."""

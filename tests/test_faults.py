@@ -516,6 +516,36 @@ async def test_a_rejection_is_on_disk_before_it_is_reported_even_at_the_deadline
     assert on_disk_when_reported == {"a": True, "b": True}
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_rejection_is_reported_at_once_though_its_batch_mate_still_hangs(
+        tmp_path: Path, transport: str) -> None:
+    """With a dead-letter file, a 4xx settles (line on disk) without waiting for its batch."""
+    path = tmp_path / "dead.jsonl"
+    # Two requests: whichever arrives first is refused, the other hangs for 10 s. With the
+    # batch transport, the anonymous event travels by v1, apart from the v2 request.
+    fake = FakeTrackAPI(faults=FaultRates(slow_seconds=10))
+    fake.script(400, Fault.SLOW)
+    async with fake:
+        cfg = config(fake.url, transport=transport, dead_letter_path=path, batch_size=2,
+                     flush_interval=60, shutdown_timeout=0.5, request_timeout=60)
+        queue = EventQueue(cfg)
+        receipts = [await queue.track_anonymous("anon", "ev"), await queue.track("a", "ev")]
+        try:
+            with anyio.fail_after(10):
+                await fake.wait_until(lambda: len(fake.log) == 1 and fake.in_flight == 1)
+            (refused,) = fake.log
+            assert refused.status == 400
+            rejected = receipts[0] if refused.path == "/api/v1/events" else receipts[1]
+            with anyio.fail_after(1):  # not the 10 s its batch-mate takes
+                outcome = await rejected.wait()
+            assert outcome.status is OutcomeStatus.REJECTED
+            assert [r["reason"] for r in read_records(path)] == ["rejected"]
+        finally:
+            with anyio.fail_after(10):
+                stats = await queue.aclose()
+    assert (stats.rejected, stats.dead_lettered, stats.pending) == (1, 1, 0)
+
+
 async def test_an_operation_abandoned_in_backoff_is_dead_lettered_once(tmp_path: Path) -> None:
     """At the deadline, an op waiting to retry beside a hung one is spilled exactly once."""
     path = tmp_path / "dead.jsonl"
