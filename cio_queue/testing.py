@@ -547,7 +547,13 @@ class FakeTrackAPI:
         """Stop listening and close every open connection, so clients see failures."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            server = runner.server
             await runner.cleanup()
+            # A connection accepted while the runner shut down joins the server after its
+            # connections were closed; nothing else would ever close it.
+            if server is not None:
+                for late in server.connections:
+                    late.force_close()
 
     async def restart(self, downtime: float = 0.0) -> None:
         """Stop, stay down for `downtime` seconds, then serve again on the same port."""
