@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from ._operations import Operation
 
-__all__ = ["FORMAT", "DeadLetterFile", "operation_from_record", "record_for"]
+__all__ = ["FORMAT", "DeadLetterFile", "dumps_record", "operation_from_record", "record_for"]
 
 FORMAT: Final = "cio-queue/dead-letter/1"
 
@@ -81,15 +81,15 @@ class DeadLetterFile:
         """Append records and fsync; returns once they are on disk."""
         if not records:
             return
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        data = "".join(dumps_record(r) + "\n" for r in records).encode()
         async with self._lock:
             await anyio.to_thread.run_sync(_append_sync, self.path, data, abandon_on_cancel=False)
 
-    def append_blocking(self, records: list[dict[str, Any]]) -> None:
-        """Append records from synchronous code (used where no thread may be started)."""
-        if records:
-            _append_sync(self.path, "".join(
-                json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode())
+
+
+def dumps_record(record: dict[str, Any]) -> str:
+    """Return a record as one line of compact JSON (without the newline)."""
+    return json.dumps(record, separators=(",", ":"))
 
 
 def _append_sync(path: Path, data: bytes) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Final
@@ -14,7 +13,13 @@ import anyio.to_thread
 import structlog
 
 from ._config import QueueConfig
-from ._deadletter import iter_records, operation_from_record, read_lines, write_atomically
+from ._deadletter import (
+    dumps_record,
+    iter_records,
+    operation_from_record,
+    read_lines,
+    write_atomically,
+)
 from ._outcome import OutcomeStatus, Receipt, Statistics
 from ._queue import EventQueue
 
@@ -73,10 +78,11 @@ async def replay(path: str | os.PathLike[str], config: QueueConfig) -> Statistic
         assert outcome is not None  # aclose() settles every operation
         if outcome.status is not OutcomeStatus.DELIVERED:
             error = outcome.error
-            keep.append(_dumps({**record, "reason": outcome.reason or outcome.status.value,
-                                "attempts": record.get("attempts", 0) + outcome.attempts,
-                                "status": error.status if error else None,
-                                "error": str(error) if error else record.get("error")}))
+            keep.append(dumps_record({
+                **record, "reason": outcome.reason or outcome.status.value,
+                "attempts": record.get("attempts", 0) + outcome.attempts,
+                "status": error.status if error else None,
+                "error": str(error) if error else record.get("error")}))
     # Keep lines appended to the file by a live queue while this replay ran.
     current = await anyio.to_thread.run_sync(read_lines, path)
     keep.extend(current[len(lines):])
@@ -120,10 +126,6 @@ async def _send(todo: list[tuple[str, dict[str, Any]]], config: QueueConfig, pro
         # resends only what was in flight at the cut.
         checkpoint()
     return stats, sent
-
-
-def _dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"))
 
 
 def _checkpoint(progress: Path, digests: list[str]) -> None:
