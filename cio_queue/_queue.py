@@ -258,8 +258,7 @@ class EventQueue:
             self._state = "closing"
             self._deadline = time.monotonic() + self._config.shutdown_timeout
             for waiter in self._room_waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+                _resolve(waiter)
             self._wake_sleepers()
             if self._flusher is not None:
                 self._flusher.cancel()
@@ -595,12 +594,16 @@ class EventQueue:
         self._batches[task] = batch
         task.add_done_callback(self._batch_done)
 
+    def _in_delivery(self, entry: _Entry) -> bool:
+        """Whether an operation's delivery has neither ended nor been set aside."""
+        return (not entry.receipt.done() and entry not in self._abandoned
+                and entry not in self._unwritten)
+
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         batch = self._batches.pop(task)
         if not task.cancelled() and task.exception() is None:
             return  # every operation was settled, or abandoned at the deadline
-        orphans = [e for e in batch if not e.receipt.done() and e not in self._abandoned
-                   and e not in self._unwritten]
+        orphans = [e for e in batch if self._in_delivery(e)]
         if self._unwritten and self._loop is not None:
             self._background(self._write_dead_letters())
         if not orphans:
@@ -631,8 +634,7 @@ class EventQueue:
                 log.error("cio_queue.delivery_crashed", operations=len(entries),
                           exc_info=result)
                 for entry in entries:
-                    if (not entry.receipt.done() and entry not in self._abandoned
-                            and entry not in self._unwritten):
+                    if self._in_delivery(entry):
                         self._settle(entry, OutcomeStatus.FAILED, "internal_error")
         await self._write_dead_letters()
         counts = {"delivered": 0, "rejected": 0, "failed": 0, "abandoned": 0}
