@@ -18,13 +18,14 @@ class BatchAccumulator(Generic[T]):
     whatever monotonic clock the caller passes in.
     """
 
-    __slots__ = ("_arrivals", "_items", "batch_size", "flush_interval")
+    __slots__ = ("_arrivals", "_forced", "_items", "batch_size", "flush_interval")
 
     def __init__(self, batch_size: int, flush_interval: float) -> None:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self._items: deque[T] = deque()
         self._arrivals: deque[float] = deque()
+        self._forced = 0  # the oldest items made due at once by expedite()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -37,25 +38,28 @@ class BatchAccumulator(Generic[T]):
         size = len(items)
         return size in (1, self.batch_size)
 
-    def requeue(self, items: list[T], now: float) -> None:
-        """Put items back at the front, due at once (their batch was cut short)."""
-        arrival = now - self.flush_interval
-        self._items.extendleft(reversed(items))
-        self._arrivals.extendleft([arrival] * len(items))
+    def expedite(self) -> None:
+        """Make every item waiting now due at once (a flush, or the shutdown)."""
+        self._forced = len(self._items)
 
     def popleft(self) -> T:
         """Remove and return the oldest item (for a drop-oldest overflow)."""
+        self._forced = max(0, self._forced - 1)
         self._arrivals.popleft()
         return self._items.popleft()
 
     def deadline(self) -> float | None:
-        """Return when the oldest item's batch is due by age, or None when empty."""
-        return self._arrivals[0] + self.flush_interval if self._arrivals else None
+        """Return when the oldest item's batch is due, or None when empty."""
+        if not self._arrivals:
+            return None
+        if self._forced:
+            return self._arrivals[0]  # already past: due now
+        return self._arrivals[0] + self.flush_interval
 
     def due(self, now: float) -> bool:
         """Return whether a batch should leave now."""
         size = len(self._items)
-        if size >= self.batch_size:
+        if size >= self.batch_size or self._forced:
             return True
         return size > 0 and now >= self._arrivals[0] + self.flush_interval
 
@@ -66,6 +70,7 @@ class BatchAccumulator(Generic[T]):
         batch = [items.popleft() for _ in range(count)]
         for _ in range(count):
             arrivals.popleft()
+        self._forced = max(0, self._forced - count)
         return batch
 
     def take_all(self) -> list[list[T]]:

@@ -1,29 +1,41 @@
 """The dead-letter file: JSON lines of operations that could not be delivered.
 
-One line per operation: its wire form (method, path, body), why it was not delivered,
-how many attempts it had and when; never credentials. The queue appends the records of a
-batch's rejected and failed operations when the batch finishes, and those unsent at the
-shutdown deadline before ``aclose()`` returns; each append is fsynced. The blocking file
-work runs in a worker thread, off the event loop.
+Stage: the recorder between the ledger's decision and its settling. One line per
+operation: its wire form (method, path, body), why it was not delivered, how many attempts
+it had and when; never credentials. Rejected and failed operations are written as their
+requests end, and those unsent at the shutdown deadline before ``aclose()`` returns; each
+append is fsynced before the operations it holds are reported. The file functions here are
+shared with replay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import anyio.to_thread
 
+from ._log import log
 from ._operations import Operation
 
-__all__ = ["FORMAT", "DeadLetterFile", "dumps_record", "operation_from_record", "record_for"]
+if TYPE_CHECKING:
+    from ._ledger import Entry
+
+__all__ = ["FORMAT", "DeadLetterWriter", "append_records", "dumps_record",
+           "operation_from_record", "record_for"]
 
 FORMAT: Final = "cio-queue/dead-letter/1"
+MAX_RECORDS_PER_WRITE: Final = 10_000
+"""Records appended (and fsynced) together at most, so one write never grows unbounded."""
 
 
 def _iso(timestamp: float) -> str:
@@ -67,42 +79,169 @@ def operation_from_record(record: dict[str, Any]) -> Operation:
         raise ValueError(f"incomplete dead-letter record: {exc}") from None
 
 
-class DeadLetterFile:
-    """Append records to one JSON-lines file, in order, durably."""
+class DeadLetterWriter:
+    """Own the dead-letter file: one task appends records, on a thread of its own.
 
-    def __init__(self, path: Path) -> None:
+    Entries arrive through :meth:`put` (the ledger's recorder). The writer task takes
+    everything waiting, builds the records, and appends and fsyncs them on a dedicated
+    thread (never anyio's shared pool, which an app's sync endpoints can fill); only then
+    does it tell the ledger, so an outcome is reported only once its line is on disk.
+    Writes never overlap and are never cut short: a cancelled writer task leaves its
+    write running, and :meth:`finish_blocking` waits for it. What waits here is bounded by
+    ``max_queue_size``, since every entry still holds its place in the queue.
+    """
+
+    def __init__(self, path: Path, on_written: Callable[[list[Entry], bool], None]) -> None:
         self.path = path
-        self._lock = anyio.Lock()
+        self._on_written = on_written
+        self._waiting: deque[Entry] = deque()
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="cio_queue-dead-letters")
+        self._writing: tuple[list[Entry], Future[None]] | None = None
 
     def __repr__(self) -> str:
-        return f"<DeadLetterFile {self.path}>"
+        return f"<DeadLetterWriter {self.path}>"
 
-    async def append(self, records: list[dict[str, Any]]) -> None:
-        """Append records and fsync; returns once they are on disk."""
-        if not records:
-            return
-        data = "".join(dumps_record(r) + "\n" for r in records).encode()
-        async with self._lock:
-            await anyio.to_thread.run_sync(_append_sync, self.path, data, abandon_on_cancel=False)
+    def put(self, entry: Entry) -> None:
+        """Queue an entry's record for the next append."""
+        self._waiting.append(entry)
+        self._idle.clear()
+        self._ready.set()
 
+    async def run(self) -> None:
+        """Append waiting records, a group at a time, for ever."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._waiting:
+                entries, future = self._submit()
+                try:
+                    await asyncio.wrap_future(future)
+                    written = True
+                except OSError as exc:
+                    written = False
+                    self._failed(len(entries), exc)
+                self._writing = None
+                self._on_written(entries, written)
+            self._idle.set()
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until every queued record is written, or until ``deadline``; say which."""
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            await self._idle.wait()
+        return self._idle.is_set()
+
+    def finish_blocking(self, timeout: float) -> list[Entry]:
+        """Write everything still waiting, blocking the caller (the loop is going away).
+
+        Waits for a write already running first, so writes never overlap. Returns the
+        entries whose records could not be confirmed within ``timeout``: their write goes
+        on in the background, and they may still appear in the file.
+        """
+        end = time.monotonic() + timeout
+        if self._writing is not None:
+            entries, future = self._writing
+            if not self._settle_write(entries, future, end):
+                return [*entries, *self._waiting]
+        while self._waiting:
+            entries, future = self._submit()
+            if not self._settle_write(entries, future, end):
+                return [*entries, *self._waiting]
+        self._idle.set()
+        return []
+
+    def give_up(self) -> list[Entry]:
+        """Leave the writes to the thread and return the entries not yet confirmed."""
+        entries = list(self._writing[0]) if self._writing is not None else []
+        while self._waiting:
+            queued, _ = self._submit()  # still written, later, by the thread
+            entries.extend(queued)
+        self._writing = None
+        return entries
+
+    def close(self) -> None:
+        """Let the thread finish what it was given, and end it."""
+        self._executor.shutdown(wait=False)
+
+    def _submit(self) -> tuple[list[Entry], Future[None]]:
+        entries = [self._waiting.popleft() for _ in range(min(len(self._waiting),
+                                                              MAX_RECORDS_PER_WRITE))]
+        now = time.time()
+        records = [_record_of(entry, now) for entry in entries]
+        future = self._executor.submit(append_records, self.path, records)
+        self._writing = (entries, future)
+        return entries, future
+
+    def _settle_write(self, entries: list[Entry], future: Future[None], end: float) -> bool:
+        try:
+            future.result(timeout=max(0.0, end - time.monotonic()))
+            written = True
+        except FutureTimeout:
+            return False
+        except OSError as exc:
+            written = False
+            self._failed(len(entries), exc)
+        self._writing = None
+        self._on_written(entries, written)
+        return True
+
+    def _failed(self, count: int, exc: OSError) -> None:
+        log.error("cio_queue.dead_letter_write_failed", count=count, path=str(self.path),
+                  error=f"{type(exc).__name__}: {exc}")
+
+
+def _record_of(entry: Entry, now: float) -> dict[str, Any]:
+    verdict = entry.verdict
+    assert verdict is not None
+    error = verdict.error
+    return record_for(entry.op, reason=verdict.reason or verdict.status.value,
+                      attempts=entry.attempts, status=error.status if error else None,
+                      error=str(error) if error else None, now=now)
+
+
+def append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append records as JSON lines and fsync: all of them or none.
+
+    A failed write (a full disk) is cut back to the last complete line, so the file never
+    ends in a torn line that the next record would be glued to. A new file is created
+    owner-only (it holds people's data), and its directory is fsynced so it survives a
+    crash.
+    """
+    data = "".join(dumps_record(r) + "\n" for r in records).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+    if created:
+        fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a file created or renamed in ``directory`` survive a crash."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def dumps_record(record: dict[str, Any]) -> str:
     """Return a record as one line of compact JSON (without the newline)."""
     return json.dumps(record, separators=(",", ":"))
-
-
-def _append_sync(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_lines(path: Path) -> list[str]:

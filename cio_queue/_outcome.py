@@ -6,7 +6,7 @@ import asyncio
 import enum
 from dataclasses import dataclass
 
-from ._exceptions import DeliveryError
+from ._exceptions import DeliveryError, QueueUsageError
 
 __all__ = ["Outcome", "OutcomeStatus", "Receipt", "Statistics"]
 
@@ -58,11 +58,13 @@ class Receipt:
     whether or not anybody waits.
     """
 
-    __slots__ = ("_outcome", "_waiter", "event_id", "kind")
+    __slots__ = ("_loop", "_outcome", "_waiter", "event_id", "kind")
 
-    def __init__(self, kind: str, event_id: str | None) -> None:
+    def __init__(self, kind: str, event_id: str | None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.kind = kind
         self.event_id = event_id
+        self._loop = loop  # the queue's loop, where the outcome will be set
         self._outcome: Outcome | None = None
         self._waiter: asyncio.Future[Outcome] | None = None
 
@@ -84,11 +86,18 @@ class Receipt:
 
         This waits as long as delivery takes (bounded by the retry policy's timeout and
         the shutdown deadline); wrap it in ``anyio.fail_after`` for a tighter bound.
+
+        Raises:
+            QueueUsageError: called from an event loop other than the queue's.
         """
         if self._outcome is not None:
             return self._outcome
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and loop is not self._loop:
+            raise QueueUsageError("this receipt belongs to a queue on another event loop; "
+                                  "wait for it there")
         if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = loop.create_future()
         return await asyncio.shield(self._waiter)
 
     def _settle(self, outcome: Outcome) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import pytest
 
@@ -86,6 +88,7 @@ class SlowDisk:
         self.writing = threading.Event()
         self.release = threading.Event()
         self.release.set()
+        self.finished = threading.Semaphore(0)  # released once per completed fsync
         real_fsync = os.fsync
 
         def slow_fsync(fd: int) -> None:
@@ -95,13 +98,14 @@ class SlowDisk:
             time.sleep(self.seconds)
             real_fsync(fd)
             self.intervals.append((started, time.monotonic()))
+            self.finished.release()
 
         monkeypatch.setattr(os, "fsync", slow_fsync)
 
     def overlapping(self) -> bool:
+        """Whether two writes ever ran at the same time."""
         ordered = sorted(self.intervals)
-        return any(later[0] < earlier[1] for earlier, later in zip(ordered, ordered[1:],
-                                                                   strict=False))
+        return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(ordered))
 
 
 # --- 1. aclose() and the dead-letter file ---------------------------------------------------
@@ -117,19 +121,27 @@ async def test_aclose_spills_every_unsent_operation_while_the_shared_thread_pool
     with anyio.fail_after(5):
         await sender.wait_for(10)
     limiter = anyio.to_thread.current_default_thread_limiter()
+    threads = int(limiter.total_tokens)
     busy = threading.Event()
-    started = 0
+    all_busy = anyio.Event()
+    arrived = 0
+
+    def arrive() -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == threads:
+            all_busy.set()
 
     def endpoint() -> None:
+        anyio.from_thread.run_sync(arrive)
         busy.wait(60)
 
     try:
         async with anyio.create_task_group() as tg:
-            for _ in range(int(limiter.total_tokens)):
+            for _ in range(threads):
                 tg.start_soon(anyio.to_thread.run_sync, endpoint)
             with anyio.fail_after(5):
-                while limiter.borrowed_tokens < limiter.total_tokens:
-                    await anyio.sleep(0.01)
+                await all_busy.wait()
             started = time.monotonic()
             with anyio.fail_after(30):
                 stats = await queue.aclose()
@@ -214,9 +226,8 @@ async def test_a_disk_slower_than_the_close_margin_ends_failed_and_says_so(
     assert any("dead_letter" in r.getMessage() and "20" in r.getMessage() for r in errors)
     assert sender.closed
     # The write was never cut short: once the disk answers, every record is there.
-    with anyio.fail_after(10):
-        while len(read_records(path)) < 20:
-            await anyio.sleep(0.02)
+    assert await anyio.to_thread.run_sync(disk.finished.acquire, True, 10)
+    assert len(read_records(path)) == 20
 
 
 # --- 2. a cancelled aclose() -----------------------------------------------------------------
@@ -304,7 +315,7 @@ async def test_enqueue_timeout_is_one_deadline_for_the_whole_wait() -> None:
 
 async def test_cancelling_the_queues_tasks_mid_write_never_reports_before_the_disk(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Task.cancel() on the queue's tasks while a record is written: no early outcome, no overlap."""
+    """Task.cancel() on the queue's tasks mid-write: no outcome before the disk, no overlap."""
     path = tmp_path / "dead.jsonl"
     disk = SlowDisk(monkeypatch, 0.3)
     disk.release.clear()
@@ -382,8 +393,11 @@ async def test_a_loop_that_ends_without_aclose_loses_nothing_silently(
 # --- 6. a 400 split whose one half fails --------------------------------------------------------
 
 class SplitOnce:
-    """Refuse the first whole batch with a 400; then raise for the half holding ``boom``
-    and hold the other half until ``gate`` is set."""
+    """A sender that fails one half of a split batch and holds the other.
+
+    The first, whole batch gets a 400; then the half holding ``boom`` raises, and the
+    other half waits until ``gate`` is set.
+    """
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
@@ -392,6 +406,7 @@ class SplitOnce:
         self.closed = False
 
     async def send(self, request: Request) -> Response:
+        """Answer as the class docstring says."""
         self.requests += 1
         people = [next(iter(op["identifiers"].values()))
                   for op in json.loads(request.body)["batch"]]
@@ -404,6 +419,7 @@ class SplitOnce:
         return Response(200, {}, b"{}")
 
     async def aclose(self) -> None:
+        """Note that the queue closed its sender."""
         self.closed = True
 
 
@@ -466,6 +482,7 @@ async def test_pending_operations_hold_no_task_each() -> None:
     assert len(queue_tasks()) <= 10 + 5
     sender.hold.set()
     with anyio.fail_after(60):
+        await queue.flush()
         stats = await queue.aclose()
     assert stats.delivered == 20_000
 

@@ -1,0 +1,238 @@
+"""The courier: one attempt to carry a parcel of operations to the Track API, and its verdict.
+
+Stage: delivery. A :class:`Parcel` is the operations that travel in one HTTP request
+(a v1 request holds one; a v2 ``/api/v2/batch`` request as many as fit). The courier
+builds the request when it is sent (no body is kept while a parcel waits), waits for the
+shared 429 gate and the rate limit, sends it, and judges the answer by the RetryPolicy.
+It returns a :data:`Step` and nothing else: it never settles an operation and keeps no
+statistics; the dispatcher applies the step and the ledger settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+
+from ._config import QueueConfig
+from ._exceptions import DeliveryError, RateLimitedError, RejectedError, TransportError
+from ._ledger import DELIVERED, Entry, Verdict
+from ._log import log
+from ._outcome import OutcomeStatus
+from ._pacing import RequestPacer
+from ._packing import batch_body, partial_errors
+from ._sender import Request, Response, Sender, classify
+
+__all__ = ["Closing", "Courier", "Done", "Parcel", "Retry", "Split", "Step", "Stranded"]
+
+V1_PREFIX: Final = "/api/v1"
+V2_BATCH_PATH: Final = "/api/v2/batch"
+
+
+class Closing:
+    """The shutdown deadline, shared by the dispatcher and the courier.
+
+    ``event`` is set when ``aclose()`` begins; ``deadline`` (monotonic seconds) is when
+    undelivered work is stranded. No attempt starts, and no backoff runs, past it.
+    """
+
+    __slots__ = ("deadline", "event")
+
+    def __init__(self) -> None:
+        self.deadline = math.inf
+        self.event = asyncio.Event()
+
+    def begin(self, deadline: float) -> None:
+        """Start the shutdown: nothing may start after ``deadline``."""
+        self.deadline = deadline
+        self.event.set()
+
+    def crossed(self, when: float) -> bool:
+        """Whether ``when`` falls after the shutdown deadline."""
+        return when > self.deadline
+
+
+class Parcel:
+    """Operations that travel in one request, with the retry state of that request.
+
+    Attributes:
+        entries: the operations, in order (one for v1).
+        v2: whether they travel as one ``/api/v2/batch`` request.
+        batch: the dispatcher's record of the flushed batch they came from.
+        sent: requests sent for this parcel so far.
+        failures: failed attempts that count toward ``RetryPolicy.attempts``.
+        first_sent: when the first attempt started (monotonic seconds), or None.
+    """
+
+    __slots__ = ("batch", "entries", "failures", "first_sent", "sent", "v2")
+
+    def __init__(self, entries: list[Entry], *, v2: bool, batch: Any) -> None:
+        self.entries = entries
+        self.v2 = v2
+        self.batch = batch
+        self.sent = 0
+        self.failures = 0
+        self.first_sent: float | None = None
+
+    @property
+    def seq(self) -> int:
+        """The admission number of its oldest operation: older parcels go first."""
+        return self.entries[0].seq
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The attempt ended the parcel: one verdict per operation, in order."""
+
+    verdicts: Sequence[Verdict]
+    status: int | None = None
+    error: DeliveryError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Send the parcel again after ``delay`` seconds."""
+
+    delay: float
+    error: DeliveryError
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """The API refused the request as a whole: send each part as a parcel of its own."""
+
+    parts: tuple[list[Entry], list[Entry]]
+    error: DeliveryError
+
+
+@dataclass(frozen=True, slots=True)
+class Stranded:
+    """No attempt was made: the shutdown deadline comes before the request may start."""
+
+
+Step = Done | Retry | Split | Stranded
+STRANDED: Final = Stranded()
+
+
+class Courier:
+    """Carry parcels: pace, send, and judge each attempt."""
+
+    def __init__(self, config: QueueConfig, sender: Sender, closing: Closing,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._policy = config.retry
+        self._sender = sender
+        self._closing = closing
+        self._clock = clock
+        self.pacer = RequestPacer(config.rate_limit)
+
+    async def attempt(self, parcel: Parcel) -> Step:
+        """Make one attempt at delivering ``parcel`` and say what comes next."""
+        if not await self._pace():
+            return STRANDED
+        now = self._clock()
+        if parcel.first_sent is None:
+            parcel.first_sent = now
+        parcel.sent += 1
+        try:
+            response = await self._sender.send(self._request(parcel))
+        except TransportError as exc:
+            return self._judge_error(parcel, exc)
+        except Exception as exc:  # noqa: BLE001 - a broken Sender must not stop the queue
+            log.error("cio_queue.sender_failed", operations=len(parcel.entries),
+                      error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            failure = DeliveryError(f"the sender raised {type(exc).__name__}: {exc}")
+            return _all(parcel, Verdict(OutcomeStatus.FAILED, "sender_error", failure), failure)
+        error = classify(response)
+        if error is None:
+            return self._accepted(parcel, response)
+        return self._judge_error(parcel, error)
+
+    def _request(self, parcel: Parcel) -> Request:
+        if parcel.v2:
+            return Request("POST", V2_BATCH_PATH,
+                           batch_body([e.op.v2 or b"" for e in parcel.entries]))
+        op = parcel.entries[0].op
+        return Request(op.method, V1_PREFIX + op.path, op.body)
+
+    async def _pace(self) -> bool:
+        """Wait for the 429 gate and a rate-limit slot; False if that crosses the deadline."""
+        pacer, closing = self.pacer, self._closing
+        while True:
+            now = self._clock()
+            wait = pacer.reserve(now)
+            if wait <= 0:
+                return True
+            start = now + wait
+            if closing.crossed(start):
+                return False
+            if not closing.event.is_set():
+                # Wake early when the shutdown begins, to re-check against its deadline.
+                with anyio.move_on_after(wait):
+                    await closing.event.wait()
+                if closing.crossed(start):
+                    return False
+            remaining = start - self._clock()
+            if remaining > 0:
+                await anyio.sleep(remaining)
+            if pacer.gate_until <= self._clock():
+                return True
+
+    def _accepted(self, parcel: Parcel, response: Response) -> Done:
+        count = len(parcel.entries)
+        if response.status != 207:
+            return Done([DELIVERED] * count, response.status)
+        errors = partial_errors(response.body, count)
+        if errors is None:
+            # Which ones failed is unknown; keep them all (events dedupe by id on replay).
+            log.error("cio_queue.unreadable_partial_response", operations=count)
+            error = DeliveryError("207 with an unreadable error list", status=207)
+            return _all(parcel, Verdict(OutcomeStatus.FAILED, "unreadable_partial_response",
+                                        error), error)
+        verdicts = [DELIVERED] * count
+        for index, message in errors.items():
+            verdicts[index] = Verdict(OutcomeStatus.REJECTED, "rejected",
+                                      RejectedError(message, status=207))
+        return Done(verdicts, 207)
+
+    def _judge_error(self, parcel: Parcel, error: DeliveryError) -> Step:
+        """Decide what follows a failed attempt: reject, split, retry or give up."""
+        if not error.retryable:
+            if parcel.v2 and error.status in (400, 413) and len(parcel.entries) > 1:
+                middle = len(parcel.entries) // 2
+                return Split((parcel.entries[:middle], parcel.entries[middle:]), error)
+            return _all(parcel, Verdict(OutcomeStatus.REJECTED, "rejected", error), error)
+        now = self._clock()
+        if isinstance(error, RateLimitedError):
+            delay = self._throttle(now, error)
+        else:
+            parcel.failures += 1
+            if parcel.failures >= self._policy.attempts:
+                return _all(parcel, Verdict(OutcomeStatus.FAILED, "retries_exhausted", error),
+                            error)
+            delay = self._backoff(parcel.failures, error)
+        assert parcel.first_sent is not None
+        if now + delay - parcel.first_sent > self._policy.timeout:
+            return _all(parcel, Verdict(OutcomeStatus.FAILED, "retry_timeout", error), error)
+        return Retry(delay, error)
+
+    def _throttle(self, now: float, error: RateLimitedError) -> float:
+        """Close the shared gate after a 429 (which costs no attempt); return its pause."""
+        delay = (self._config.rate_limited_pause if error.retry_after is None
+                 else self._policy.clamp_retry_after(error.retry_after))
+        self.pacer.close_gate(now, delay)
+        return delay
+
+    def _backoff(self, failures: int, error: DeliveryError) -> float:
+        if error.retry_after is None:
+            return self._policy.backoff(failures)
+        return self._policy.clamp_retry_after(error.retry_after)
+
+
+def _all(parcel: Parcel, verdict: Verdict, error: DeliveryError) -> Done:
+    return Done([verdict] * len(parcel.entries), error.status, error)

@@ -1,0 +1,238 @@
+"""The dispatcher: when a batch leaves, who carries it, and what follows each attempt.
+
+Stage: between intake and the courier. Intake appends operations to the pure
+:class:`BatchAccumulator`. The flusher task moves a due batch (``batch_size`` waiting,
+or the oldest ``flush_interval`` old) into parcels on the ready queue, and moves parcels
+whose backoff has passed back onto it; it takes a new batch only while the ready queue is
+short, so operations that cannot be sent yet wait in the accumulator as plain entries.
+``max_concurrency`` worker tasks take parcels, oldest operations first, and let the
+courier make one attempt each. A parcel waiting to retry is data in a heap, not a
+sleeping task: it holds no worker, so it never holds up other batches, and shutdown finds
+it by its due time. The verdicts go to the ledger; nothing here settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import Callable
+from typing import Final
+
+import anyio
+
+from ._accumulator import BatchAccumulator
+from ._config import QueueConfig
+from ._courier import Closing, Courier, Done, Parcel, Retry, Split, Step, Stranded
+from ._exceptions import RateLimitedError
+from ._ledger import Entry, Ledger
+from ._log import log
+from ._outcome import OutcomeStatus
+from ._packing import pack
+
+__all__ = ["SHUTDOWN_REASON", "Dispatcher"]
+
+SHUTDOWN_REASON: Final = "shutdown_deadline"
+
+
+class _Batch:
+    """A flushed batch, followed through its parcels for one log line at the end."""
+
+    __slots__ = ("counts", "error", "open", "requests", "size", "started", "status")
+
+    def __init__(self, size: int, started: float) -> None:
+        self.size = size
+        self.started = started
+        self.open = 0
+        self.requests = 0
+        self.counts = dict.fromkeys(("delivered", "rejected", "failed", "stranded"), 0)
+        self.status: int | None = None
+        self.error: str | None = None
+
+    def close_parcel(self, now: float) -> None:
+        self.open -= 1
+        if self.open:
+            return
+        counts = self.counts
+        fields = {"operations": self.size, "requests": self.requests, **counts,
+                  "duration": round(now - self.started, 4)}
+        if counts["delivered"] == self.size:
+            log.debug("cio_queue.batch_sent", **fields)
+        else:
+            log.warning("cio_queue.batch_failed", **fields, status=self.status,
+                        error=self.error)
+
+
+class Dispatcher:
+    """Run the flusher and the workers between the accumulator and the courier."""
+
+    def __init__(self, config: QueueConfig, ledger: Ledger, courier: Courier,
+                 closing: Closing, clock: Callable[[], float] = time.monotonic) -> None:
+        self.acc: BatchAccumulator[Entry] = BatchAccumulator(config.batch_size,
+                                                              config.flush_interval)
+        self.workers = config.max_concurrency
+        self._ledger = ledger
+        self._courier = courier
+        self._closing = closing
+        self._clock = clock
+        self._v2 = config.transport == "batch"
+        self._ready: asyncio.PriorityQueue[tuple[int, Parcel]] = asyncio.PriorityQueue()
+        self._ready_limit = config.max_concurrency
+        self._backoff: list[tuple[float, int, Parcel]] = []
+        self._wake = asyncio.Event()
+        self.batches = self.requests = self.retries = self.rate_limited = 0
+
+    # --- intake side -----------------------------------------------------------------
+
+    def submit(self, entry: Entry) -> None:
+        """Queue an admitted operation for its batch."""
+        if self.acc.append(entry, self._clock()):
+            self._wake.set()
+
+    def expedite(self) -> None:
+        """Make everything queued now due at once (flush and shutdown)."""
+        self.acc.expedite()
+        self._wake.set()
+
+    def take_oldest(self) -> Entry | None:
+        """Remove the oldest queued operation (for a drop-oldest overflow), if any."""
+        return self.acc.popleft() if len(self.acc) else None
+
+    def begin_close(self, deadline: float) -> None:
+        """Send what is queued at once; strand retries that could only start too late."""
+        self._closing.begin(deadline)
+        self.expedite()
+        keep: list[tuple[float, int, Parcel]] = []
+        late: list[tuple[float, int, Parcel]] = []
+        for item in self._backoff:
+            (late if self._closing.crossed(item[0]) else keep).append(item)
+        if late:
+            heapq.heapify(keep)
+            self._backoff = keep
+            for _, _, parcel in late:
+                self._strand(parcel)
+
+    # --- the flusher -------------------------------------------------------------------
+
+    async def run_flusher(self) -> None:
+        """Move due batches and due retries onto the ready queue, for ever."""
+        acc, wake = self.acc, self._wake
+        while True:
+            now = self._clock()
+            self._release_retries(now)
+            while self._ready.qsize() < self._ready_limit and acc.due(now):
+                self._launch(acc.take(), now)
+            wake.clear()
+            wait = self._next_wake(now)
+            if wait is None:
+                await wake.wait()
+            else:
+                with anyio.move_on_after(wait):
+                    await wake.wait()
+
+    def _next_wake(self, now: float) -> float | None:
+        """Seconds until the flusher has something to do by the clock alone, or None."""
+        times = []
+        if self._ready.qsize() < self._ready_limit:
+            deadline = self.acc.deadline()
+            if deadline is not None:
+                times.append(deadline)
+        if self._backoff:
+            times.append(self._backoff[0][0])
+        return max(0.0, min(times) - now) if times else None
+
+    def _release_retries(self, now: float) -> None:
+        backoff = self._backoff
+        while backoff and backoff[0][0] <= now:
+            _, seq, parcel = heapq.heappop(backoff)
+            self._ready.put_nowait((seq, parcel))
+
+    def _launch(self, entries: list[Entry], now: float) -> None:
+        """Turn a batch into the parcels that carry it, ready for the workers."""
+        self._ledger.dispatch(entries)
+        self.batches += 1
+        batch = _Batch(len(entries), now)
+        parcels = _parcels(entries, batch, v2=self._v2)
+        batch.open = len(parcels)
+        for parcel in parcels:
+            self._ready.put_nowait((parcel.seq, parcel))
+
+    # --- the workers ---------------------------------------------------------------------
+
+    async def run_worker(self) -> None:
+        """Carry parcels, one attempt at a time, for ever."""
+        ready = self._ready
+        while True:
+            _, parcel = await ready.get()
+            if len(self.acc) and ready.qsize() < self._ready_limit:
+                self._wake.set()
+            step = await self._courier.attempt(parcel)
+            self._apply(parcel, step)
+
+    def _apply(self, parcel: Parcel, step: Step) -> None:
+        """Carry out what the courier decided after one attempt."""
+        if not isinstance(step, Stranded):
+            self._count_attempt(parcel, step)
+        match step:
+            case Done():
+                self._decide(parcel, step)
+            case Retry(delay=delay):
+                self._retry_later(parcel, self._clock() + delay)
+            case Split(parts=parts, error=error):
+                log.info("cio_queue.batch_split", status=error.status,
+                         operations=len(parcel.entries))
+                parcel.batch.open += len(parts) - 1
+                for part in parts:
+                    half = Parcel(part, v2=True, batch=parcel.batch)
+                    self._ready.put_nowait((half.seq, half))
+            case Stranded():
+                self._strand(parcel)
+
+    def _count_attempt(self, parcel: Parcel, step: Done | Retry | Split) -> None:
+        self.requests += 1
+        parcel.batch.requests += 1
+        self.retries += parcel.sent > 1
+        self.rate_limited += isinstance(step.error, RateLimitedError)
+        for entry in parcel.entries:
+            entry.attempts += 1
+
+    def _decide(self, parcel: Parcel, step: Done) -> None:
+        batch: _Batch = parcel.batch
+        decide, counts = self._ledger.decide, batch.counts
+        for entry, verdict in zip(parcel.entries, step.verdicts, strict=True):
+            decide(entry, verdict)
+            counts[_COUNT_NAMES[verdict.status]] += 1
+        if step.error is not None:
+            batch.status, batch.error = step.status, str(step.error)
+        batch.close_parcel(self._clock())
+
+    def _retry_later(self, parcel: Parcel, due: float) -> None:
+        if self._closing.crossed(due):
+            self._strand(parcel)  # its backoff would end after the shutdown deadline
+            return
+        heapq.heappush(self._backoff, (due, parcel.seq, parcel))
+        self._wake.set()
+
+    def _strand(self, parcel: Parcel) -> None:
+        batch: _Batch = parcel.batch
+        batch.counts["stranded"] += self._ledger.strand(parcel.entries, SHUTDOWN_REASON)
+        batch.close_parcel(self._clock())
+
+
+def _parcels(entries: list[Entry], batch: _Batch, *, v2: bool) -> list[Parcel]:
+    """Split a batch into requests: v1 singles, and the rest packed into v2 requests."""
+    parcels = [Parcel([e], v2=False, batch=batch) for e in entries if e.op.v2 is None]
+    if v2 and len(parcels) < len(entries):
+        packed = [e for e in entries if e.op.v2 is not None]
+        for group in pack([len(e.op.v2 or b"") for e in packed]):
+            parcels.append(Parcel(packed[group.start:group.stop], v2=True, batch=batch))
+    return parcels
+
+
+_COUNT_NAMES: Final = {
+    OutcomeStatus.DELIVERED: "delivered",
+    OutcomeStatus.REJECTED: "rejected",
+    OutcomeStatus.FAILED: "failed",
+    OutcomeStatus.DROPPED: "failed",
+    OutcomeStatus.DEAD_LETTERED: "failed",
+}

@@ -1,0 +1,233 @@
+"""The ledger: where every accepted operation stands, and the one place that settles it.
+
+Stage: the end of the pipeline. Intake admits an operation (``QUEUED``), the dispatcher
+hands it to a worker (``IN_FLIGHT``), and the courier's verdict comes back here:
+:meth:`Ledger.decide` either settles it at once or, when its verdict must be written to
+the dead-letter file first, hands it to the writer (``RECORDING``); operations still
+undecided at the shutdown deadline are ``STRANDED`` and go the same way. Only
+:meth:`Ledger.settle` gives an operation its Outcome: it resolves the receipt, frees its
+place in the queue (the ``room`` semaphore, whose released places go to the callers that
+waited longest), and runs the on_outcome hook. A verdict for an operation that is no
+longer in flight (it was stranded while its request was out) is ignored, so nothing is
+ever settled twice. Every counter is kept by the state transitions themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import anyio
+
+from ._exceptions import DeliveryError
+from ._operations import Operation
+from ._outcome import Outcome, OutcomeStatus, Receipt
+
+__all__ = ["DELIVERED", "Entry", "Ledger", "Recorder", "State", "Verdict"]
+
+
+class State(enum.Enum):
+    """Where an accepted operation stands."""
+
+    QUEUED = "queued"
+    """Accepted, waiting in the accumulator for its batch to leave."""
+    IN_FLIGHT = "in_flight"
+    """Handed to the dispatcher: waiting for a worker, being sent, or waiting to retry."""
+    RECORDING = "recording"
+    """Decided; waiting for its dead-letter record to be on disk."""
+    STRANDED = "stranded"
+    """Unsent when the queue stopped; waiting for its dead-letter record."""
+    SETTLED = "settled"
+    """Has its Outcome."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How an operation's delivery ended, as the courier (or the shutdown) judged it."""
+
+    status: OutcomeStatus
+    reason: str | None = None
+    error: DeliveryError | None = None
+
+
+DELIVERED: Final = Verdict(OutcomeStatus.DELIVERED)
+_RECORDED_STATUSES: Final = frozenset({OutcomeStatus.REJECTED, OutcomeStatus.FAILED})
+
+
+class Entry:
+    """An accepted operation, its receipt, and its state in the ledger."""
+
+    __slots__ = ("attempts", "op", "receipt", "seq", "state", "verdict")
+
+    def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.op = op
+        self.receipt = Receipt(op.kind, op.event_id, loop)
+        self.state = State.QUEUED
+        self.attempts = 0
+        self.seq = 0
+        self.verdict: Verdict | None = None
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.seq} {self.op.kind} {self.state.value}>"
+
+
+class Recorder(Protocol):
+    """Takes entries whose verdict must reach the dead-letter file before they settle."""
+
+    def put(self, entry: Entry) -> None:
+        """Queue the entry's record; the recorder calls Ledger.recorded once it is written."""
+
+
+class Ledger:
+    """Track every accepted operation from admission to its one Outcome.
+
+    ``pending`` (admitted, not settled) never exceeds ``capacity``: intake takes a place
+    from :attr:`room` before admitting, and settling gives it back.
+    """
+
+    def __init__(self, capacity: int, *, recorder: Recorder | None,
+                 on_settled: Callable[[Outcome], None]) -> None:
+        self.room = anyio.Semaphore(capacity, max_value=capacity, fast_acquire=True)
+        self.recorder = recorder
+        self._on_settled = on_settled
+        self._live: dict[Entry, None] = {}  # admitted, not settled; in admission order
+        self.enqueued = 0
+        self.queued = 0
+        self._in_flight = 0
+        self.settled = dict.fromkeys(OutcomeStatus, 0)
+        self._decided = asyncio.Event()
+        self._decided.set()
+
+    @property
+    def pending(self) -> int:
+        """Operations admitted and not yet settled."""
+        return len(self._live)
+
+    @property
+    def undecided(self) -> int:
+        """Operations still queued or in flight (pending ones not waiting for the disk)."""
+        return self.queued + self._in_flight
+
+    def unsettled(self) -> list[Entry]:
+        """Every pending operation, oldest first."""
+        return list(self._live)
+
+    async def wait_decided(self) -> None:
+        """Wait until no operation is queued or in flight."""
+        await self._decided.wait()
+
+    # --- transitions -----------------------------------------------------------------
+
+    def admit(self, entry: Entry) -> None:
+        """Record an accepted operation; its caller holds a place taken from ``room``."""
+        self.enqueued += 1
+        entry.seq = self.enqueued
+        self._live[entry] = None
+        self.queued += 1
+        self._decided.clear()
+
+    def refuse(self, entry: Entry, verdict: Verdict) -> None:
+        """Count an operation that was accepted and dropped at once, without a place."""
+        self.enqueued += 1
+        entry.seq = self.enqueued
+        entry.state = State.SETTLED
+        self._finish(entry, verdict)
+
+    def dispatch(self, entries: Iterable[Entry]) -> None:
+        """Mark queued operations as handed to the dispatcher."""
+        for entry in entries:
+            entry.state = State.IN_FLIGHT
+            self.queued -= 1
+            self._in_flight += 1
+
+    def drop(self, entry: Entry, verdict: Verdict) -> None:
+        """Settle a queued operation that the overflow policy dropped."""
+        assert entry.state is State.QUEUED
+        self.queued -= 1
+        self._settle(entry, verdict)
+        self._check_decided()
+
+    def decide(self, entry: Entry, verdict: Verdict) -> None:
+        """Take the courier's verdict on an in-flight operation; late verdicts are ignored."""
+        if entry.state is not State.IN_FLIGHT:
+            return
+        self._in_flight -= 1
+        if self.recorder is not None and verdict.status in _RECORDED_STATUSES:
+            entry.state = State.RECORDING
+            entry.verdict = verdict
+            self.recorder.put(entry)
+        else:
+            self._settle(entry, verdict)
+        self._check_decided()
+
+    def strand(self, entries: Iterable[Entry], reason: str) -> int:
+        """End the delivery of queued or in-flight operations that will not be sent.
+
+        With a dead-letter file they wait for their record and settle ``dead_lettered``;
+        without one they settle ``failed`` at once. Returns how many were stranded.
+        """
+        count = 0
+        for entry in entries:
+            if entry.state is State.QUEUED:
+                self.queued -= 1
+            elif entry.state is State.IN_FLIGHT:
+                self._in_flight -= 1
+            else:
+                continue
+            count += 1
+            if self.recorder is None:
+                self._settle(entry, Verdict(OutcomeStatus.FAILED, reason))
+            else:
+                entry.state = State.STRANDED
+                entry.verdict = Verdict(OutcomeStatus.DEAD_LETTERED, reason)
+                self.recorder.put(entry)
+        self._check_decided()
+        return count
+
+    def strand_all(self, reason: str) -> int:
+        """Strand every operation that is still queued or in flight."""
+        return self.strand(self.unsettled(), reason)
+
+    def recorded(self, entries: Iterable[Entry], *, written: bool,
+                 reason: str | None = None) -> None:
+        """Settle operations whose dead-letter record was written (or could not be).
+
+        A stranded operation whose record did not reach the disk ends ``failed`` (with
+        ``reason`` when given); a rejected or failed one keeps its status.
+        """
+        for entry in entries:
+            verdict = entry.verdict
+            if entry.state not in (State.RECORDING, State.STRANDED) or verdict is None:
+                continue
+            if entry.state is State.STRANDED and not written:
+                verdict = Verdict(OutcomeStatus.FAILED, reason or verdict.reason,
+                                  verdict.error)
+            self._settle(entry, verdict)
+
+    def waiting_for_disk(self) -> Iterator[Entry]:
+        """The operations whose records have not been confirmed written."""
+        return (e for e in self._live if e.state in (State.RECORDING, State.STRANDED))
+
+    # --- settling ----------------------------------------------------------------------
+
+    def _settle(self, entry: Entry, verdict: Verdict) -> None:
+        entry.state = State.SETTLED
+        entry.verdict = None
+        del self._live[entry]
+        self.room.release()
+        self._finish(entry, verdict)
+
+    def _finish(self, entry: Entry, verdict: Verdict) -> None:
+        self.settled[verdict.status] += 1
+        op = entry.op
+        outcome = Outcome(verdict.status, op.kind, op.customer_id, op.event_id,
+                          entry.attempts, verdict.reason, verdict.error)
+        entry.receipt._settle(outcome)
+        self._on_settled(outcome)
+
+    def _check_decided(self) -> None:
+        if not self.queued and not self._in_flight:
+            self._decided.set()

@@ -1,0 +1,271 @@
+"""The running queue: everything that exists only between ``start()`` and the end of ``aclose()``.
+
+Stage: the whole pipeline, wired together and supervised::
+
+    intake -> ledger.admit -> dispatcher (accumulator, flusher, workers) -> courier
+           -> ledger.decide -> dead-letter writer -> ledger.settle -> receipt, on_outcome, room
+
+A :class:`Pipeline` owns the loop-bound objects and the tasks that drive them: one flusher,
+``max_concurrency`` workers and, with a dead-letter file, one writer. Shutdown is one
+coroutine, :meth:`Pipeline.close`, with named phases under one deadline: *drain* (send
+what is queued, let retries run, until nothing is undecided or ``shutdown_timeout`` has
+passed), *strand* (stop the workers; whatever is still undelivered is stranded), *record*
+(the writer puts the stranded and the rejected on disk, within a margin past the deadline)
+and *release* (last callbacks, the sender's connections, the closing log line).
+
+Supervision follows aiokafka's sender: if one of the pipeline's tasks crashes, or is
+cancelled by anyone but the pipeline itself (``asyncio.run()`` tearing the loop down
+under a queue that was never closed), nothing is restarted: :meth:`Pipeline.abandon`
+strands every pending operation at once, writes the dead letters synchronously, and logs
+one error with the count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
+
+import anyio
+
+from ._config import OnOutcome, QueueConfig
+from ._courier import Closing, Courier
+from ._deadletter import DeadLetterWriter
+from ._dispatch import SHUTDOWN_REASON, Dispatcher
+from ._ledger import Entry, Ledger
+from ._log import log
+from ._outcome import Outcome, OutcomeStatus, Statistics
+from ._sender import Sender
+
+__all__ = ["CLOSE_MARGIN", "Pipeline"]
+
+CLOSE_MARGIN: Final = 2.0
+"""Seconds past ``shutdown_timeout`` that ``aclose()`` allows for writing the dead letters,
+running the last callbacks and closing connections."""
+_MIN_CLOSE_STEP: Final = 0.1
+"""Seconds a terminal step (closing the connections) gets even when the margin is spent."""
+_ABANDONED_HINT: Final = ("the event loop stopped the queue's tasks before aclose() was "
+                          "called: close the queue in the app's lifespan or `async with`")
+
+# Tasks that close senders of abandoned pipelines: the loop only keeps weak references.
+_closing_senders: set[asyncio.Task[None]] = set()
+
+
+class Pipeline:
+    """The running pipeline of one EventQueue."""
+
+    def __init__(self, config: QueueConfig, sender: Sender, on_outcome: OnOutcome | None,
+                 on_stopped: Callable[[Statistics], None]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._config = config
+        self._sender = sender
+        self._on_outcome = on_outcome
+        self._on_stopped = on_stopped
+        path = config.dead_letter_file
+        self.writer = DeadLetterWriter(path, self._written) if path is not None else None
+        self.ledger = Ledger(config.max_queue_size, recorder=self.writer,
+                             on_settled=self._settled)
+        closing = Closing()
+        self.dispatcher = Dispatcher(config, self.ledger, Courier(config, sender, closing),
+                                     closing)
+        self.blocked: set[anyio.CancelScope] = set()  # callers waiting for room
+        self._tasks: list[asyncio.Task[None]] = []
+        self._callbacks: set[asyncio.Task[Any]] = set()
+        self._closer: asyncio.Task[None] | None = None
+        self._drain_scope: anyio.CancelScope | None = None
+        self._cut = False
+        self._stopping = False  # the pipeline is stopping its own tasks
+        self.closed = False
+
+    def start(self) -> None:
+        """Start the flusher, the workers and the dead-letter writer."""
+        dispatcher = self.dispatcher
+        self._spawn(dispatcher.run_flusher(), "cio_queue.flusher")
+        for number in range(dispatcher.workers):
+            self._spawn(dispatcher.run_worker(), f"cio_queue.worker-{number}")
+        if self.writer is not None:
+            self._spawn(self.writer.run(), "cio_queue.dead_letters")
+        log.info("cio_queue.started", transport=self._config.transport,
+                 max_concurrency=dispatcher.workers,
+                 dead_letter_path=str(self.writer.path) if self.writer else None)
+
+    def admit(self, entry: Entry) -> None:
+        """Accept an operation whose caller holds a place from ``ledger.room``."""
+        self.ledger.admit(entry)
+        self.dispatcher.submit(entry)
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the counters."""
+        ledger, dispatcher = self.ledger, self.dispatcher
+        settled = ledger.settled
+        return Statistics(
+            enqueued=ledger.enqueued, delivered=settled[OutcomeStatus.DELIVERED],
+            rejected=settled[OutcomeStatus.REJECTED], failed=settled[OutcomeStatus.FAILED],
+            dropped=settled[OutcomeStatus.DROPPED],
+            dead_lettered=settled[OutcomeStatus.DEAD_LETTERED], pending=ledger.pending,
+            queued=ledger.queued, batches=dispatcher.batches, requests=dispatcher.requests,
+            retries=dispatcher.retries, rate_limited=dispatcher.rate_limited)
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    def close(self) -> asyncio.Task[None]:
+        """Begin the shutdown (once) and return the task that carries it out."""
+        if self._closer is None:
+            self._closer = self.loop.create_task(self._close(), name="cio_queue.close")
+        return self._closer
+
+    def cut_short(self) -> None:
+        """End the drain phase now: the caller of ``aclose()`` was cancelled."""
+        self._cut = True
+        if self._drain_scope is not None:
+            self._drain_scope.cancel()
+
+    async def _close(self) -> None:
+        deadline = time.monotonic() + self._config.shutdown_timeout
+        hard_deadline = deadline + CLOSE_MARGIN
+        try:
+            await self._drain(deadline)
+            await self._strand(hard_deadline)
+            await self._record(hard_deadline)
+            await self._release(hard_deadline)
+        except asyncio.CancelledError:
+            self.abandon("abandoned")  # the loop is being torn down under the shutdown
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug; still, nothing may stay pending
+            self.abandon("internal_error", exc)
+            return
+        self._finish("cio_queue.closed")
+
+    async def _drain(self, deadline: float) -> None:
+        """Phase 1: send what is queued and let retries run until the deadline."""
+        self.dispatcher.begin_close(deadline)
+        for scope in self.blocked:
+            scope.cancel()
+        if self._cut:
+            return
+        with anyio.CancelScope() as self._drain_scope, \
+                anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            await self.ledger.wait_decided()
+        self._drain_scope = None
+
+    async def _strand(self, hard_deadline: float) -> None:
+        """Phase 2: stop the flusher and the workers; strand whatever is undelivered."""
+        self._stopping = True
+        runners = [task for task in self._tasks if task.get_name() != "cio_queue.dead_letters"]
+        for task in runners:
+            task.cancel()
+        await asyncio.wait(runners, timeout=max(_MIN_CLOSE_STEP, hard_deadline - time.monotonic()))
+        stranded = self.ledger.strand_all(SHUTDOWN_REASON)
+        if stranded:
+            where = str(self.writer.path) if self.writer else None
+            log.warning("cio_queue.unsent_at_shutdown", count=stranded, dead_letter_path=where)
+
+    async def _record(self, hard_deadline: float) -> None:
+        """Phase 3: wait for the dead-letter writer, within the margin."""
+        writer = self.writer
+        if writer is None:
+            return
+        if not await writer.drain(hard_deadline):
+            late = writer.give_up()
+            self.ledger.recorded(late, written=False, reason="dead_letter_timeout")
+            log.error("cio_queue.dead_letter_timeout", count=len(late), path=str(writer.path),
+                      hint="the disk did not finish the write within the close margin; the "
+                           "records may still appear in the file")
+        for task in self._tasks:
+            task.cancel()
+        writer.close()
+
+    async def _release(self, hard_deadline: float) -> None:
+        """Phase 4: let async on_outcome callbacks finish; close the connections."""
+        if self._callbacks:
+            await asyncio.wait(self._callbacks,
+                               timeout=max(_MIN_CLOSE_STEP, hard_deadline - time.monotonic()))
+        try:
+            with anyio.move_on_after(max(_MIN_CLOSE_STEP, hard_deadline - time.monotonic())):
+                await self._sender.aclose()
+        except Exception:  # noqa: BLE001 - closing must finish whatever the sender does
+            log.exception("cio_queue.sender_close_failed")
+
+    def abandon(self, reason: str, error: BaseException | None = None) -> None:
+        """Stop at once, synchronously: strand and record everything pending, log once.
+
+        Used when a task of the pipeline crashed or was cancelled from outside: no
+        await is possible or safe any more, so the dead letters are written by blocking.
+        """
+        if self.closed:
+            return
+        self._stopping = True
+        current = asyncio.current_task()
+        for task in [*self._tasks, self._closer]:
+            if task is not None and task is not current:
+                task.cancel()
+        for scope in self.blocked:
+            scope.cancel()
+        unsent = self.ledger.strand_all(reason)
+        if self.writer is not None:
+            late = self.writer.finish_blocking(CLOSE_MARGIN)
+            self.ledger.recorded(late, written=False, reason="dead_letter_timeout")
+            self.writer.close()
+        if error is not None:
+            log.error("cio_queue.crashed", unsent=unsent, error=repr(error), exc_info=error)
+        elif unsent:
+            log.error("cio_queue.abandoned", count=unsent, hint=_ABANDONED_HINT)
+        else:
+            log.warning("cio_queue.abandoned", count=0, hint=_ABANDONED_HINT)
+        closing = self.loop.create_task(self._sender.aclose(), name="cio_queue.close_sender")
+        _closing_senders.add(closing)
+        closing.add_done_callback(_closing_senders.discard)
+        self._finish(None)
+
+    def _finish(self, event: str | None) -> None:
+        self.closed = True
+        stats = self.statistics()
+        if event is not None:
+            log.info(event, delivered=stats.delivered, rejected=stats.rejected,
+                     failed=stats.failed, dropped=stats.dropped,
+                     dead_lettered=stats.dead_lettered, pending=stats.pending)
+        self._on_stopped(stats)
+
+    # --- supervision and callbacks ---------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self.loop.create_task(coro, name=name)
+        task.add_done_callback(self._task_ended)
+        self._tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping or self.closed:
+            return
+        if task.cancelled():
+            self.abandon("abandoned")
+        else:
+            self.abandon("internal_error", task.exception()
+                         or RuntimeError(f"{task.get_name()} stopped"))
+
+    def _written(self, entries: list[Entry], written: bool) -> None:
+        self.ledger.recorded(entries, written=written)
+
+    def _settled(self, outcome: Outcome) -> None:
+        callback = self._on_outcome
+        if callback is None:
+            return
+        try:
+            result = callback(outcome)
+        except Exception:  # noqa: BLE001 - a user's callback never stops delivery
+            log.exception("cio_queue.on_outcome_failed", kind=outcome.kind)
+            return
+        if inspect.isawaitable(result):
+            task = self.loop.create_task(_await(result), name="cio_queue.on_outcome")
+            self._callbacks.add(task)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cio_queue.on_outcome_failed", exc_info=task.exception())
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
