@@ -42,6 +42,7 @@ __all__ = [
     "Fault",
     "FaultRates",
     "RecordedRequest",
+    "validate_request",
 ]
 
 MAX_ID_BYTES = 150
@@ -163,11 +164,16 @@ class FaultRates:
 class _ValidationError(Exception):
     """Carry one validation problem: the offending field, a reason code and a message."""
 
-    def __init__(self, field: str, message: str, reason: str = "invalid") -> None:
+    def __init__(self, field: str, message: str, reason: str = "invalid", status: int = 400):
         super().__init__(message)
         self.field = field
         self.message = message
         self.reason = reason
+        self.status = status
+
+    def describe(self) -> str:
+        """Render the problem as ``field: message`` (just the message without a field)."""
+        return f"{self.field}: {self.message}" if self.field else self.message
 
 
 def _json_size(value: Any) -> int:
@@ -362,6 +368,83 @@ def _validate_v2_op(op: Any) -> None:
             raise _ValidationError(
                 "cio_relationships", "cio_relationships must be a non-empty list"
             )
+
+
+def validate_request(method: str, path: str, body: bytes) -> list[str]:
+    """List what the fake Track API would refuse a request for; empty when it is valid.
+
+    The same rules as `FakeTrackAPI` applies: routing, the body, and for a v2 batch every
+    op, including its 32 KB size, and the whole body's 500,000-byte limit. Credentials,
+    injected faults and the `reject` / `reject_op` / `malformed_op` hooks are not consulted.
+
+    Args:
+        method: The HTTP method, e.g. ``"POST"``.
+        path: The raw request path, e.g. ``/api/v1/customers/42/events`` or
+            ``/api/v2/batch``; percent-escapes are decoded per segment as the server does,
+            and a query string is ignored.
+        body: The request body exactly as sent.
+
+    Returns:
+        One readable line per problem (a batch lists each refused op as ``batch[i] ...``),
+        or an empty list when the fake Track API would accept the request.
+    """
+    path = path.partition("?")[0]
+    route = _match(method, path)
+    if route is None:
+        return [f"no route for {method} {path}"]
+    if isinstance(route, set):
+        return [f"{method} is not allowed on {path} (allowed: {', '.join(sorted(route))})"]
+    try:
+        if route.kind == "batch":
+            return _batch_problems(_parse_batch(body))
+        if route.kind == "entity":
+            _parse_entity(body)
+        else:
+            _validate_v1(route.kind, route.ids, body)
+    except _ValidationError as problem:
+        return [problem.describe()]
+    return []
+
+
+def _batch_problems(batch: list[Any]) -> list[str]:
+    """List the problems of each refused op of a parsed batch, by index."""
+    problems: list[str] = []
+    for index, op in enumerate(batch):
+        try:
+            _check_sized_op(op)
+        except _ValidationError as problem:
+            problems.append(f"batch[{index}] {problem.describe()}")
+    return problems
+
+
+def _parse_entity(body: bytes) -> dict[str, Any]:
+    """Parse and check the body of ``/api/v2/entity``: one op of at most 32 KB."""
+    if len(body) > MAX_V2_OP_BYTES:
+        raise _ValidationError("", f"request exceeds {MAX_V2_OP_BYTES} bytes", "too_large")
+    op = _parse_object(body)
+    _check_sized_op(op)
+    return op
+
+
+def _parse_batch(body: bytes) -> list[Any]:
+    """Parse the body of ``/api/v2/batch`` (under 500,000 bytes) into its non-empty op list.
+
+    The ops themselves are not checked: a batch is accepted op by op.
+    """
+    if len(body) >= MAX_V2_BATCH_BYTES:
+        message = f"batch must be under {MAX_V2_BATCH_BYTES} bytes"
+        raise _ValidationError("batch", message, "too_large", status=413)
+    batch = _parse_object(body).get("batch")
+    if not isinstance(batch, list) or not batch:
+        raise _ValidationError("batch", "batch must be a non-empty list", "required")
+    return batch
+
+
+def _check_sized_op(op: Any) -> None:
+    """Check one v2 op: at most 32 KB as compact JSON, then its fields."""
+    if _json_size(op) > MAX_V2_OP_BYTES:
+        raise _ValidationError("", f"operation exceeds {MAX_V2_OP_BYTES} bytes", "too_large")
+    _validate_v2_op(op)
 
 
 # --------------------------------------------------------------------------------------------
@@ -815,23 +898,21 @@ class FakeTrackAPI:
         return web.json_response({}, status=200)
 
     def _check_op(self, op: Any) -> None:
-        """Validate one v2 op including its size and the `reject_op` hook."""
-        if _json_size(op) > MAX_V2_OP_BYTES:
-            raise _ValidationError("", f"operation exceeds {MAX_V2_OP_BYTES} bytes", "too_large")
-        _validate_v2_op(op)
-        if self.reject_op is not None:
-            reason = self.reject_op(op)
-            if reason is not None:
-                raise _ValidationError("", reason, "rejected")
+        """Validate one v2 op including its size, then ask the `reject_op` hook."""
+        _check_sized_op(op)
+        self._ask_reject_op(op)
+
+    def _ask_reject_op(self, op: dict[str, Any]) -> None:
+        """Turn a reason from the `reject_op` hook into a `_ValidationError`."""
+        reason = None if self.reject_op is None else self.reject_op(op)
+        if reason is not None:
+            raise _ValidationError("", reason, "rejected")
 
     def _process_entity(self, exchange: _Exchange, answered: bool) -> web.Response:
         """Handle `/api/v2/entity`: one op, accepted whole or refused with a 400."""
         try:
-            if len(exchange.body) > MAX_V2_OP_BYTES:
-                message = f"request exceeds {MAX_V2_OP_BYTES} bytes"
-                raise _ValidationError("", message, "too_large")
-            op = _parse_object(exchange.body)
-            self._check_op(op)
+            op = _parse_entity(exchange.body)
+            self._ask_reject_op(op)
         except _ValidationError as problem:
             return _v2_error(400, problem)
         self._accept(exchange, "v2", 200, answered, [op])
@@ -839,16 +920,10 @@ class FakeTrackAPI:
 
     def _process_batch(self, exchange: _Exchange, answered: bool) -> web.Response:
         """Handle `/api/v2/batch`: accept every valid op, report the others in a 207."""
-        body = exchange.body
-        if len(body) >= MAX_V2_BATCH_BYTES:
-            message = f"batch must be under {MAX_V2_BATCH_BYTES} bytes"
-            return _v2_error(413, _ValidationError("batch", message, "too_large"))
         try:
-            batch = _parse_object(body).get("batch")
-            if not isinstance(batch, list) or not batch:
-                raise _ValidationError("batch", "batch must be a non-empty list", "required")
+            batch = _parse_batch(exchange.body)
         except _ValidationError as problem:
-            return _v2_error(400, problem)
+            return _v2_error(problem.status, problem)
         if self.malformed_op is not None:
             for op in batch:
                 if isinstance(op, dict) and self.malformed_op(op):

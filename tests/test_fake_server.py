@@ -20,6 +20,7 @@ from cio_queue.testing import (
     Fault,
     FaultRates,
     RecordedRequest,
+    validate_request,
 )
 
 pytestmark = pytest.mark.anyio
@@ -422,6 +423,84 @@ async def test_v2_malformed_batch_is_400(
     assert status == 400
     assert set(payload["errors"][0]) == {"reason", "field", "message"}
     assert fake.requests == []
+
+
+# --- validate_request: the same rules without a server ----------------------------------------
+
+
+def dumps(body: Any) -> bytes:
+    """Encode a body the way the tests send it (None: no body)."""
+    return b"" if body is None else json.dumps(body).encode()
+
+
+BIG_ATTRIBUTES = {"d": "x" * (32 * 1024)}
+SAMPLE_REQUESTS: list[tuple[str, str, Any]] = [
+    ("PUT", "/api/v1/customers/42", {"plan": "pro"}),
+    ("PUT", "/api/v1/customers/a%2Fb", {}),
+    ("DELETE", "/api/v1/customers/42", None),
+    ("POST", "/api/v1/customers/42/events", {"name": "buy", "data": {"a": 1}}),
+    ("POST", "/api/v1/events", {"name": "invite", "anonymous_id": "anon-1"}),
+    ("PUT", "/api/v1/customers/42/devices", {"device": {"id": "t", "platform": "ios"}}),
+    ("POST", "/api/v1/merge_customers", {"primary": {"id": 1}, "secondary": {"email": "e"}}),
+    ("POST", "/api/v2/entity", person("event", name="e")),
+    ("POST", "/api/v2/batch", {"batch": [person("identify"), person("delete")]}),
+    ("PUT", "/api/v1/customers/" + "a" * 151, {}),
+    ("PUT", "/api/v1/customers/42", {"bio": "é" * 501}),
+    ("POST", "/api/v1/customers/42/events", {"name": ""}),
+    ("POST", "/api/v1/events", {"name": "e", "anonymous_id": 5}),
+    ("PUT", "/api/v1/customers/42/devices", {"device": {"id": "t", "platform": "web"}}),
+    ("POST", "/api/v1/merge_customers", {"primary": {"phone": "+1"}, "secondary": {"id": "2"}}),
+    ("POST", "/api/v2/entity", person("event", name="big", attributes=BIG_ATTRIBUTES)),
+    ("POST", "/api/v2/batch", {"batch": [person("identify"), person("explode")]}),
+    ("POST", "/api/v2/batch", {"batch": []}),
+    ("POST", "/api/v1/nope", {}),
+    ("GET", "/api/v1/customers/42", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), SAMPLE_REQUESTS)
+async def test_validate_request_agrees_with_the_server(
+    fake: FakeTrackAPI, session: aiohttp.ClientSession, method: str, path: str, body: Any
+) -> None:
+    """validate_request() finds no problem exactly when the server answers 200 {}."""
+    status, payload, _ = await call(session, fake, method, path, raw=dumps(body))
+    problems = validate_request(method, path, dumps(body))
+    assert (problems == []) == ((status, payload) == (200, {})), (problems, status, payload)
+
+
+def test_validate_request_names_the_field_of_a_v1_problem() -> None:
+    """A refused v1 request gives one problem that names the offending field."""
+    body = json.dumps({"name": "e", "timestamp": "1"}).encode()
+    assert validate_request("POST", "/api/v1/customers/1/events", body) == [
+        "timestamp: timestamp must be an integer (unix seconds)"
+    ]
+    assert validate_request("PUT", "/api/v1/customers/%C3%A9?x=1", b"{}") == []
+    assert validate_request("PUT", "/api/v1/customers/1", b"{nope") == [
+        "body: body is not valid JSON"
+    ]
+
+
+def test_validate_request_lists_each_refused_batch_op_by_index() -> None:
+    """Each invalid op of a v2 batch is listed with its index, including ops over 32 KB."""
+    big = person("event", name="b", attributes=BIG_ATTRIBUTES)
+    ops = [person("identify"), person("event"), big, "x"]
+    assert validate_request("POST", "/api/v2/batch", dumps({"batch": ops})) == [
+        "batch[1] name: name is required and must be a non-empty string",
+        "batch[2] operation exceeds 32768 bytes",
+        "batch[3] operation must be a JSON object",
+    ]
+
+
+def test_validate_request_refuses_unrouted_and_oversized_requests() -> None:
+    """Unknown paths, wrong methods and batches of 500,000 bytes or more are refused."""
+    assert validate_request("POST", "/api/v3/batch", b"{}") == ["no route for POST /api/v3/batch"]
+    assert validate_request("GET", "/api/v2/batch", b"") == [
+        "GET is not allowed on /api/v2/batch (allowed: POST)"
+    ]
+    padded = dumps({"batch": [person("delete")], "pad": " " * 500_000})
+    assert validate_request("POST", "/api/v2/batch", padded) == [
+        "batch: batch must be under 500000 bytes"
+    ]
 
 
 # --- poison hooks ------------------------------------------------------------------------------
