@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import gc
 import json
 import logging
+import socket
 import time
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import pytest
 from yarl import URL
 
@@ -831,3 +836,40 @@ async def test_repr_never_shows_the_api_key(anyio_backend: str) -> None:
     async with server:
         assert "s3cret-key" not in repr(server)
         assert server.url == f"http://127.0.0.1:{server.port}"
+
+
+# --- sockets: nothing leaks on stop, the port stays ours ---------------------------------------
+
+
+def _resource_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Render the ResourceWarnings among recorded warnings."""
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+async def test_stop_closes_connections_accepted_but_not_yet_attached(anyio_backend: str) -> None:
+    """stop() right after the loop accepted connections closes them all (CPython gh-109564)."""
+    clients: list[socket.socket] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        async with FakeTrackAPI() as fake:
+            for _ in range(3):
+                batch = [socket.create_connection(("127.0.0.1", fake.port)) for _ in range(20)]
+                clients += batch
+                # The connections wait in the listen queue. In the next loop turn this task
+                # runs first, then the listener's reader accepts them and schedules their
+                # transports behind this task; so restart() runs between accept and attach.
+                await anyio.lowlevel.checkpoint()
+                await anyio.lowlevel.checkpoint()
+                await fake.restart()
+        gc.collect()
+    try:
+        with anyio.fail_after(WAIT):
+            for client in clients:
+                await anyio.wait_readable(client)
+                client.setblocking(False)
+                with contextlib.suppress(ConnectionResetError):
+                    assert client.recv(1) == b""  # the server closed it: end of stream
+    finally:
+        for client in clients:
+            client.close()
+    assert _resource_warnings(caught) == []

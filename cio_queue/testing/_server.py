@@ -12,6 +12,7 @@ import base64
 import binascii
 import bisect
 import hmac
+import socket
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -28,6 +29,7 @@ from ._validation import ValidationError, check_op, parse_batch, parse_entity, v
 _SHUTDOWN_TIMEOUT: Final = 0.2  # seconds in-flight handlers get on stop() before being cancelled
 _CLIENT_MAX_SIZE: Final = 16 * 1024 * 1024  # large enough that oversized batches reach our 413
 _URLSAFE: Final = str.maketrans("-_", "+/")  # accept URL-safe base64 credentials too (Go SDK)
+_TURNS_TO_REACH_AIOHTTP: Final = 2  # loop turns from an accepted socket to aiohttp's handler
 
 
 class FakeTrackAPI:
@@ -67,6 +69,7 @@ class FakeTrackAPI:
         self.malformed_op = malformed_op
         self._plan = FaultPlan(seed)
         self._runner: web.AppRunner | None = None
+        self._listener: socket.socket | None = None
         self._changed = asyncio.Event()
         self.requests: list[RecordedRequest] = []
         self.log: list[RecordedRequest] = []
@@ -88,26 +91,36 @@ class FakeTrackAPI:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
         await runner.setup()
+        listener = _listening_socket(self._host, self._port)
         try:
-            site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
-            await site.start()
+            # asyncio's Server takes the socket over and closes it when it stops.
+            await web.SockSite(runner, listener).start()
         except BaseException:
+            listener.close()
             await runner.cleanup()
             raise
-        self._port = int(runner.addresses[0][1])
+        self._port = int(listener.getsockname()[1])
+        self._listener = listener
         self._runner = runner
 
     async def stop(self) -> None:
-        """Stop listening and close every open connection, so clients see failures."""
+        """Stop listening and close every open connection, so clients see failures.
+
+        asyncio accepts a connection in one loop turn and attaches its transport to the
+        listening `Server` in a later one; closing the `Server` in between makes the attach
+        fail silently and leaks the socket (CPython gh-109564). So stop accepting first, let
+        the connections already accepted reach aiohttp, and only then shut the runner down.
+        """
         runner, self._runner = self._runner, None
-        if runner is not None:
-            server = runner.server
-            await runner.cleanup()
-            # A connection accepted while the runner shut down joins the server after its
-            # connections were closed; nothing else would ever close it.
-            if server is not None:
-                for late in server.connections:
-                    late.force_close()
+        listener, self._listener = self._listener, None
+        if runner is None or listener is None:
+            return
+        asyncio.get_running_loop().remove_reader(listener.fileno())
+        # The loop runs callbacks in order: the first turn lets every accept already
+        # scheduled build its transport, the second runs their `connection_made`.
+        for _ in range(_TURNS_TO_REACH_AIOHTTP):
+            await asyncio.sleep(0)
+        await runner.cleanup()
 
     async def restart(self, downtime: float = 0.0) -> None:
         """Stop, stay down for `downtime` seconds, then serve again on the same port."""
@@ -374,3 +387,19 @@ class FakeTrackAPI:
             return
         if any(isinstance(op, dict) and self.malformed_op(op) for op in batch):
             raise ValidationError("batch", "malformed operation", "parse_error")
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bind a non-blocking TCP socket to host:port (0: any free port), ready to listen."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
