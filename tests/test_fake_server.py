@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -25,6 +27,8 @@ from cio_queue.testing import (
     Fault,
     FaultRates,
     RecordedRequest,
+    refused_url,
+    reserved_port,
     validate_request,
 )
 
@@ -873,3 +877,83 @@ async def test_stop_closes_connections_accepted_but_not_yet_attached(anyio_backe
         for client in clients:
             client.close()
     assert _resource_warnings(caught) == []
+
+
+def squattable(port: int, *, reuse_address: bool) -> bool:
+    """Tell whether another socket (without SO_REUSEPORT) could bind and listen on the port."""
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse_address)
+        try:
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            return False
+        return True
+
+
+async def refuses_connections(port: int) -> bool:
+    """Tell whether a connection to the port is refused at once (not accepted, not hanging)."""
+    with anyio.fail_after(WAIT):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
+async def test_stopped_fake_keeps_its_port_and_refuses_connections(anyio_backend: str) -> None:
+    """While stopped, the port refuses connections at once and nobody else can take it."""
+    async with FakeTrackAPI() as fake:
+        port = fake.port
+        await fake.stop()
+        assert await refuses_connections(port)
+        assert not squattable(port, reuse_address=False)
+        assert not squattable(port, reuse_address=True)
+        await fake.start()
+        assert fake.port == port
+        assert not await refuses_connections(port)
+
+
+async def test_close_releases_the_port(anyio_backend: str) -> None:
+    """Leaving `async with` (close()) releases the port for anyone to bind."""
+    async with FakeTrackAPI() as fake:
+        port = fake.port
+        assert not squattable(port, reuse_address=False)
+    assert squattable(port, reuse_address=False)
+    await fake.start()  # reserves the same port again
+    assert fake.port == port
+    await fake.close()
+    assert squattable(port, reuse_address=False)
+
+
+async def test_a_fake_that_is_only_stopped_leaks_no_socket(anyio_backend: str) -> None:
+    """A fake dropped after stop() (no close()) releases its port without a ResourceWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        fake = FakeTrackAPI()
+        await fake.start()
+        port = fake.port
+        await fake.stop()
+        del fake
+        gc.collect()
+    assert _resource_warnings(caught) == []
+    assert squattable(port, reuse_address=False)
+
+
+async def test_reserved_port_and_refused_url_stand_for_an_api_that_is_down(
+    session: aiohttp.ClientSession,
+) -> None:
+    """reserved_port() and refused_url() give addresses that refuse connections and stay held."""
+    with reserved_port() as port:
+        assert await refuses_connections(port)
+        assert not squattable(port, reuse_address=True)
+    with refused_url() as url:
+        port = URL(url).port or 0
+        assert url == f"http://127.0.0.1:{port}"
+        assert not squattable(port, reuse_address=True)
+        with anyio.fail_after(WAIT), pytest.raises(aiohttp.ClientConnectorError):
+            await session.post(url + "/api/v1/events", json={"name": "e"})

@@ -16,6 +16,7 @@ Typical use::
 """
 
 from ._faults import Fault, FaultRates
+from ._ports import refused_url, reserved_port
 from ._records import AcceptedOperation, RecordedRequest
 from ._server import FakeTrackAPI
 from ._validation import validate_request
@@ -26,5 +27,7 @@ __all__ = [
     "Fault",
     "FaultRates",
     "RecordedRequest",
+    "refused_url",
+    "reserved_port",
     "validate_request",
 ]

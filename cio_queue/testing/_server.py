@@ -14,6 +14,7 @@ import bisect
 import hmac
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
@@ -21,6 +22,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from ._faults import Fault, FaultPlan, FaultRates, fault_response
+from ._ports import bound_port, listening_socket, port_reservation
 from ._records import AcceptedOperation, Exchange, RecordedRequest, arrival, event_summary
 from ._responses import drop, meta_error, meta_errors, v2_error
 from ._routing import Route, match
@@ -70,6 +72,8 @@ class FakeTrackAPI:
         self._plan = FaultPlan(seed)
         self._runner: web.AppRunner | None = None
         self._listener: socket.socket | None = None
+        # Closes the port reservation once: on close(), or when the fake is collected.
+        self._release_port: weakref.finalize[[], FakeTrackAPI] | None = None
         self._changed = asyncio.Event()
         self.requests: list[RecordedRequest] = []
         self.log: list[RecordedRequest] = []
@@ -80,10 +84,34 @@ class FakeTrackAPI:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind the port (the same one again after a stop) and start serving."""
+        """Listen on the port (the same one again after a stop) and start serving.
+
+        The first start reserves the port (a free one if `port` was 0) until `close()`.
+        """
         if self._runner is not None:
             raise RuntimeError("FakeTrackAPI is already running")
         self._notify()  # wake waiters of a previous run; they re-wait on a fresh event
+        self._reserve_port()
+        listener = listening_socket(self._host, self._port)
+        try:
+            self._runner = await self._serve_on(listener)
+        except BaseException:
+            listener.close()
+            raise
+        self._port = bound_port(listener)
+        self._listener = listener
+
+    def _reserve_port(self) -> None:
+        """Hold the port from the first start until `close()`, so stops never lose it."""
+        if self._release_port is not None and self._release_port.alive:
+            return
+        reservation = port_reservation(self._host, self._port)
+        if reservation is not None:
+            self._port = bound_port(reservation)
+            self._release_port = weakref.finalize(self, reservation.close)
+
+    async def _serve_on(self, listener: socket.socket) -> web.AppRunner:
+        """Start an aiohttp runner serving on the socket; asyncio closes it when it stops."""
         app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
         # [\s\S], not ".": ids may hold a newline, which "." would not match.
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
@@ -91,33 +119,30 @@ class FakeTrackAPI:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
         await runner.setup()
-        listener = _listening_socket(self._host, self._port)
         try:
-            # asyncio's Server takes the socket over and closes it when it stops.
             await web.SockSite(runner, listener).start()
         except BaseException:
-            listener.close()
             await runner.cleanup()
             raise
-        self._port = int(listener.getsockname()[1])
-        self._listener = listener
-        self._runner = runner
+        return runner
 
     async def stop(self) -> None:
         """Stop listening and close every open connection, so clients see failures.
 
-        asyncio accepts a connection in one loop turn and attaches its transport to the
-        listening `Server` in a later one; closing the `Server` in between makes the attach
-        fail silently and leaks the socket (CPython gh-109564). So stop accepting first, let
-        the connections already accepted reach aiohttp, and only then shut the runner down.
+        The port stays reserved: until `start()`, connections to it are refused at once and
+        nobody else can bind it.
         """
         runner, self._runner = self._runner, None
         listener, self._listener = self._listener, None
         if runner is None or listener is None:
             return
+        # asyncio accepts a connection in one loop turn and attaches its transport to the
+        # listening Server in a later one; closing the Server in between (runner.cleanup()
+        # does it first) makes the attach fail silently and leaks the socket (CPython
+        # gh-109564). So stop accepting, then let the accepted connections reach aiohttp:
+        # callbacks run in order, so one turn builds their transports and the next runs
+        # their connection_made. Only then can cleanup close every one of them.
         asyncio.get_running_loop().remove_reader(listener.fileno())
-        # The loop runs callbacks in order: the first turn lets every accept already
-        # scheduled build its transport, the second runs their `connection_made`.
         for _ in range(_TURNS_TO_REACH_AIOHTTP):
             await asyncio.sleep(0)
         await runner.cleanup()
@@ -128,6 +153,12 @@ class FakeTrackAPI:
         if downtime > 0:
             await asyncio.sleep(downtime)
         await self.start()
+
+    async def close(self) -> None:
+        """Stop the server and release its port; `start()` would reserve it again."""
+        await self.stop()
+        if self._release_port is not None:
+            self._release_port()
 
     async def __aenter__(self) -> FakeTrackAPI:
         """Start the server for the duration of an `async with` block."""
@@ -140,8 +171,8 @@ class FakeTrackAPI:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Stop the server when the `async with` block ends."""
-        await self.stop()
+        """Stop the server and release its port when the `async with` block ends."""
+        await self.close()
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -387,19 +418,3 @@ class FakeTrackAPI:
             return
         if any(isinstance(op, dict) and self.malformed_op(op) for op in batch):
             raise ValidationError("batch", "malformed operation", "parse_error")
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """Bind a non-blocking TCP socket to host:port (0: any free port), ready to listen."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
