@@ -19,7 +19,6 @@ from ._exceptions import CioQueueError
 from ._queue import EventQueue
 from ._replay import replay
 from ._version import __version__
-from .testing import FakeTrackAPI
 
 __all__ = ["main"]
 
@@ -50,6 +49,8 @@ async def _handler(queue: EventQueue, worker: int, count: int, latencies: list[i
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    from .testing import FakeTrackAPI  # noqa: PLC0415 - only the demo needs the test server
+
     per_task, extra = divmod(args.operations, args.tasks)
     async with FakeTrackAPI(latency=args.latency) as fake:
         config = QueueConfig(site_id=fake.site_id, api_key=fake.api_key, base_url=fake.url,

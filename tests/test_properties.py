@@ -32,9 +32,8 @@ from cio_queue import (
     Request,
     RetryPolicy,
 )
-from cio_queue import testing as fake_api
 from cio_queue._operations import new_ulid
-from cio_queue.testing import FakeTrackAPI
+from cio_queue.testing import FakeTrackAPI, validate_request
 
 from .recording import RecordingSender
 
@@ -171,23 +170,10 @@ def strict_json(body: bytes) -> Any:
 def api_problems(request: Request) -> list[str]:
     """What the FakeTrackAPI's validation would refuse in this request (empty: nothing)."""
     try:
-        parsed = strict_json(request.body)
+        strict_json(request.body)
     except ValueError as exc:
         return [f"body is not valid JSON: {exc}"]
-    route = fake_api._match(request.method, request.path)
-    if not isinstance(route, fake_api._Route):
-        return [f"no route for {request.method} {request.path}"]
-    try:
-        if route.kind == "batch":
-            for op in parsed["batch"]:
-                if fake_api._json_size(op) > fake_api.MAX_V2_OP_BYTES:
-                    return [f"v2 op over {fake_api.MAX_V2_OP_BYTES} bytes"]
-                fake_api._validate_v2_op(op)
-        else:
-            fake_api._validate_v1(route.kind, route.ids, request.body)
-    except fake_api._ValidationError as problem:
-        return [f"{problem.field}: {problem.message}"]
-    return []
+    return validate_request(request.method, request.path, request.body)
 
 
 def config(transport: str, url: str = "http://127.0.0.1:9", **overrides: Any) -> QueueConfig:

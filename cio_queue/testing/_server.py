@@ -1,0 +1,420 @@
+"""`FakeTrackAPI`: the aiohttp server, its lifecycle, and what it records.
+
+Each request is handled in one pass: its fault is decided on arrival (a real outage does not
+look at the request), then it is routed, authorised, validated by `_validation` and, if
+valid, recorded as accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import bisect
+import hmac
+import socket
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final
+
+from aiohttp import web
+
+from ._faults import Fault, FaultPlan, FaultRates, fault_response
+from ._ports import bound_port, listening_socket, port_reservation
+from ._records import AcceptedOperation, Exchange, RecordedRequest, arrival, event_summary
+from ._responses import drop, meta_error, meta_errors, v2_error
+from ._routing import Route, match
+from ._validation import ValidationError, check_op, parse_batch, parse_entity, validate_v1
+
+_SHUTDOWN_TIMEOUT: Final = 0.2  # seconds in-flight handlers get on stop() before being cancelled
+_CLIENT_MAX_SIZE: Final = 16 * 1024 * 1024  # large enough that oversized batches reach our 413
+_URLSAFE: Final = str.maketrans("-_", "+/")  # accept URL-safe base64 credentials too (Go SDK)
+_TURNS_TO_REACH_AIOHTTP: Final = 2  # loop turns from an accepted socket to aiohttp's handler
+
+
+class FakeTrackAPI:
+    """Serve an imitation of the Customer.io Track API (v1 and v2) on a loopback port.
+
+    Every request is recorded in `log`; the ones that were accepted (2xx) also go to
+    `requests`, and every delivered operation goes to `operations`. Faults come first from
+    `script()`, then at random from `faults`; they are decided on arrival, before auth and
+    validation, because a real outage does not look at the request.
+    """
+
+    def __init__(
+        self,
+        *,
+        site_id: str = "fake-site",
+        api_key: str = "fake-key",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        faults: FaultRates | None = None,
+        seed: int = 0,
+        reject: Callable[[RecordedRequest], str | None] | None = None,
+        reject_op: Callable[[dict[str, Any]], str | None] | None = None,
+        malformed_op: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        """Configure the server; nothing listens until `start()` (or `async with`)."""
+        self._site_id = site_id
+        self._api_key = api_key
+        self._credentials = f"{site_id}:{api_key}".encode()
+        self._host = host
+        self._port = port
+        self.latency = latency
+        self.faults = faults
+        self.reject = reject
+        self.reject_op = reject_op
+        # Ops the server cannot even parse: they fail a whole v2 batch with a 400, not a 207.
+        self.malformed_op = malformed_op
+        self._plan = FaultPlan(seed)
+        self._runner: web.AppRunner | None = None
+        self._listener: socket.socket | None = None
+        # Closes the port reservation once: on close(), or when the fake is collected.
+        self._release_port: weakref.finalize[[], FakeTrackAPI] | None = None
+        self._changed = asyncio.Event()
+        self.requests: list[RecordedRequest] = []
+        self.log: list[RecordedRequest] = []
+        self.operations: list[AcceptedOperation] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on the port (the same one again after a stop) and start serving.
+
+        The first start reserves the port (a free one if `port` was 0) until `close()`.
+        """
+        if self._runner is not None:
+            raise RuntimeError("FakeTrackAPI is already running")
+        self._notify()  # wake waiters of a previous run; they re-wait on a fresh event
+        self._reserve_port()
+        listener = listening_socket(self._host, self._port)
+        try:
+            self._runner = await self._serve_on(listener)
+        except BaseException:
+            listener.close()
+            raise
+        self._port = bound_port(listener)
+        self._listener = listener
+
+    def _reserve_port(self) -> None:
+        """Hold the port from the first start until `close()`, so stops never lose it."""
+        if self._release_port is not None and self._release_port.alive:
+            return
+        reservation = port_reservation(self._host, self._port)
+        if reservation is not None:
+            self._port = bound_port(reservation)
+            self._release_port = weakref.finalize(self, reservation.close)
+
+    async def _serve_on(self, listener: socket.socket) -> web.AppRunner:
+        """Start an aiohttp runner serving on the socket; asyncio closes it when it stops."""
+        app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
+        # [\s\S], not ".": ids may hold a newline, which "." would not match.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
+        await runner.setup()
+        try:
+            await web.SockSite(runner, listener).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        return runner
+
+    async def stop(self) -> None:
+        """Stop listening and close every open connection, so clients see failures.
+
+        The port stays reserved: until `start()`, connections to it are refused at once and
+        nobody else can bind it.
+        """
+        runner, self._runner = self._runner, None
+        listener, self._listener = self._listener, None
+        if runner is None or listener is None:
+            return
+        # asyncio accepts a connection in one loop turn and attaches its transport to the
+        # listening Server in a later one; closing the Server in between (runner.cleanup()
+        # does it first) makes the attach fail silently and leaks the socket (CPython
+        # gh-109564). So stop accepting, then let the accepted connections reach aiohttp:
+        # callbacks run in order, so one turn builds their transports and the next runs
+        # their connection_made. Only then can cleanup close every one of them.
+        asyncio.get_running_loop().remove_reader(listener.fileno())
+        for _ in range(_TURNS_TO_REACH_AIOHTTP):
+            await asyncio.sleep(0)
+        await runner.cleanup()
+
+    async def restart(self, downtime: float = 0.0) -> None:
+        """Stop, stay down for `downtime` seconds, then serve again on the same port."""
+        await self.stop()
+        if downtime > 0:
+            await asyncio.sleep(downtime)
+        await self.start()
+
+    async def close(self) -> None:
+        """Stop the server and release its port; `start()` would reserve it again."""
+        await self.stop()
+        if self._release_port is not None:
+            self._release_port()
+
+    async def __aenter__(self) -> FakeTrackAPI:
+        """Start the server for the duration of an `async with` block."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server and release its port when the `async with` block ends."""
+        await self.close()
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """Return the bound TCP port (known once the server has started)."""
+        if self._port == 0:
+            raise RuntimeError("FakeTrackAPI has not been started yet")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Return the base URL, e.g. ``http://127.0.0.1:8123`` (no trailing slash)."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def site_id(self) -> str:
+        """Return the site id clients must send as the Basic-auth user."""
+        return self._site_id
+
+    @property
+    def api_key(self) -> str:
+        """Return the API key clients must send as the Basic-auth password."""
+        return self._api_key
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """Return the ``Authorization`` header a client with the right credentials sends."""
+        token = base64.b64encode(self._credentials).decode("ascii")
+        return {"Authorization": f"Basic {token}"}
+
+    @property
+    def running(self) -> bool:
+        """Tell whether the server is currently listening."""
+        return self._runner is not None
+
+    def __repr__(self) -> str:
+        """Describe the server without ever revealing the API key."""
+        where = f"{self._host}:{self._port}" if self._port else "unbound"
+        return (
+            f"FakeTrackAPI(site_id={self._site_id!r}, address={where!r}, "
+            f"running={self.running}, requests={len(self.requests)})"
+        )
+
+    def script(self, *faults: Fault | int) -> None:
+        """Queue faults (or bare HTTP statuses) for the next requests, in arrival order."""
+        self._plan.script(*faults)
+
+    def reset(self) -> None:
+        """Forget recorded requests, operations, the in-flight peak and scripted faults."""
+        self.requests.clear()
+        self.log.clear()
+        self.operations.clear()
+        self._plan.clear()
+        self.max_in_flight = self.in_flight
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds, re-checking whenever a request starts or finishes.
+
+        There is no timeout here on purpose: callers bound it (e.g. `anyio.fail_after`).
+        """
+        while not predicate():
+            await self._changed.wait()
+
+    async def wait_for_requests(self, n: int) -> None:
+        """Wait until at least `n` requests have been accepted."""
+        await self.wait_until(lambda: len(self.requests) >= n)
+
+    async def wait_for_operations(self, n: int) -> None:
+        """Wait until at least `n` operations (v1 requests or v2 ops) have been accepted."""
+        await self.wait_until(lambda: len(self.operations) >= n)
+
+    def accepted_events(self) -> list[dict[str, Any]]:
+        """List the accepted events (v1 track/page/anonymous, v2 event/page/screen), in order.
+
+        Each item has the keys ``api``, ``customer`` (the person identifier value, None for
+        anonymous events), ``type``, ``name``, ``data``, ``id`` and ``timestamp``.
+        """
+        summaries = (event_summary(accepted) for accepted in self.operations)
+        return [summary for summary in summaries if summary is not None]
+
+    # -- request handling ----------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        """Wake every `wait_until` caller so it re-checks its condition."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Handle any request: apply latency and faults, then route, authorise and process."""
+        received_at = time.monotonic()
+        fault, error_status = self._plan.next(self.faults)  # synchronous: follows arrival order
+        path, _, query = request.raw_path.partition("?")
+        exchange = Exchange(request.method, path, query, dict(request.headers), received_at, fault)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._notify()
+        try:
+            exchange.body = await request.read()
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)
+            return await self._serve(request, exchange, error_status)
+        finally:
+            self.in_flight -= 1
+            record = exchange.freeze(exchange.status)
+            bisect.insort(self.log, record, key=arrival)  # keep arrival order, not finish order
+            self._notify()
+
+    async def _serve(
+        self, request: web.Request, exchange: Exchange, error_status: int
+    ) -> web.StreamResponse:
+        """Apply the fault decided for this request, or process it normally."""
+        fault = exchange.fault
+        rates = self.faults or FaultRates()
+        refusal = fault_response(fault, error_status, rates)
+        if refusal is not None:
+            return self._answer(exchange, refusal)
+        if fault is Fault.DROP_CONNECTION:
+            return drop(request)
+        if fault is Fault.SLOW:
+            await asyncio.sleep(rates.slow_seconds)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return drop(request)  # the client gave up; nothing was processed
+        ambiguous = fault is Fault.AMBIGUOUS
+        response = self._process(request, exchange, answered=not ambiguous)
+        if ambiguous:
+            return drop(request)
+        return self._answer(exchange, response)
+
+    def _answer(self, exchange: Exchange, response: web.Response) -> web.Response:
+        """Note the status we answer with and pass the response through."""
+        exchange.status = response.status
+        return response
+
+    def _authorized(self, request: web.Request) -> bool:
+        """Check HTTP Basic credentials (standard or URL-safe base64) in constant time."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(token.strip().translate(_URLSAFE), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(decoded, self._credentials)
+
+    def _accept(
+        self, exchange: Exchange, api: str, status: int, answered: bool, ops: list[Any]
+    ) -> None:
+        """Record an accepted request and its delivered operations, then wake waiters.
+
+        An ambiguous request (`answered` false) is accepted but recorded with status 0,
+        because the client never gets the answer.
+        """
+        self.requests.append(exchange.freeze(status if answered else 0))
+        self.operations.extend(AcceptedOperation(api, op) for op in ops)
+        self._notify()
+
+    def _process(self, request: web.Request, exchange: Exchange, answered: bool) -> web.Response:
+        """Route, authorise, validate and (if valid) accept the request."""
+        route = match(exchange.method, exchange.path)
+        if route is None:
+            return meta_error(404, "Not Found")
+        if isinstance(route, set):
+            response = meta_error(405, "Method Not Allowed")
+            response.headers["Allow"] = ", ".join(sorted(route))
+            return response
+        if not self._authorized(request):
+            return meta_error(401, "Unauthorized request")
+        if route.api == "v1":
+            return self._process_v1(route, exchange, answered)
+        if route.kind == "entity":
+            return self._process_entity(exchange, answered)
+        return self._process_batch(exchange, answered)
+
+    def _process_v1(self, route: Route, exchange: Exchange, answered: bool) -> web.Response:
+        """Validate a v1 request, run the `reject` hook and accept it."""
+        try:
+            parsed = validate_v1(route.kind, route.ids, exchange.body)
+        except ValidationError as problem:
+            if route.kind == "merge":
+                return meta_error(400, problem.message)
+            return meta_errors(400, problem.message)
+        if self.reject is not None:
+            reason = self.reject(exchange.snapshot(0))
+            if reason is not None:
+                return meta_errors(400, reason)
+        op = {"method": exchange.method, "path": exchange.path, "body": parsed}
+        self._accept(exchange, "v1", 200, answered, [op])
+        return web.json_response({}, status=200)
+
+    def _check_op(self, op: Any) -> None:
+        """Validate one v2 op including its size, then ask the `reject_op` hook."""
+        check_op(op)
+        self._ask_reject_op(op)
+
+    def _ask_reject_op(self, op: dict[str, Any]) -> None:
+        """Turn a reason from the `reject_op` hook into a `ValidationError`."""
+        reason = None if self.reject_op is None else self.reject_op(op)
+        if reason is not None:
+            raise ValidationError("", reason, "rejected")
+
+    def _process_entity(self, exchange: Exchange, answered: bool) -> web.Response:
+        """Handle `/api/v2/entity`: one op, accepted whole or refused with a 400."""
+        try:
+            op = parse_entity(exchange.body)
+            self._ask_reject_op(op)
+        except ValidationError as problem:
+            return v2_error(problem)
+        self._accept(exchange, "v2", 200, answered, [op])
+        return web.json_response({}, status=200)
+
+    def _process_batch(self, exchange: Exchange, answered: bool) -> web.Response:
+        """Handle `/api/v2/batch`: accept every valid op, report the others in a 207."""
+        try:
+            batch = parse_batch(exchange.body)
+            self._ask_malformed_op(batch)
+        except ValidationError as problem:
+            return v2_error(problem)
+        valid: list[Any] = []
+        errors: list[dict[str, Any]] = []
+        for index, op in enumerate(batch):
+            try:
+                self._check_op(op)
+            except ValidationError as problem:
+                errors.append(
+                    {
+                        "batch_index": index,
+                        "reason": problem.reason,
+                        "field": problem.field,
+                        "message": problem.message,
+                    }
+                )
+            else:
+                valid.append(op)
+        status = 207 if errors else 200
+        self._accept(exchange, "v2", status, answered, valid)
+        return web.json_response({"errors": errors} if errors else {}, status=status)
+
+    def _ask_malformed_op(self, batch: list[Any]) -> None:
+        """Fail the whole batch if the `malformed_op` hook calls one of its ops unparseable."""
+        if self.malformed_op is None:
+            return
+        if any(isinstance(op, dict) and self.malformed_op(op) for op in batch):
+            raise ValidationError("batch", "malformed operation", "parse_error")
