@@ -3,16 +3,24 @@
 aiohttp's exceptions are translated here, at one boundary, into TransportError; a
 response status is classified into an error type by :func:`classify`, the one place that
 decides which statuses are retried.
+
+The server is not always the Track API (a proxy, a gateway, a wrong ``base_url``), so
+HttpSender trusts no response: it blanks the credential wherever a response or an
+exception text repeats it. Reasons built from a response keep a short, single-line
+:func:`excerpt`.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
+from urllib.parse import quote
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._config import QueueConfig
@@ -26,10 +34,29 @@ from ._exceptions import (
 from ._retry import parse_retry_after
 from ._version import __version__
 
-__all__ = ["USER_AGENT", "HttpSender", "Request", "Response", "Sender", "classify"]
+__all__ = [
+    "MAX_REASON_CHARS",
+    "REDACTED",
+    "USER_AGENT",
+    "HttpSender",
+    "Request",
+    "Response",
+    "Sender",
+    "classify",
+    "excerpt",
+]
 
 USER_AGENT: Final = f"cio-queue/{__version__} (+aiohttp/{aiohttp.__version__})"
-_MAX_ERROR_BODY: Final = 500
+MAX_REASON_CHARS: Final = 200
+"""The longest excerpt of a response body or exception text that goes into a reason."""
+REDACTED: Final = "[REDACTED]"
+"""What stands in for a credential; it needs no escaping inside a JSON string."""
+_SCAN_CHARS: Final = 20 * MAX_REASON_CHARS  # redacted before cutting, so no token is cut
+_AUTH_FIELD: Final = re.compile(r"(?i)((?:proxy-)?authorization[\"']?\s*[:=]\s*)[^\r\n]*")
+# A token, unlike a word of prose, has a digit, "+", "/", "=" or a capital after its start.
+_AUTH_TOKEN: Final = re.compile(
+    r"\b((?i:basic|bearer))\s+(?=[\w.~-]*[0-9+/=]|[\w.~-]+[A-Z])[\w+/.~=\\-]+")
+_USERINFO: Final = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*:)?//[^/?#]*@")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,34 +94,96 @@ class Sender(Protocol):
 
 
 def classify(response: Response) -> DeliveryError | None:
-    """Return None for a 2xx, else the DeliveryError that says whether to retry."""
+    """Return None for a 2xx, else the DeliveryError that says whether to retry.
+
+    The reason holds a redacted, single-line :func:`excerpt` of the body, never all of it.
+    """
     status = response.status
     if 200 <= status < 300:
         return None
-    detail = response.body[:_MAX_ERROR_BODY].decode("utf-8", "replace")
-    message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    if status == 429:
-        return RateLimitedError(message, status=status, retry_after=retry_after)
-    if status == 408 or status >= 500:
+    label = f"HTTP {status}"
+    detail = excerpt(response.body[:_SCAN_CHARS].decode("utf-8", "replace"))
+    message = f"{label}: {detail}" if detail else label
+    if status in (408, 429) or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429:
+            return RateLimitedError(message, status=status, retry_after=retry_after)
         return ServerError(message, status=status, retry_after=retry_after)
     return RejectedError(message, status=status)
+
+
+def excerpt(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """Return a short, single-line, printable excerpt of ``text`` with auth values blanked.
+
+    ``Authorization:``/``Proxy-Authorization:`` values and ``Basic``/``Bearer`` tokens are
+    replaced by :data:`REDACTED` before the text is cut to ``limit`` characters, so a cut
+    never leaves half a token behind.
+    """
+    text = _AUTH_FIELD.sub(lambda m: m.group(1) + REDACTED, text[:_SCAN_CHARS])
+    text = _AUTH_TOKEN.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _strip_userinfo(url: str) -> str:
+    return _USERINFO.sub(lambda m: (m.group(1) or "") + "//", url)
+
+
+class _Redactor:
+    """Blank every form in which the credential could come back from a server."""
+
+    __slots__ = ("_byte_forms", "_forms")
+
+    def __init__(self, api_key: str, basic_pair: bytes) -> None:
+        tokens = {base64.b64encode(basic_pair).decode("ascii"),
+                  base64.urlsafe_b64encode(basic_pair).decode("ascii")}
+        tokens |= {token.rstrip("=") for token in tokens}  # also "...\u003d"-escaped padding
+        forms = {api_key, *tokens}
+        forms |= {form.replace("/", "\\/") for form in forms}  # JSON that escapes "/"
+        forms |= set(_percent_encoded(forms))
+        # Longest first, so a padded token goes whole before its unpadded prefix.
+        self._forms = sorted((form for form in forms if form), key=len, reverse=True)
+        self._byte_forms = [form.encode() for form in self._forms]
+
+    def text(self, value: str) -> str:
+        """Return ``value`` with every credential form replaced by REDACTED."""
+        for form in self._forms:
+            value = value.replace(form, REDACTED)
+        return value
+
+    def data(self, value: bytes) -> bytes:
+        """Return ``value`` with every credential form replaced by REDACTED."""
+        for form in self._byte_forms:
+            value = value.replace(form, REDACTED.encode())
+        return value
+
+
+def _percent_encoded(forms: Iterable[str]) -> Iterable[str]:
+    for form in forms:
+        encoded = quote(form, safe="")
+        yield encoded
+        yield re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)
 
 
 class HttpSender:
     """Send requests over one pooled aiohttp ClientSession with a per-request timeout.
 
-    The session is created on first use, inside the running event loop.
+    The session is created on first use, inside the running event loop. Each response
+    is read through the protections described in this module's docstring.
     """
 
     def __init__(self, config: QueueConfig) -> None:
-        self._base = config.track_url
-        token = base64.b64encode(f"{config.site_id}:{config.api_key}".encode()).decode("ascii")
+        # A "user:password@" must be neither shown nor sent: our Basic header is the auth.
+        self._base = _strip_userinfo(config.track_url)
+        pair = f"{config.site_id}:{config.api_key}".encode()
+        token = base64.b64encode(pair).decode("ascii")
         self._headers = {
             "Authorization": f"Basic {token}",
             "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
         }
+        self._redactor = _Redactor(config.api_key, pair)
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout)
         self._limit = config.max_concurrency
         self._session: aiohttp.ClientSession | None = None
@@ -118,11 +207,19 @@ class HttpSender:
         url = URL(self._base + request.path, encoded=True)
         try:
             async with session.request(request.method, url, data=request.body) as resp:
-                body = await resp.read()
-                return Response(resp.status, resp.headers, body)
+                return await self._read(resp)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            detail = excerpt(self._redactor.text(str(exc)))
             raise TransportError(f"{request.method} {request.path}: "
-                                 f"{type(exc).__name__}: {exc}") from None
+                                 f"{type(exc).__name__}: {detail}") from None
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> Response:
+        """Turn an aiohttp response into a redacted Response."""
+        redact = self._redactor.text
+        headers = CIMultiDictProxy(CIMultiDict(
+            (redact(name), redact(value)) for name, value in resp.headers.items()))
+        body = await resp.read()
+        return Response(resp.status, headers, self._redactor.data(body))
 
     async def aclose(self) -> None:
         """Close the session and its connections."""

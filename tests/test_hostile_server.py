@@ -1,0 +1,227 @@
+"""HttpSender and classify() against servers that are not the Track API.
+
+Proxies, gateways and a wrong ``base_url`` answer in ways the real API never does:
+redirects, endless or compressed bodies, error pages that echo the request headers,
+malformed status lines, bodies that stall. Each misbehaviour is a small aiohttp server on
+127.0.0.1; the client is the real HttpSender, tested at its boundary (``send`` then
+``classify``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import anyio
+import pytest
+from aiohttp import web
+
+from cio_queue import (
+    QueueConfig,
+    RetryPolicy,
+    ServerError,
+    TransportError,
+)
+from cio_queue._packing import partial_errors
+from cio_queue._sender import (
+    HttpSender,
+    Request,
+    Response,
+    classify,
+)
+
+pytestmark = pytest.mark.anyio
+
+SITE_ID: Final = "93f2c1"
+API_KEY: Final = "guc0eyjivh?ye~9o~frxs~"
+_PAIR: Final = f"{SITE_ID}:{API_KEY}".encode()
+TOKEN: Final = base64.b64encode(_PAIR).decode()
+URLSAFE_TOKEN: Final = base64.urlsafe_b64encode(_PAIR).decode()
+# Every form in which the credential could come back; none may reach a reason or a body.
+SECRETS: Final = (API_KEY, TOKEN, URLSAFE_TOKEN, TOKEN.rstrip("="), URLSAFE_TOKEN.rstrip("="),
+                  TOKEN.replace("/", "\\/"))
+assert "+" in TOKEN  # so the URL-safe form really differs
+assert "/" in TOKEN
+BATCH: Final = Request("POST", "/api/v2/batch", b'{"batch":[]}')
+REASON_LIMIT: Final = 300  # what a reason may add around its bounded excerpt
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[str]:
+    """Run ``handler`` for every path on 127.0.0.1 (port 0) and yield the base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def sender_for(url: str, **overrides: Any) -> HttpSender:
+    values: dict[str, Any] = {"site_id": SITE_ID, "api_key": API_KEY, "base_url": url,
+                              "request_timeout": 5.0, "rate_limit": None,
+                              "retry": RetryPolicy(attempts=1)}
+    values.update(overrides)
+    return HttpSender(QueueConfig(**values))
+
+
+async def exchange(url: str, *, within: float = 10.0, **overrides: Any) -> Response:
+    """Send one batch request to ``url`` through a fresh HttpSender."""
+    sender = sender_for(url, **overrides)
+    try:
+        with anyio.fail_after(within):
+            return await sender.send(BATCH)
+    finally:
+        await sender.aclose()
+
+
+def assert_no_secret(text: str | bytes) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    for secret in SECRETS:
+        assert secret.encode() not in data, f"credential form {secret!r} leaked"
+
+
+async def write_raw(request: web.Request, raw: bytes) -> web.StreamResponse:
+    """Write ``raw`` as the whole reply, bypassing aiohttp's response writer."""
+    transport = request.transport
+    assert transport is not None
+    transport.write(raw)
+    await asyncio.Event().wait()  # until the client hangs up (handler cancellation)
+    raise AssertionError("unreachable")
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+def echo_page(request: web.Request) -> str:
+    """What a gateway's debug error page shows: every request header, in several shapes."""
+    lines = [f"{name}: {value}" for name, value in request.headers.items()]
+    as_json = json.dumps(dict(request.headers)).replace("/", "\\/")
+    return "\n".join([*lines, f"url-safe: {URLSAFE_TOKEN}", f"key={API_KEY}", as_json,
+                      "filler " * 2000])
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 502])
+async def test_an_error_page_that_echoes_the_request_headers_leaks_no_credential(
+        status: int) -> None:
+    """A gateway echoing the Authorization header: neither the reason nor the body keeps it."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text=echo_page(request))
+
+    async with serve(handler) as url:
+        response = await exchange(url)
+    assert_no_secret(response.body)
+    error = classify(response)
+    assert error is not None
+    assert_no_secret(str(error))
+    assert len(str(error)) < REASON_LIMIT
+    assert "\n" not in str(error)
+
+
+async def test_a_reason_redacts_authorization_lines_it_was_not_told_about() -> None:
+    """classify() alone (any Sender) blanks Authorization lines and Basic tokens it sees."""
+    body = (b"Host: x\r\nAuthorization: Basic Zm9vOmJhcg==\r\n"
+            b"Proxy-Authorization: Bearer abc.def\r\nseen Basic cXV4OnF1dXg=")
+    error = classify(Response(400, {}, body))
+    assert error is not None
+    for leaked in ("Zm9vOmJhcg", "abc.def", "cXV4OnF1dXg"):
+        assert leaked not in str(error)
+    assert "Host: x" in str(error)
+
+
+def test_a_reason_keeps_prose_that_merely_mentions_basic_auth() -> None:
+    """Words after "Basic"/"Bearer" that are not token-like stay readable in the reason."""
+    error = classify(Response(401, {}, b"Basic authentication failed; Bearer token expired"))
+    assert str(error) == "HTTP 401: Basic authentication failed; Bearer token expired"
+
+
+async def test_a_207_that_echoes_the_credential_is_redacted_and_still_readable() -> None:
+    """Credential forms inside a 207's messages are blanked and the list still parses."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        errors = [{"batch_index": 1, "reason": "invalid", "field": "auth",
+                   "message": f"{request.headers['Authorization']} / {URLSAFE_TOKEN}"
+                              f" / {API_KEY}"}]
+        text = json.dumps({"errors": errors}).replace("/", "\\/")
+        return web.Response(status=207, text=text, content_type="application/json")
+
+    async with serve(handler) as url:
+        response = await exchange(url)
+    assert_no_secret(response.body)
+    errors = partial_errors(response.body, 2)
+    assert errors is not None
+    assert list(errors) == [1]
+    assert errors[1].startswith("invalid: auth: ")
+    assert_no_secret(errors[1])
+
+
+async def test_response_headers_that_echo_the_credential_are_redacted() -> None:
+    """A header carrying the token (an echo, a Location) comes back blanked."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=503, headers={
+            "X-Echo-Authorization": request.headers["Authorization"],
+            "Retry-After": "1"})
+
+    async with serve(handler) as url:
+        response = await exchange(url)
+    assert_no_secret(repr(response))
+    error = classify(response)
+    assert isinstance(error, ServerError)
+    assert error.retry_after == 1.0
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 20 Basic %(token)s\r\nContent-Length: 0\r\n\r\n",
+    b"%(token)s %(key)s\r\n\r\n",
+    b"HTTP/1.1 400 Bad\r\nX-Echo: Basic %(token)s" + b"A" * 9000 + b"\r\n\r\n",
+])
+async def test_a_transport_error_from_a_malformed_reply_leaks_no_credential(raw: bytes) -> None:
+    """aiohttp quotes the offending reply bytes; the TransportError must not repeat the token."""
+    reply = raw % {b"token": TOKEN.encode(), b"key": API_KEY.encode()}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await write_raw(request, reply)
+
+    async with serve(handler) as url:
+        with pytest.raises(TransportError) as caught:
+            await exchange(url)
+    assert_no_secret(str(caught.value))
+    assert len(str(caught.value)) < REASON_LIMIT
+    assert "\n" not in str(caught.value)
+
+
+async def test_a_password_in_base_url_is_neither_shown_nor_sent() -> None:
+    """A ``http://:pw@host`` base_url: repr hides it and the request carries only our Basic auth."""
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({})
+
+    async with serve(handler) as url:
+        with_password = url.replace("http://", "http://:hunter2@")
+        sender = sender_for(with_password)
+        try:
+            assert "hunter2" not in repr(sender)
+            with anyio.fail_after(10):
+                response = await sender.send(BATCH)
+        finally:
+            await sender.aclose()
+    assert response.status == 200
+    assert seen == [f"Basic {TOKEN}"]
+
+
+def test_the_sender_repr_shows_no_credential() -> None:
+    """repr(HttpSender) names the host only."""
+    sender = sender_for("http://127.0.0.1:9")
+    assert_no_secret(repr(sender))
+    assert_no_secret(str(sender))
