@@ -5,9 +5,9 @@ response status is classified into an error type by :func:`classify`, the one pl
 decides which statuses are retried.
 
 The server is not always the Track API (a proxy, a gateway, a wrong ``base_url``), so
-HttpSender trusts no response: it blanks the credential wherever a response or an
-exception text repeats it. Reasons built from a response keep a short, single-line
-:func:`excerpt`.
+HttpSender trusts no response: it never follows a redirect, and blanks the credential
+wherever a response or an exception text repeats it. Reasons built from a response keep
+a short, single-line :func:`excerpt`.
 """
 
 from __future__ import annotations
@@ -96,15 +96,28 @@ class Sender(Protocol):
 def classify(response: Response) -> DeliveryError | None:
     """Return None for a 2xx, else the DeliveryError that says whether to retry.
 
+    ======================================  =====================================
+    2xx                                     None (a 207 still needs its error list)
+    429                                     RateLimitedError (retried)
+    408, 5xx                                ServerError (retried)
+    3xx                                     RejectedError: a redirect is never followed;
+                                            the Track API does not redirect a correct
+                                            ``base_url``, so retrying cannot help
+    other 4xx, 1xx, outside 100-599         RejectedError (not retried)
+    ======================================  =====================================
+
     The reason holds a redacted, single-line :func:`excerpt` of the body, never all of it.
     """
     status = response.status
     if 200 <= status < 300:
         return None
-    label = f"HTTP {status}"
+    if 300 <= status < 400:
+        return RejectedError(_redirect_reason(status, response.headers.get("Location")),
+                             status=status)
+    label = f"HTTP {status}" if 200 <= status < 600 else f"HTTP {status} (unexpected status)"
     detail = excerpt(response.body[:_SCAN_CHARS].decode("utf-8", "replace"))
     message = f"{label}: {detail}" if detail else label
-    if status in (408, 429) or status >= 500:
+    if status in (408, 429) or 500 <= status < 600:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status == 429:
             return RateLimitedError(message, status=status, retry_after=retry_after)
@@ -124,6 +137,16 @@ def excerpt(text: str, limit: int = MAX_REASON_CHARS) -> str:
     text = "".join(c if c.isprintable() else " " for c in text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _redirect_reason(status: int, location: str | None) -> str:
+    where = f" redirect to {_safe_location(location)}" if location else " redirection"
+    return f"HTTP {status}{where}, not followed: wrong region or base_url?"
+
+
+def _safe_location(location: str) -> str:
+    """Return a Location without user info, query or fragment (they may hold secrets)."""
+    return excerpt(_strip_userinfo(re.split(r"[?#]", location, maxsplit=1)[0]))
 
 
 def _strip_userinfo(url: str) -> str:
@@ -169,8 +192,9 @@ def _percent_encoded(forms: Iterable[str]) -> Iterable[str]:
 class HttpSender:
     """Send requests over one pooled aiohttp ClientSession with a per-request timeout.
 
-    The session is created on first use, inside the running event loop. Each response
-    is read through the protections described in this module's docstring.
+    The session is created on first use, inside the running event loop. Redirects are
+    not followed (a 3xx comes back as it is), and each response is read through the
+    protections described in this module's docstring.
     """
 
     def __init__(self, config: QueueConfig) -> None:
@@ -206,7 +230,8 @@ class HttpSender:
         # encodes it, and yarl must not re-quote it (it would turn %2F into /).
         url = URL(self._base + request.path, encoded=True)
         try:
-            async with session.request(request.method, url, data=request.body) as resp:
+            async with session.request(request.method, url, data=request.body,
+                                       allow_redirects=False) as resp:
                 return await self._read(resp)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = excerpt(self._redactor.text(str(exc)))
@@ -218,6 +243,9 @@ class HttpSender:
         redact = self._redactor.text
         headers = CIMultiDictProxy(CIMultiDict(
             (redact(name), redact(value)) for name, value in resp.headers.items()))
+        if resp.status < 200:  # no body follows a 1xx; a 101 hands the connection over
+            resp.close()
+            return Response(resp.status, headers)
         body = await resp.read()
         return Response(resp.status, headers, self._redactor.data(body))
 

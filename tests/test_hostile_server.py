@@ -19,9 +19,12 @@ from typing import Any, Final
 import anyio
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cio_queue import (
     QueueConfig,
+    RejectedError,
     RetryPolicy,
     ServerError,
     TransportError,
@@ -99,6 +102,85 @@ async def write_raw(request: web.Request, raw: bytes) -> web.StreamResponse:
     transport.write(raw)
     await asyncio.Event().wait()  # until the client hangs up (handler cancellation)
     raise AssertionError("unreachable")
+
+
+# --- redirects ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_never_followed_and_is_a_non_retryable_failure(status: int) -> None:
+    """A 3xx on the batch POST is not followed; it is a RejectedError that hints at base_url."""
+    followed: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/elsewhere":
+            followed.append(request.method)
+            return web.json_response({})
+        return web.Response(status=status, headers={"Location": "/elsewhere"})
+
+    async with serve(handler) as url:
+        response = await exchange(url)
+    assert followed == []
+    assert response.status == status
+    error = classify(response)
+    assert isinstance(error, RejectedError)
+    assert not error.retryable
+    assert error.status == status
+    assert f"HTTP {status} redirect to /elsewhere" in str(error)
+    assert "base_url" in str(error)
+
+
+async def test_a_redirect_reason_drops_credentials_and_query_from_the_location() -> None:
+    """The Location in a redirect's reason loses its user info, query and any credential form."""
+    location = (f"https://user:{API_KEY}@track-eu.customer.io/api/v2/batch/{TOKEN}"
+                f"?auth={URLSAFE_TOKEN}#frag")
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=301, headers={"Location": location})
+
+    async with serve(handler) as url:
+        response = await exchange(url)
+    assert_no_secret(repr(response))
+    error = classify(response)
+    assert isinstance(error, RejectedError)
+    assert "redirect to https://track-eu.customer.io/api/v2/batch/" in str(error)
+    assert "user" not in str(error)
+    assert "auth=" not in str(error)
+    assert_no_secret(str(error))
+
+
+@pytest.mark.parametrize("status", [300, 304, 305])
+async def test_a_redirection_status_without_location_still_hints_base_url(status: int) -> None:
+    """A 3xx with no Location is a non-retryable failure whose reason points at base_url."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status)
+
+    async with serve(handler) as url:
+        error = classify(await exchange(url))
+    assert isinstance(error, RejectedError)
+    assert not error.retryable
+    assert "base_url" in str(error)
+
+
+async def test_a_101_switching_protocols_answer_is_rejected_without_reading_a_body() -> None:
+    """A 101 (not a final answer for a POST) returns at once, rejected, though the peer stays."""
+    raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await write_raw(request, raw)
+
+    async with serve(handler) as url:
+        response = await exchange(url, within=2.0, request_timeout=30.0)
+    error = classify(response)
+    assert isinstance(error, RejectedError)
+    assert "HTTP 101" in str(error)
+
+
+@pytest.mark.parametrize("status", [100, 600, 999])
+def test_a_status_outside_the_http_classes_is_rejected_not_retried(status: int) -> None:
+    """A status no HTTP server answers with is not delivered and not retried (not a 5xx)."""
+    error = classify(Response(status, {}, b""))
+    assert isinstance(error, RejectedError)
+    assert "unexpected" in str(error)
 
 
 # --- credentials ----------------------------------------------------------------------------
@@ -225,3 +307,18 @@ def test_the_sender_repr_shows_no_credential() -> None:
     sender = sender_for("http://127.0.0.1:9")
     assert_no_secret(repr(sender))
     assert_no_secret(str(sender))
+
+
+# --- Retry-After ----------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(status=st.sampled_from([408, 429, 500, 503]),
+       value=st.one_of(st.text(), st.from_regex(
+           r"(Mon, )?\d{1,2} (Jan|Dec) \d{1,6} \d{1,2}:\d{1,2}(:\d{1,2})? ([+-]\d{4}|GMT)",
+           fullmatch=True), st.sampled_from(["1e400", "9" * 5000, "-1", "nan", "inf"])))
+def test_a_garbled_or_huge_retry_after_never_raises(status: int, value: str) -> None:
+    """Any Retry-After text gives a retryable error with a finite, non-negative delay or None."""
+    error = classify(Response(status, {"Retry-After": value}, b""))
+    assert error is not None
+    assert error.retryable
+    assert error.retry_after is None or 0 <= error.retry_after < float("inf")
