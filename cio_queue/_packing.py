@@ -47,12 +47,15 @@ def batch_body(parts: Sequence[bytes]) -> bytes:
     return _PREFIX + b",".join(parts) + _SUFFIX
 
 
-def partial_errors(body: bytes, count: int) -> dict[int, str] | None:
+def partial_errors(body: bytes, count: int, *, truncated: bool = False) -> dict[int, str] | None:
     """Read a 207 body: map each failed ``batch_index`` to a description.
 
     Returns None when the body cannot be read, so the caller can keep the operations
-    rather than guess which were accepted.
+    rather than guess which were accepted; a ``truncated`` body (:attr:`Response.truncated`)
+    is never read, even if what arrived happens to parse.
     """
+    if truncated:
+        return None
     try:
         errors = json.loads(body)["errors"]
         result: dict[int, str] = {}

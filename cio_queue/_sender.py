@@ -5,15 +5,18 @@ response status is classified into an error type by :func:`classify`, the one pl
 decides which statuses are retried.
 
 The server is not always the Track API (a proxy, a gateway, a wrong ``base_url``), so
-HttpSender trusts no response: it never follows a redirect, and blanks the credential
-wherever a response or an exception text repeats it. Reasons built from a response keep
-a short, single-line :func:`excerpt`.
+HttpSender trusts no response: it never follows a redirect, reads at most
+:data:`MAX_RESPONSE_BYTES` of a body (inflated size, and it inflates gzip itself so that
+a compression bomb costs no more), and blanks the credential wherever a response or an
+exception text repeats it. Reasons built from a response keep a short, single-line
+:func:`excerpt`.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -36,6 +39,7 @@ from ._version import __version__
 
 __all__ = [
     "MAX_REASON_CHARS",
+    "MAX_RESPONSE_BYTES",
     "REDACTED",
     "USER_AGENT",
     "HttpSender",
@@ -47,6 +51,8 @@ __all__ = [
 ]
 
 USER_AGENT: Final = f"cio-queue/{__version__} (+aiohttp/{aiohttp.__version__})"
+MAX_RESPONSE_BYTES: Final = 256 * 1024
+"""The most of a response body HttpSender reads, counted after inflating; plenty for a 207."""
 MAX_REASON_CHARS: Final = 200
 """The longest excerpt of a response body or exception text that goes into a reason."""
 REDACTED: Final = "[REDACTED]"
@@ -57,6 +63,8 @@ _AUTH_FIELD: Final = re.compile(r"(?i)((?:proxy-)?authorization[\"']?\s*[:=]\s*)
 _AUTH_TOKEN: Final = re.compile(
     r"\b((?i:basic|bearer))\s+(?=[\w.~-]*[0-9+/=]|[\w.~-]+[A-Z])[\w+/.~=\\-]+")
 _USERINFO: Final = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*:)?//[^/?#]*@")
+_INFLATED_CODINGS: Final = ("gzip", "x-gzip", "deflate")
+_ZLIB_OR_GZIP: Final = 32 + zlib.MAX_WBITS  # zlib picks either header from the first bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +78,17 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """What came back: status, headers (case-insensitive lookups), body."""
+    """What came back: status, headers (case-insensitive lookups), body.
+
+    ``truncated`` says the body is incomplete: longer than the cap, cut off by the peer
+    or the request timeout, or undecodable. A truncated 207 must be treated as unreadable
+    (see :func:`~cio_queue._packing.partial_errors`), never as a shorter error list.
+    """
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    truncated: bool = False
 
 
 class Sender(Protocol):
@@ -175,10 +189,18 @@ class _Redactor:
             value = value.replace(form, REDACTED)
         return value
 
-    def data(self, value: bytes) -> bytes:
-        """Return ``value`` with every credential form replaced by REDACTED."""
+    def data(self, value: bytes, *, cut: bool = False) -> bytes:
+        """Return ``value`` with every credential form replaced by REDACTED.
+
+        With ``cut`` (the bytes were cut off), a start of a form at the very end goes too.
+        """
         for form in self._byte_forms:
             value = value.replace(form, REDACTED.encode())
+        if cut:
+            for form in self._byte_forms:
+                start = next((k for k in range(len(form) - 1, 0, -1)
+                              if value.endswith(form[:k])), 0)
+                value = value[: len(value) - start] + (REDACTED.encode() if start else b"")
         return value
 
 
@@ -187,6 +209,50 @@ def _percent_encoded(forms: Iterable[str]) -> Iterable[str]:
         encoded = quote(form, safe="")
         yield encoded
         yield re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)
+
+
+class _CappedBody:
+    """Collect a response body up to MAX_RESPONSE_BYTES, inflating gzip or deflate.
+
+    Both the bytes received and the bytes inflated count against the cap, so neither a
+    long body, nor a compression bomb, nor a stream of empty deflate blocks holds more
+    than about the cap in memory. aiohttp's own decompression is off: before 3.13.3 it
+    inflated each network chunk whole (CVE-2025-69223), and aiohttp>=3.9 is allowed.
+    """
+
+    __slots__ = ("_inflater", "_parts", "_received", "_size", "truncated")
+
+    def __init__(self, content_encoding: str) -> None:
+        coding = content_encoding.strip().lower()
+        self._inflater = (zlib.decompressobj(_ZLIB_OR_GZIP) if coding in _INFLATED_CODINGS
+                          else None)
+        self._parts: list[bytes] = []
+        self._received = 0
+        self._size = 0
+        self.truncated = False
+
+    def feed(self, chunk: bytes) -> bool:
+        """Add bytes as received; return True when nothing more should be read."""
+        self._received += len(chunk)
+        room = MAX_RESPONSE_BYTES - self._size
+        if self._inflater is not None:
+            try:
+                chunk = self._inflater.decompress(chunk, room + 1)
+            except zlib.error:
+                self.truncated = True
+                return True
+            # Data after the end of the stream (a second gzip member) is not read.
+            self.truncated = bool(self._inflater.unused_data)
+        self._parts.append(chunk[:room])
+        self._size += len(self._parts[-1])
+        self.truncated |= len(chunk) > room or self._received > MAX_RESPONSE_BYTES
+        return self.truncated
+
+    def result(self) -> tuple[bytes, bool]:
+        """Return the body and whether it is incomplete."""
+        unfinished = (self._inflater is not None and self._received > 0
+                      and not self._inflater.eof)
+        return b"".join(self._parts), self.truncated or unfinished
 
 
 class HttpSender:
@@ -206,6 +272,7 @@ class HttpSender:
             "Authorization": f"Basic {token}",
             "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
+            "Accept-Encoding": "gzip, deflate",  # the codings _CappedBody inflates
         }
         self._redactor = _Redactor(config.api_key, pair)
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout)
@@ -219,12 +286,17 @@ class HttpSender:
         connector = aiohttp.TCPConnector(limit=self._limit)
         self._session = aiohttp.ClientSession(
             headers=self._headers, timeout=self._timeout, connector=connector,
-            auto_decompress=True, raise_for_status=False,
+            auto_decompress=False, raise_for_status=False,
         )
         return self._session
 
     async def send(self, request: Request) -> Response:
-        """Send one request; see :meth:`Sender.send`."""
+        """Send one request; see :meth:`Sender.send`.
+
+        Once a status line has arrived the result is a Response, even if the body then
+        breaks off or the request timeout fires while it is read: the server has decided,
+        and the Response says ``truncated``. ``ClientTimeout(total=...)`` covers the body.
+        """
         session = self._session or self._open()
         # encoded=True: the path is already percent-encoded exactly as the official SDK
         # encodes it, and yarl must not re-quote it (it would turn %2F into /).
@@ -239,15 +311,25 @@ class HttpSender:
                                  f"{type(exc).__name__}: {detail}") from None
 
     async def _read(self, resp: aiohttp.ClientResponse) -> Response:
-        """Turn an aiohttp response into a redacted Response."""
+        """Turn an aiohttp response into a capped, redacted Response."""
         redact = self._redactor.text
         headers = CIMultiDictProxy(CIMultiDict(
             (redact(name), redact(value)) for name, value in resp.headers.items()))
         if resp.status < 200:  # no body follows a 1xx; a 101 hands the connection over
             resp.close()
             return Response(resp.status, headers)
-        body = await resp.read()
-        return Response(resp.status, headers, self._redactor.data(body))
+        collected = _CappedBody(resp.headers.get("Content-Encoding", ""))
+        try:
+            async for chunk in resp.content.iter_any():
+                if collected.feed(chunk):
+                    break
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            collected.truncated = True
+        body, truncated = collected.result()
+        if truncated:
+            resp.close()  # unread bytes may follow: never hand this connection back
+        return Response(resp.status, headers, self._redactor.data(body, cut=truncated),
+                        truncated)
 
     async def aclose(self) -> None:
         """Close the session and its connections."""

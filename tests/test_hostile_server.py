@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -31,6 +33,7 @@ from cio_queue import (
 )
 from cio_queue._packing import partial_errors
 from cio_queue._sender import (
+    MAX_RESPONSE_BYTES,
     HttpSender,
     Request,
     Response,
@@ -183,6 +186,173 @@ def test_a_status_outside_the_http_classes_is_rejected_not_retried(status: int) 
     assert "unexpected" in str(error)
 
 
+# --- response size --------------------------------------------------------------------------
+
+BIG_BODY: Final = 32 * 1024 * 1024  # far beyond the cap, small enough to run before the fix
+
+
+def streaming(status: int, total: int, *, headers: dict[str, str] | None = None,
+              chunk: bytes = b"x" * 65536) -> tuple[Handler, asyncio.Event]:
+    """A handler that streams ``total`` bytes of ``chunk``; the event is set on a hang-up."""
+    hung_up = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = total
+        await response.prepare(request)
+        sent = 0
+        try:
+            while sent < total:
+                piece = chunk[: total - sent]
+                await response.write(piece)
+                sent += len(piece)
+        except (ConnectionError, asyncio.CancelledError):
+            hung_up.set()
+            raise
+        return response
+
+    return handler, hung_up
+
+
+async def test_a_huge_body_is_cut_at_the_cap_and_marked_truncated() -> None:
+    """A 400 with a 32 MiB body gives back MAX_RESPONSE_BYTES, truncated, and a bounded reason."""
+    handler, _ = streaming(400, BIG_BODY)
+    async with serve(handler) as url:
+        tracemalloc.start()
+        try:
+            response = await exchange(url)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 * MAX_RESPONSE_BYTES
+    assert response.truncated
+    assert len(response.body) == MAX_RESPONSE_BYTES
+    error = classify(response)
+    assert isinstance(error, RejectedError)
+    assert len(str(error)) < REASON_LIMIT
+
+
+async def test_a_cut_body_closes_its_connection_instead_of_pooling_it() -> None:
+    """Past the cap the connection is closed, not pooled: the next request opens a new one."""
+    peers: list[object] = []
+    endless, hung_up = streaming(200, 1 << 40)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        if len(peers) == 1:
+            return await endless(request)
+        return web.json_response({})
+
+    async with serve(handler) as url:
+        sender = sender_for(url)
+        try:
+            with anyio.fail_after(10):
+                first = await sender.send(BATCH)
+                second = await sender.send(BATCH)
+                await hung_up.wait()
+        finally:
+            await sender.aclose()
+    assert first.truncated
+    assert (second.status, second.truncated) == (200, False)
+    assert peers[0] != peers[1]
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    """Gzip ``inflated`` bytes of zeros (about 1000:1)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    parts = [packer.compress(block) for _ in range(inflated >> 20)]
+    return b"".join([*parts, packer.flush()])
+
+
+BOMB_INFLATED: Final = 64 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return gzip_bomb(BOMB_INFLATED)
+
+
+@pytest.mark.parametrize("status", [207, 400])
+async def test_a_gzip_bomb_inflates_no_further_than_the_cap(bomb: bytes, status: int) -> None:
+    """A 64 KiB gzip reply that inflates to 64 MiB costs the cap, not 64 MiB, and is truncated."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, body=bomb, headers={"Content-Encoding": "gzip"},
+                            content_type="application/json")
+
+    async with serve(handler) as url:
+        tracemalloc.start()
+        try:
+            response = await exchange(url)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 * MAX_RESPONSE_BYTES
+    assert response.truncated
+    assert len(response.body) <= MAX_RESPONSE_BYTES
+    assert partial_errors(response.body, 1, truncated=response.truncated) is None
+
+
+async def test_a_small_gzip_207_is_inflated_and_read() -> None:
+    """A well-formed gzip-encoded 207 still reads as its error list."""
+    body = json.dumps({"errors": [{"batch_index": 0, "reason": "invalid"}]}).encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=207, body=zlib.compress(body, wbits=31),
+                            headers={"Content-Encoding": "gzip"},
+                            content_type="application/json")
+
+    async with serve(handler) as url:
+        response = await exchange(url)
+    assert (response.body, response.truncated) == (body, False)
+    assert partial_errors(response.body, 2, truncated=response.truncated) == {0: "invalid"}
+
+
+async def test_an_absurd_content_length_that_breaks_off_keeps_the_status() -> None:
+    """A 400 declaring 1 TiB that sends 1000 bytes and hangs up: a cut 400, no TransportError."""
+    async def lying(request: web.Request) -> web.StreamResponse:
+        head = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 1099511627776\r\n\r\n"
+        assert request.transport is not None
+        request.transport.write(head + b"y" * 1000)
+        request.transport.close()
+        return web.Response()
+
+    async with serve(lying) as url:
+        response = await exchange(url)
+    assert (response.status, response.body, response.truncated) == (400, b"y" * 1000, True)
+    assert isinstance(classify(response), RejectedError)
+
+
+# --- stalls ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [200, 207])
+async def test_a_body_that_stalls_after_the_headers_ends_at_the_request_timeout(
+        status: int) -> None:
+    """Headers then silence: the request timeout still fires and the status comes back cut."""
+    head = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n").encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await write_raw(request, head + b'{"errors":[{"batch_index":0,')
+
+    async with serve(handler) as url:
+        response = await exchange(url, within=5.0, request_timeout=0.5)
+    assert (response.status, response.truncated) == (status, True)
+    assert classify(response) is None
+    assert partial_errors(response.body, 1, truncated=response.truncated) is None
+
+
+async def test_a_server_that_never_answers_is_a_transport_error_at_the_timeout() -> None:
+    """No status line at all within request_timeout: TransportError, retryable."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await write_raw(request, b"")
+
+    async with serve(handler) as url:
+        with pytest.raises(TransportError) as caught:
+            await exchange(url, within=5.0, request_timeout=0.5)
+    assert caught.value.retryable
+
+
 # --- credentials ----------------------------------------------------------------------------
 
 def echo_page(request: web.Request) -> str:
@@ -227,6 +397,21 @@ def test_a_reason_keeps_prose_that_merely_mentions_basic_auth() -> None:
     assert str(error) == "HTTP 401: Basic authentication failed; Bearer token expired"
 
 
+async def test_a_body_cut_inside_the_credential_keeps_no_part_of_it() -> None:
+    """When the cap falls inside an echoed token, the token's first half is blanked too."""
+    half = len(TOKEN) // 2
+    body = b"x" * (MAX_RESPONSE_BYTES - half) + f"Basic {TOKEN}".encode()[6:] + b"y" * 1000
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=400, body=body)
+
+    async with serve(handler) as url:
+        response = await exchange(url)
+    assert response.truncated
+    assert TOKEN[:half].encode() not in response.body
+    assert TOKEN[:4].encode() not in response.body[-len(TOKEN):]
+
+
 async def test_a_207_that_echoes_the_credential_is_redacted_and_still_readable() -> None:
     """Credential forms inside a 207's messages are blanked and the list still parses."""
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -239,7 +424,7 @@ async def test_a_207_that_echoes_the_credential_is_redacted_and_still_readable()
     async with serve(handler) as url:
         response = await exchange(url)
     assert_no_secret(response.body)
-    errors = partial_errors(response.body, 2)
+    errors = partial_errors(response.body, 2, truncated=response.truncated)
     assert errors is not None
     assert list(errors) == [1]
     assert errors[1].startswith("invalid: auth: ")
@@ -322,3 +507,12 @@ def test_a_garbled_or_huge_retry_after_never_raises(status: int, value: str) -> 
     assert error is not None
     assert error.retryable
     assert error.retry_after is None or 0 <= error.retry_after < float("inf")
+
+
+# --- partial_errors -------------------------------------------------------------------------
+
+def test_a_truncated_207_is_unreadable_even_when_it_parses() -> None:
+    """A body cut at the cap is not read, though its prefix happens to be valid JSON."""
+    body = b'{"errors": [{"batch_index": 0, "reason": "invalid"}]}'
+    assert partial_errors(body, 1) == {0: "invalid"}
+    assert partial_errors(body, 1, truncated=True) is None
