@@ -4,7 +4,7 @@ Proxies, gateways and a wrong ``base_url`` answer in ways the real API never doe
 redirects, endless or compressed bodies, error pages that echo the request headers,
 malformed status lines, bodies that stall. Each misbehaviour is a small aiohttp server on
 127.0.0.1; the client is the real HttpSender, tested at its boundary (``send`` then
-``classify``).
+``classify``). The 207 reader, :func:`partial_errors`, is fuzzed with hypothesis.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Final
 import anyio
 import pytest
 from aiohttp import web
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cio_queue import (
@@ -511,8 +511,97 @@ def test_a_garbled_or_huge_retry_after_never_raises(status: int, value: str) -> 
 
 # --- partial_errors -------------------------------------------------------------------------
 
+def test_a_deeply_nested_207_is_unreadable_not_a_crash() -> None:
+    """Nesting past the recursion limit is an unreadable body (None), not a RecursionError."""
+    for body in (b"[" * 100_000, b'{"errors":' + b"[" * 100_000,
+                 b'{"errors":[{"batch_index":0,"reason":' + b"[" * 100_000 + b"]" * 100_000
+                 + b"}]}"):
+        assert partial_errors(body, 1) is None
+
+
+@pytest.mark.parametrize("body", [
+    b'{"errors": {"batch_index": 0}}',
+    b'{"errors": "0"}',
+    b'{"errors": [0]}',
+    b'{"errors": [[0]]}',
+    b'{"errors": [null]}',
+    b'{"errors": []}',
+    b'{"errors": [{"reason": "no index"}]}',
+    b'{"errors": [{"batch_index": true}]}',
+    b'{"errors": [{"batch_index": 0.0}]}',
+    b'{"errors": [{"batch_index": "0"}]}',
+    b'{"errors": [{"batch_index": -1}]}',
+    b'{"errors": [{"batch_index": 2}]}',
+    b'{"errors": [{"batch_index": 1e400}]}',
+    b'{"errors": [{"batch_index": ' + b"9" * 5000 + b"}]}",
+    b'{"errors": [{"batch_index": 0}]} trailing',
+    b'\xff\xfe{"errors": [{"batch_index": 0}]}\x00\xd8',
+    b"[]",
+    b"",
+])
+def test_a_malformed_207_is_unreadable(body: bytes) -> None:
+    """Wrong types, bad or out-of-range indexes, no errors at all: None, never a guess."""
+    assert partial_errors(body, 2) is None
+
+
 def test_a_truncated_207_is_unreadable_even_when_it_parses() -> None:
     """A body cut at the cap is not read, though its prefix happens to be valid JSON."""
     body = b'{"errors": [{"batch_index": 0, "reason": "invalid"}]}'
     assert partial_errors(body, 1) == {0: "invalid"}
     assert partial_errors(body, 1, truncated=True) is None
+
+
+def test_several_errors_for_one_operation_are_joined_not_overwritten() -> None:
+    """Two entries for one batch_index (two bad fields) both reach its description."""
+    body = json.dumps({"errors": [
+        {"batch_index": 0, "reason": "invalid", "field": "a"},
+        {"batch_index": 0, "reason": "invalid", "field": "b"},
+    ]}).encode()
+    assert partial_errors(body, 1) == {0: "invalid: a; invalid: b"}
+
+
+def test_a_description_is_bounded_and_on_one_line() -> None:
+    """A huge or multi-line message is cut to a bounded, single-line description."""
+    body = json.dumps({"errors": [
+        {"batch_index": 0, "reason": "invalid", "message": "line\r\nbreak " * 100_000},
+        *({"batch_index": 1, "reason": "again"} for _ in range(10_000)),
+    ]}).encode()
+    errors = partial_errors(body, 2)
+    assert errors is not None
+    assert errors[0].startswith("invalid: line break line break")
+    assert errors[1].startswith("again; again; again")
+    for description in errors.values():
+        assert len(description) < REASON_LIMIT
+        assert "\n" not in description
+        assert "\r" not in description
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=30)
+error_entries = st.fixed_dictionaries(
+    {}, optional={"batch_index": st.one_of(st.integers(-2, 5), json_values),
+                  "reason": json_values, "field": json_values, "message": json_values})
+bodies = st.one_of(
+    st.binary(max_size=2000),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.lists(st.one_of(error_entries, json_values), max_size=8).map(
+        lambda e: json.dumps({"errors": e}).encode()),
+)
+
+
+def check_partial_errors(body: bytes, count: int) -> None:
+    result = partial_errors(body, count)
+    assert result is None or isinstance(result, dict)
+    if result:
+        assert all(0 <= index < count for index in result)
+        assert all(isinstance(text, str) and len(text) < REASON_LIMIT
+                   for text in result.values())
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=bodies, count=st.integers(0, 6))
+def test_partial_errors_returns_a_dict_or_none_for_any_body(body: bytes, count: int) -> None:
+    """Any bytes or any JSON: partial_errors answers a bounded dict or None and never raises."""
+    check_partial_errors(body, count)
