@@ -259,8 +259,8 @@ class HttpSender:
     """Send requests over one pooled aiohttp ClientSession with a per-request timeout.
 
     The session is created on first use, inside the running event loop. Redirects are
-    not followed (a 3xx comes back as it is), and each response is read through the
-    protections described in this module's docstring.
+    not followed (a 3xx comes back as it is), cookies are neither kept nor sent, and each
+    response is read through the protections described in this module's docstring.
     """
 
     def __init__(self, config: QueueConfig) -> None:
@@ -287,6 +287,7 @@ class HttpSender:
         self._session = aiohttp.ClientSession(
             headers=self._headers, timeout=self._timeout, connector=connector,
             auto_decompress=False, raise_for_status=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self._session
 

@@ -487,6 +487,28 @@ async def test_a_password_in_base_url_is_neither_shown_nor_sent() -> None:
     assert seen == [f"Basic {TOKEN}"]
 
 
+async def test_cookies_a_server_sets_are_never_sent_back() -> None:
+    """A Set-Cookie (a gateway's session, or thousands of them) is neither kept nor sent."""
+    cookies: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        cookies.append(request.headers.get("Cookie"))
+        response = web.json_response({})
+        for i in range(50):
+            response.set_cookie(f"c{i}", "x" * 100)
+        return response
+
+    async with serve(handler) as url:
+        sender = sender_for(url.replace("127.0.0.1", "localhost"))
+        try:
+            with anyio.fail_after(10):
+                for _ in range(2):
+                    await sender.send(BATCH)
+        finally:
+            await sender.aclose()
+    assert cookies == [None, None]
+
+
 def test_the_sender_repr_shows_no_credential() -> None:
     """repr(HttpSender) names the host only."""
     sender = sender_for("http://127.0.0.1:9")
