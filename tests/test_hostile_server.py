@@ -308,6 +308,22 @@ async def test_a_small_gzip_207_is_inflated_and_read() -> None:
     assert partial_errors(response.body, 2, truncated=response.truncated) == {0: "invalid"}
 
 
+@pytest.mark.parametrize("body", [
+    b"not gzip at all",
+    zlib.compress(b'{"errors":[]}', wbits=31)[:-12],
+    zlib.compress(b"{}", wbits=31) * 2,
+])
+async def test_a_broken_or_concatenated_gzip_207_is_a_cut_body(body: bytes) -> None:
+    """Undecodable, unfinished or multi-member gzip keeps the 207 status, marked truncated."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=207, body=body, headers={"Content-Encoding": "gzip"})
+
+    async with serve(handler) as url:
+        response = await exchange(url)
+    assert (response.status, response.truncated) == (207, True)
+    assert partial_errors(response.body, 1, truncated=response.truncated) is None
+
+
 async def test_an_absurd_content_length_that_breaks_off_keeps_the_status() -> None:
     """A 400 declaring 1 TiB that sends 1000 bytes and hangs up: a cut 400, no TransportError."""
     async def lying(request: web.Request) -> web.StreamResponse:
