@@ -9,7 +9,7 @@ The tree::
     ├── QueueFullError
     ├── QueueUsageError        (also RuntimeError)
     └── DeliveryError          .status, .retryable
-        ├── RejectedError      4xx other than 408/429: never retried
+        ├── RejectedError      4xx other than 408/429, 3xx, 1xx, >= 600: never retried
         ├── ServerError        5xx and 408: retried
         ├── RateLimitedError   429: retried after the shared gate opens
         └── TransportError     network error or timeout: retried
@@ -89,7 +89,7 @@ class DeliveryError(CioQueueError):
 
 
 class RejectedError(DeliveryError):
-    """The API refused the operation (4xx other than 408 and 429); retrying cannot help."""
+    """The API refused the operation (4xx other than 408/429) or redirected it; never retried."""
 
     retryable = False
 

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
+from ._sender import MAX_REASON_CHARS, excerpt
+
 __all__ = ["MAX_BATCH_BODY_BYTES", "batch_body", "pack", "partial_errors"]
 
 MAX_BATCH_BODY_BYTES: Final = 500_000
@@ -47,22 +49,55 @@ def batch_body(parts: Sequence[bytes]) -> bytes:
     return _PREFIX + b",".join(parts) + _SUFFIX
 
 
-def partial_errors(body: bytes, count: int) -> dict[int, str] | None:
+def partial_errors(body: bytes, count: int, *, truncated: bool = False) -> dict[int, str] | None:
     """Read a 207 body: map each failed ``batch_index`` to a description.
 
-    Returns None when the body cannot be read, so the caller can keep the operations
-    rather than guess which were accepted.
+    Args:
+        body: the response body, ``{"errors": [{"batch_index", "reason", "field",
+            "message"}, ...]}``.
+        count: the number of operations in the request; every index must be below it.
+        truncated: the body was cut short (:attr:`Response.truncated`); it is not read.
+
+    Returns:
+        Each failed index with a one-line description of at most
+        :data:`~cio_queue._sender.MAX_REASON_CHARS` characters; several entries for one
+        index (one per bad field) are joined with ``"; "``. None when the body cannot be
+        read, so the caller keeps the operations rather than guess which were accepted:
+        cut short, not JSON (or nested past the recursion limit), no non-empty
+        ``errors`` list (a 207 promises at least one), or an entry that is not an object
+        with an int ``batch_index`` in ``range(count)``.
     """
-    try:
-        errors = json.loads(body)["errors"]
-        result: dict[int, str] = {}
-        for error in errors:
-            index = error["batch_index"]
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
-                return None
-            parts = [str(error.get(key)) for key in ("reason", "field", "message")
-                     if error.get(key) is not None]
-            result[index] = ": ".join(parts) or "invalid"
-    except (ValueError, KeyError, TypeError):
+    errors = None if truncated else _error_list(body)
+    if not errors:
         return None
-    return result
+    found: dict[int, list[str]] = {}
+    for error in errors:
+        if not isinstance(error, dict):
+            return None
+        index = error.get("batch_index")
+        if type(index) is not int or not 0 <= index < count:  # not a bool, not a float
+            return None
+        found.setdefault(index, []).append(_describe(error))
+    return {index: excerpt("; ".join(parts)) for index, parts in found.items()}
+
+
+def _error_list(body: bytes) -> list[object] | None:
+    """Return the body's ``errors`` list, or None when the body is not such an object."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    errors = document.get("errors") if isinstance(document, dict) else None
+    return errors if isinstance(errors, list) else None
+
+
+def _describe(error: dict[str, object]) -> str:
+    parts = [_scalar_text(error.get(key)) for key in ("reason", "field", "message")]
+    return ": ".join(part for part in parts if part) or "invalid"
+
+
+def _scalar_text(value: object) -> str:
+    """Return a JSON scalar as text; None and nested values say nothing useful here."""
+    if isinstance(value, str):
+        return value[:MAX_REASON_CHARS]
+    return str(value) if isinstance(value, int | float) else ""
