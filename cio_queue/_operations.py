@@ -1,43 +1,41 @@
-"""Operations: validate a call's input and build its wire forms.
+"""Operations: the validated, serialised form of one call, built at enqueue.
 
-Every builder here is pure and synchronous. It either returns an :class:`Operation`
-whose v1 request (method, percent-encoded path, JSON body bytes) is byte-for-byte what
-the official ``customerio`` 3.2 SDK sends for the same call, plus an event ``id`` on
-events, or raises :class:`InvalidEventError` naming the field. :meth:`Operation.seal`
-then serialises it once, as a v1 body or a v2 batch element, and checks the size limits
-of that form. So bad input fails in the caller's stack and can never poison a batch.
+The second half of the enqueue stage: after ``_validation`` has checked the caller's
+input, every builder here (one per EventQueue method) returns an :class:`Operation` whose
+v1 request (method, percent-encoded path, JSON body bytes) is byte-for-byte what the
+official ``customerio`` 3.2 SDK sends for the same call, plus an event ``id`` on events.
+:meth:`Operation.seal` then serialises it once, as a v1 body or a v2 batch element
+(``to_v2``), and checks the size limits of that form. So bad input fails in the caller's
+stack and can never poison a batch.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import random
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
 from ._exceptions import InvalidEventError
+from ._ulid import new_ulid
+from ._validation import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_DATA_BYTES,
+    MAX_V2_OPERATION_BYTES,
+    check_event_id,
+    check_event_name,
+    check_id,
+    check_timestamp,
+    clean_mapping,
+    utf8_len,
+)
 
-__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "new_ulid"]
+__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "new_ulid", "person_identifiers",
+           "to_v2"]
 
-MAX_ID_BYTES: Final = 150
-MAX_ATTRIBUTE_NAME_BYTES: Final = 150
-MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
-MAX_ATTRIBUTES: Final = 300
-MAX_EVENT_NAME_BYTES: Final = 100
-MAX_EVENT_DATA_BYTES: Final = 100_000
-MAX_TIMESTAMP: Final = 99_999_999_999
-"""Eleven digits: anything larger is almost surely milliseconds, not the seconds the API wants."""
-MAX_V2_OPERATION_BYTES: Final = 32 * 1024
-"""The Track API's limit on one operation inside a v2 batch."""
-MAX_DEPTH: Final = 64
-MAX_INT_BITS: Final = 64
-"""Larger ints are refused: JSON readers (and Python's own int-to-str limit) cannot take
-them reliably."""
 # What requests does for json=: default separators, ASCII, no NaN. One encoder each, made
 # once: json.dumps with any non-default option builds a new encoder on every call.
 _V1_ENCODER: Final = json.JSONEncoder(allow_nan=False)
@@ -180,187 +178,6 @@ def to_v2(op: Operation) -> dict[str, Any] | None:  # noqa: PLR0911 - one branch
     return element
 
 
-# --- ULID ------------------------------------------------------------------------------
-
-_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# Every 10-bit value as its two Crockford characters: four lookups encode 40 bits.
-_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
-_random = random.Random()  # noqa: S311 - ULIDs need uniqueness, not secrecy
-if hasattr(os, "register_at_fork"):
-    # A forked child would otherwise repeat its parent's random sequence, and so its ids.
-    os.register_at_fork(after_in_child=_random.seed)
-_ulid_time: list[Any] = [-1, ""]  # the last millisecond seen and its 10-character text
-
-
-def _encode_40(value: int) -> str:
-    pairs = _PAIRS
-    return (pairs[value >> 30] + pairs[(value >> 20) & 1023] + pairs[(value >> 10) & 1023]
-            + pairs[value & 1023])
-
-
-def new_ulid() -> str:
-    """Return a new ULID: 48 bits of milliseconds, 80 random bits, 26 Crockford chars."""
-    millis = time.time_ns() // 1_000_000
-    if millis != _ulid_time[0]:
-        # 48 bits take 10 characters: the first carries the top 3 bits (2 pad bits).
-        _ulid_time[0] = millis
-        _ulid_time[1] = (_CROCKFORD[millis >> 45] + _encode_40(millis >> 5 & (1 << 40) - 1)
-                         + _CROCKFORD[millis & 31])
-    randomness = _random.getrandbits(80)
-    return (str(_ulid_time[1]) + _encode_40(randomness >> 40)
-            + _encode_40(randomness & (1 << 40) - 1))
-
-
-# --- validation helpers --------------------------------------------------------------
-
-class _FieldError(Exception):
-    """Internal: a bad value somewhere below a field; the path is prefixed on the way up."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
-
-
-def _utf8_len(value: str, field: str) -> int:
-    if value.isascii():
-        return len(value)
-    try:
-        return len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidEventError(field, "contains an unpaired surrogate; not valid text") from None
-
-
-def _check_id(value: object, field: str, *, allow_int: bool = True) -> str:
-    """Check a person or device id and return its path form, as ``str(value)``."""
-    if isinstance(value, bool) or not isinstance(value, str | int) or (
-            not allow_int and not isinstance(value, str)):
-        kinds = "a str or int" if allow_int else "a str"
-        raise InvalidEventError(field, f"must be {kinds}, not {type(value).__name__}")
-    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
-        raise InvalidEventError(field, f"is an int beyond {MAX_INT_BITS} bits")
-    text = str(value)
-    if not text.strip():
-        raise InvalidEventError(field, "must not be blank")
-    if text == "cio_":
-        raise InvalidEventError(field, "is the cio_ prefix with no cio_id after it")
-    size = _utf8_len(text, field)
-    if size > MAX_ID_BYTES:
-        raise InvalidEventError(field, f"is {size} bytes; the limit is {MAX_ID_BYTES}")
-    return text
-
-
-def _check_event_name(name: object, field: str = "name") -> str:
-    if not isinstance(name, str):
-        raise InvalidEventError(field, f"must be a str, not {type(name).__name__}")
-    if not name.strip():
-        raise InvalidEventError(field, "must not be blank")
-    size = _utf8_len(name, field)
-    if size > MAX_EVENT_NAME_BYTES:
-        raise InvalidEventError(field, f"is {size} bytes; the limit is {MAX_EVENT_NAME_BYTES}")
-    return name
-
-
-def _datetime_to_unix(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp())
-
-
-def _clean(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911, PLR0912 - a branch per type
-    """Return ``value`` sanitised as the official SDK does, or raise _FieldError.
-
-    datetime becomes int unix seconds (naive means UTC), NaN becomes None, dicts, lists
-    and tuples are copied recursively; anything json cannot encode is refused.
-    """
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return value
-    if kind is int:
-        if value.bit_length() > MAX_INT_BITS:
-            raise _FieldError("", f"is an int beyond {MAX_INT_BITS} bits, which JSON readers "
-                                  "cannot hold; send it as a str")
-        return value
-    if kind is float:
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            raise _FieldError("", "is infinite; JSON has no infinity")
-        return value
-    if depth > MAX_DEPTH:
-        raise _FieldError("", f"is nested more than {MAX_DEPTH} levels deep (or is a cycle)")
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _FieldError("", f"has a {type(key).__name__} key {key!r}; keys must be str")
-            try:
-                out[key] = _clean(item, depth + 1)
-            except _FieldError as exc:
-                exc.path = f".{key}{exc.path}"
-                raise
-        return out
-    if isinstance(value, list | tuple):
-        items = []
-        for index, item in enumerate(value):
-            try:
-                items.append(_clean(item, depth + 1))
-            except _FieldError as exc:
-                exc.path = f"[{index}]{exc.path}"
-                raise
-        return items
-    if isinstance(value, datetime):
-        return _datetime_to_unix(value)
-    if isinstance(value, float):  # a float subclass
-        return _clean(float(value), depth)
-    if isinstance(value, str):  # a str subclass, such as a str enum, encodes as its text
-        return value
-    if isinstance(value, int):  # an int subclass, such as an IntEnum, encodes as its number
-        return _clean(int(value), depth)
-    raise _FieldError("", f"is a {kind.__name__}, which is not JSON-serialisable "
-                          "(convert it to str, int, float, bool, None, list, dict or datetime)")
-
-
-def _clean_mapping(value: object, field: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidEventError(field, f"must be a dict, not {type(value).__name__}")
-    try:
-        cleaned: dict[str, Any] = _clean(value)
-    except _FieldError as exc:
-        raise InvalidEventError(f"{field}{exc.path}", exc.message) from None
-    return cleaned
-
-
-def _check_timestamp(value: object, field: str = "timestamp") -> int:
-    if isinstance(value, datetime):
-        result = _datetime_to_unix(value)
-    elif isinstance(value, bool):
-        raise InvalidEventError(field, "must be unix seconds or a datetime, not a bool")
-    elif isinstance(value, int):
-        result = value
-    elif isinstance(value, float) and math.isfinite(value):
-        result = int(value)
-    elif isinstance(value, str):
-        try:
-            result = int(value)
-        except ValueError:
-            raise InvalidEventError(field, f"{value!r} is not unix seconds") from None
-    else:
-        raise InvalidEventError(field, f"must be unix seconds or a datetime, not "
-                                       f"{type(value).__name__}")
-    if not 0 <= result <= MAX_TIMESTAMP:
-        raise InvalidEventError(field, f"{result} is not unix seconds (milliseconds?)")
-    return result
-
-
-def _check_event_id(value: object) -> str:
-    if value is None:
-        return new_ulid()
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidEventError("id", "must be a non-blank str (a ULID is best) or None")
-    _utf8_len(value, "id")
-    return value
-
-
 def _customer_path(customer_id: str) -> str:
     return "/customers/" + quote(customer_id, safe="")
 
@@ -368,20 +185,20 @@ def _customer_path(customer_id: str) -> str:
 # --- builders, one per EventQueue method -------------------------------------------
 
 def identify(id: object, attributes: dict[str, Any]) -> Operation:
-    text = _check_id(id, "id")
-    payload = _clean_mapping(attributes, "attributes")
+    text = check_id(id, "id")
+    payload = clean_mapping(attributes, "attributes")
     if len(payload) > MAX_ATTRIBUTES:
         raise InvalidEventError("attributes", f"has {len(payload)} attributes; the limit is "
                                               f"{MAX_ATTRIBUTES} per call")
     for name, value in payload.items():
         field = f"attributes.{name}"
-        size = _utf8_len(name, field)
+        size = utf8_len(name, field)
         if size > MAX_ATTRIBUTE_NAME_BYTES:
             raise InvalidEventError(field, f"name is {size} bytes; the limit is "
                                            f"{MAX_ATTRIBUTE_NAME_BYTES}")
         if name in _STRUCTURED_ATTRIBUTES:
             continue
-        size = (_utf8_len(value, field) if isinstance(value, str)
+        size = (utf8_len(value, field) if isinstance(value, str)
                 else len(json.dumps(value).encode("ascii")))
         if size > MAX_ATTRIBUTE_VALUE_BYTES:
             raise InvalidEventError(field, f"value is {size} bytes; the limit is "
@@ -392,19 +209,19 @@ def identify(id: object, attributes: dict[str, Any]) -> Operation:
 def _event_payload(name: object, data: object, event_id: object,
                    timestamp: object) -> tuple[dict[str, Any], str]:
     payload: dict[str, Any] = {
-        "name": _check_event_name(name),
-        "data": {} if data is None else _clean_mapping(data, "data"),
+        "name": check_event_name(name),
+        "data": {} if data is None else clean_mapping(data, "data"),
     }
-    eid = _check_event_id(event_id)
+    eid = check_event_id(event_id)
     payload["id"] = eid
     if timestamp is not None:
-        payload["timestamp"] = _check_timestamp(timestamp)
+        payload["timestamp"] = check_timestamp(timestamp)
     return payload, eid
 
 
 def track(customer_id: object, name: object, data: object, event_id: object,
           timestamp: object) -> Operation:
-    text = _check_id(customer_id, "customer_id")
+    text = check_id(customer_id, "customer_id")
     payload, eid = _event_payload(name, data, event_id, timestamp)
     return Operation("track", "POST", _customer_path(text) + "/events", payload,
                      customer_id=customer_id, event_id=eid)
@@ -417,7 +234,7 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
         if not isinstance(anonymous_id, str):
             raise InvalidEventError("anonymous_id", f"must be a str, not "
                                                     f"{type(anonymous_id).__name__}")
-        _check_id(anonymous_id, "anonymous_id")
+        check_id(anonymous_id, "anonymous_id")
         payload["anonymous_id"] = anonymous_id
     elif "recipient" not in payload["data"]:
         raise InvalidEventError("anonymous_id", "is blank: an event without one is an invite "
@@ -426,27 +243,27 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
 
 
 def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operation:
-    text = _check_id(customer_id, "customer_id")
+    text = check_id(customer_id, "customer_id")
     eid = new_ulid()
-    payload: dict[str, Any] = {"type": "page", "name": _check_event_name(page, "page"),
-               "data": _clean_mapping(data, "data"), "id": eid}
+    payload: dict[str, Any] = {"type": "page", "name": check_event_name(page, "page"),
+               "data": clean_mapping(data, "data"), "id": eid}
     return Operation("pageview", "POST", _customer_path(text) + "/events", payload,
                      customer_id=customer_id, event_id=eid)
 
 
 def backfill(customer_id: object, name: object, timestamp: object,
              data: dict[str, Any]) -> Operation:
-    text = _check_id(customer_id, "customer_id")
+    text = check_id(customer_id, "customer_id")
     eid = new_ulid()
-    payload: dict[str, Any] = {"name": _check_event_name(name),
-                               "data": _clean_mapping(data, "data"),
-               "timestamp": _check_timestamp(timestamp), "id": eid}
+    payload: dict[str, Any] = {"name": check_event_name(name),
+                               "data": clean_mapping(data, "data"),
+               "timestamp": check_timestamp(timestamp), "id": eid}
     return Operation("backfill", "POST", _customer_path(text) + "/events", payload,
                      customer_id=customer_id, event_id=eid)
 
 
 def _bare(kind: str, method: str, suffix: str, customer_id: object) -> Operation:
-    text = _check_id(customer_id, "customer_id")
+    text = check_id(customer_id, "customer_id")
     return Operation(kind, method, _customer_path(text) + suffix, {},
                      customer_id=customer_id)
 
@@ -465,19 +282,19 @@ def unsuppress(customer_id: object) -> Operation:
 
 def add_device(customer_id: object, device_id: object, platform: object,
                data: dict[str, Any]) -> Operation:
-    text = _check_id(customer_id, "customer_id")
-    _check_id(device_id, "device_id", allow_int=False)  # the API wants a string token
+    text = check_id(customer_id, "customer_id")
+    check_id(device_id, "device_id", allow_int=False)  # the API wants a string token
     if platform not in PLATFORMS:
         raise InvalidEventError("platform", f"must be 'ios' or 'android', not {platform!r}")
-    device = _clean_mapping(data, "data")
+    device = clean_mapping(data, "data")
     device.update({"id": device_id, "platform": platform})
     return Operation("add_device", "PUT", _customer_path(text) + "/devices", {"device": device},
                      customer_id=customer_id)
 
 
 def delete_device(customer_id: object, device_id: object) -> Operation:
-    text = _check_id(customer_id, "customer_id")
-    device = _check_id(device_id, "device_id")
+    text = check_id(customer_id, "customer_id")
+    device = check_id(device_id, "device_id")
     return Operation("delete_device", "DELETE",
                      f"{_customer_path(text)}/devices/{quote(device, safe='')}", {},
                      customer_id=customer_id)
@@ -490,8 +307,8 @@ def merge_customers(primary_id_type: object, primary_id: object, secondary_id_ty
         if id_type not in MERGE_ID_TYPES:
             raise InvalidEventError(field, f"must be one of 'cio_id', 'email', 'id', "
                                            f"not {id_type!r}")
-    _check_id(primary_id, "primary_id")
-    _check_id(secondary_id, "secondary_id")
+    check_id(primary_id, "primary_id")
+    check_id(secondary_id, "secondary_id")
     payload = {"primary": {primary_id_type: primary_id},
                "secondary": {secondary_id_type: secondary_id}}
     return Operation("merge_customers", "POST", "/merge_customers", payload)

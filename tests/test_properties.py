@@ -33,7 +33,7 @@ from cio_queue import (
     RetryPolicy,
 )
 from cio_queue import testing as fake_api
-from cio_queue._operations import new_ulid
+from cio_queue._ulid import new_ulid
 from cio_queue.testing import FakeTrackAPI
 
 from .recording import RecordingSender
