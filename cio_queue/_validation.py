@@ -9,8 +9,10 @@ fault, so bad input never reaches a batch.
 
 from __future__ import annotations
 
+import json
 import math
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Final
 
 from ._exceptions import InvalidEventError
@@ -27,6 +29,8 @@ __all__ = [
     "MAX_INT_BITS",
     "MAX_TIMESTAMP",
     "MAX_V2_OPERATION_BYTES",
+    "STRUCTURED_ATTRIBUTES",
+    "check_attributes",
     "check_event_id",
     "check_event_name",
     "check_id",
@@ -50,6 +54,12 @@ MAX_DEPTH: Final = 64
 MAX_INT_BITS: Final = 64
 """Larger ints are refused: JSON readers (and Python's own int-to-str limit) cannot take
 them reliably."""
+_NAIVE_EPOCH: Final = datetime(1970, 1, 1)  # naive on purpose: subtracted from naive values
+STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
+"""Identify attributes structured by design: exempt from the 1000-byte value limit."""
+_SMALL_SCALARS: Final = frozenset({bool, int, float, type(None)})
+"""Cleaned values whose JSON is at most 24 bytes (ints are at most 64 bits), so no value
+limit can apply to them."""
 
 
 class _FieldError(Exception):
@@ -70,15 +80,20 @@ def utf8_len(value: str, field: str) -> int:
         raise InvalidEventError(field, "contains an unpaired surrogate; not valid text") from None
 
 
+def _id_text(value: object, field: str, *, allow_int: bool) -> str:
+    if isinstance(value, str):
+        return str(value)
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > MAX_INT_BITS:
+            raise InvalidEventError(field, f"is an int beyond {MAX_INT_BITS} bits")
+        return str(value)
+    kinds = "a str or int" if allow_int else "a str"
+    raise InvalidEventError(field, f"must be {kinds}, not {type(value).__name__}")
+
+
 def check_id(value: object, field: str, *, allow_int: bool = True) -> str:
     """Check a person or device id and return its path form, as ``str(value)``."""
-    if isinstance(value, bool) or not isinstance(value, str | int) or (
-            not allow_int and not isinstance(value, str)):
-        kinds = "a str or int" if allow_int else "a str"
-        raise InvalidEventError(field, f"must be {kinds}, not {type(value).__name__}")
-    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
-        raise InvalidEventError(field, f"is an int beyond {MAX_INT_BITS} bits")
-    text = str(value)
+    text = _id_text(value, field, allow_int=allow_int)
     if not text.strip():
         raise InvalidEventError(field, "must not be blank")
     if text == "cio_":
@@ -102,75 +117,154 @@ def check_event_name(name: object, field: str = "name") -> str:
 
 
 def datetime_to_unix(value: datetime) -> int:
-    """Return unix seconds, reading a naive datetime as UTC (as the official SDK does)."""
+    """Return unix seconds, reading a naive datetime as UTC (as the official SDK does).
+
+    The same arithmetic as ``value.replace(tzinfo=UTC).timestamp()``, so the same int,
+    without building the aware copy.
+    """
     if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
+        return int((value - _NAIVE_EPOCH).total_seconds())
     return int(value.timestamp())
 
 
-def _clean(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911, PLR0912 - a branch per type
-    """Return ``value`` sanitised as the official SDK does, or raise _FieldError.
+# --- sanitising data the way the official SDK does ------------------------------------
+# ``_clean`` runs on every value of every call, so it dispatches on the exact type through
+# one dict lookup; subclasses (enums, OrderedDict, namedtuple...) take the slower
+# isinstance walk in ``_clean_subclass``. Each cleaner returns the JSON-ready value or
+# raises _FieldError, whose path the containers prefix on the way up.
+
+_Cleaner = Callable[[Any, int], Any]
+
+
+def _keep(value: Any, depth: int) -> Any:
+    return value
+
+
+def _clean_int(value: int, depth: int) -> int:
+    if value.bit_length() > MAX_INT_BITS:
+        raise _FieldError("", f"is an int beyond {MAX_INT_BITS} bits, which JSON readers "
+                              "cannot hold; send it as a str")
+    return value
+
+
+def _clean_float(value: float, depth: int) -> float | None:
+    if _isfinite(value):
+        return value
+    if math.isnan(value):  # the official SDK sends NaN as null
+        return None
+    raise _FieldError("", "is infinite; JSON has no infinity")
+
+
+def _clean_datetime(value: datetime, depth: int) -> int:
+    return datetime_to_unix(value)
+
+
+def _too_deep(depth: int) -> _FieldError:
+    return _FieldError("", f"is nested more than {MAX_DEPTH} levels deep (or is a cycle)")
+
+
+def _clean_dict(value: dict[Any, Any], depth: int) -> dict[str, Any]:
+    if depth > MAX_DEPTH:
+        raise _too_deep(depth)
+    cleaner_for = _CLEANERS.get
+    depth += 1
+    out = {}
+    for key, item in value.items():
+        if type(key) is not str and not isinstance(key, str):
+            raise _FieldError("", f"has a {type(key).__name__} key; keys must be str")
+        try:
+            out[key] = cleaner_for(type(item), _clean_subclass)(item, depth)
+        except _FieldError as exc:
+            exc.path = f".{key}{exc.path}"
+            raise
+    return out
+
+
+def _clean_list(value: list[Any] | tuple[Any, ...], depth: int) -> list[Any]:
+    if depth > MAX_DEPTH:
+        raise _too_deep(depth)
+    cleaner_for = _CLEANERS.get
+    depth += 1
+    items = []
+    for index, item in enumerate(value):
+        try:
+            items.append(cleaner_for(type(item), _clean_subclass)(item, depth))
+        except _FieldError as exc:
+            exc.path = f"[{index}]{exc.path}"
+            raise
+    return items
+
+
+def _clean_subclass(value: Any, depth: int) -> Any:
+    """Clean an instance of a subclass of a JSON type, or refuse a non-JSON value."""
+    for base, cleaner in _SUBCLASS_CLEANERS:
+        if isinstance(value, base):
+            return cleaner(value, depth)
+    raise _FieldError("", f"is a {type(value).__name__}, which is not JSON-serialisable "
+                          "(convert it to str, int, float, bool, None, list, dict or datetime)")
+
+
+_isfinite: Final = math.isfinite
+_CLEANERS: Final[dict[type, _Cleaner]] = {
+    str: _keep, bool: _keep, type(None): _keep, int: _clean_int, float: _clean_float,
+    dict: _clean_dict, list: _clean_list, tuple: _clean_list, datetime: _clean_datetime,
+}
+_SUBCLASS_CLEANERS: Final[tuple[tuple[type | tuple[type, ...], _Cleaner], ...]] = (
+    (dict, _clean_dict),
+    ((list, tuple), _clean_list),
+    (datetime, _clean_datetime),
+    (float, lambda value, depth: _clean_float(float(value), depth)),
+    (str, _keep),  # a str subclass, such as a str enum, encodes as its text
+    (int, lambda value, depth: _clean_int(int(value), depth)),  # IntEnum: as its number
+)
+
+
+def clean_mapping(value: object, field: str) -> dict[str, Any]:
+    """Return ``value`` sanitised as the official SDK does, or refuse it naming the path.
 
     datetime becomes int unix seconds (naive means UTC), NaN becomes None, dicts, lists
     and tuples are copied recursively; anything json cannot encode is refused.
     """
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return value
-    if kind is int:
-        if value.bit_length() > MAX_INT_BITS:
-            raise _FieldError("", f"is an int beyond {MAX_INT_BITS} bits, which JSON readers "
-                                  "cannot hold; send it as a str")
-        return value
-    if kind is float:
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            raise _FieldError("", "is infinite; JSON has no infinity")
-        return value
-    if depth > MAX_DEPTH:
-        raise _FieldError("", f"is nested more than {MAX_DEPTH} levels deep (or is a cycle)")
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _FieldError("", f"has a {type(key).__name__} key {key!r}; keys must be str")
-            try:
-                out[key] = _clean(item, depth + 1)
-            except _FieldError as exc:
-                exc.path = f".{key}{exc.path}"
-                raise
-        return out
-    if isinstance(value, list | tuple):
-        items = []
-        for index, item in enumerate(value):
-            try:
-                items.append(_clean(item, depth + 1))
-            except _FieldError as exc:
-                exc.path = f"[{index}]{exc.path}"
-                raise
-        return items
-    if isinstance(value, datetime):
-        return datetime_to_unix(value)
-    if isinstance(value, float):  # a float subclass
-        return _clean(float(value), depth)
-    if isinstance(value, str):  # a str subclass, such as a str enum, encodes as its text
-        return value
-    if isinstance(value, int):  # an int subclass, such as an IntEnum, encodes as its number
-        return _clean(int(value), depth)
-    raise _FieldError("", f"is a {kind.__name__}, which is not JSON-serialisable "
-                          "(convert it to str, int, float, bool, None, list, dict or datetime)")
-
-
-def clean_mapping(value: object, field: str) -> dict[str, Any]:
-    """Return a sanitised copy of the dict ``value``; refuse it naming the bad field's path."""
     if not isinstance(value, dict):
         raise InvalidEventError(field, f"must be a dict, not {type(value).__name__}")
     try:
-        cleaned: dict[str, Any] = _clean(value)
+        return _clean_dict(value, 0)
     except _FieldError as exc:
         raise InvalidEventError(f"{field}{exc.path}", exc.message) from None
-    return cleaned
+
+
+def check_attributes(attributes: dict[str, Any], field: str = "attributes") -> None:
+    """Apply the API's limits on a person's attributes (already cleaned) in one call.
+
+    At most 300 attributes; names of at most 150 bytes; values of at most 1000 bytes (text
+    as UTF-8, anything else as JSON), except the attributes structured by design.
+    """
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidEventError(field, f"has {len(attributes)} attributes; the limit is "
+                                       f"{MAX_ATTRIBUTES} per call")
+    small = _SMALL_SCALARS
+    for name, value in attributes.items():
+        if not name.isascii() or len(name) > MAX_ATTRIBUTE_NAME_BYTES:
+            _check_attribute_name(name, field)
+        if type(value) not in small:
+            _check_attribute_value(name, value, field)
+
+
+def _check_attribute_name(name: str, field: str) -> None:
+    size = utf8_len(name, f"{field}.{name}")
+    if size > MAX_ATTRIBUTE_NAME_BYTES:
+        raise InvalidEventError(f"{field}.{name}", f"name is {size} bytes; the limit is "
+                                                   f"{MAX_ATTRIBUTE_NAME_BYTES}")
+
+
+def _check_attribute_value(name: str, value: Any, field: str) -> None:
+    if name in STRUCTURED_ATTRIBUTES:
+        return
+    # JSON text is ASCII, one byte per character.
+    size = utf8_len(value, f"{field}.{name}") if isinstance(value, str) else len(json.dumps(value))
+    if size > MAX_ATTRIBUTE_VALUE_BYTES:
+        raise InvalidEventError(f"{field}.{name}", f"value is {size} bytes; the limit is "
+                                                   f"{MAX_ATTRIBUTE_VALUE_BYTES}")
 
 
 def check_timestamp(value: object, field: str = "timestamp") -> int:
