@@ -115,40 +115,9 @@ class QueueConfig:
     dead_letter_path: str | os.PathLike[str] | None = None
     on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:  # noqa: PLR0912 - one check per field
-        for name in ("site_id", "api_key"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{name} must be a non-empty string (see your workspace's "
-                                  "API credentials page)")
-        if not isinstance(self.region, Region):
-            raise ConfigError("region must be Region.US or Region.EU")
-        if self.base_url is not None:
-            _check_base_url(self.base_url)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("max_queue_size", self.max_queue_size)
-        _positive_int("max_concurrency", self.max_concurrency)
-        if self.batch_size > self.max_queue_size:
-            raise ConfigError("batch_size must not exceed max_queue_size")
-        for name in ("flush_interval", "request_timeout", "shutdown_timeout",
-                     "rate_limited_pause"):
-            _positive_seconds(name, getattr(self, name), allow_zero=name == "rate_limited_pause")
-        if self.enqueue_timeout is not None:
-            _positive_seconds("enqueue_timeout", self.enqueue_timeout, allow_zero=True)
-        if self.rate_limit is not None:
-            _positive_seconds("rate_limit", self.rate_limit, allow_zero=False)
-        if self.transport not in _TRANSPORTS:
-            raise ConfigError(f"transport must be 'batch' or 'v1', got {self.transport!r}")
-        if self.overflow not in _OVERFLOWS:
-            raise ConfigError(f"overflow must be one of {', '.join(_OVERFLOWS)}; "
-                              f"got {self.overflow!r}")
-        if not isinstance(self.retry, RetryPolicy):
-            raise ConfigError("retry must be a RetryPolicy")
-        if self.on_outcome is not None and not callable(self.on_outcome):
-            raise ConfigError("on_outcome must be callable")
-        if self.dead_letter_path is not None and not isinstance(self.dead_letter_path,
-                                                                 str | os.PathLike):
-            raise ConfigError("dead_letter_path must be a path")
+    def __post_init__(self) -> None:
+        for check in _CHECKS:
+            check(self)
 
     @property
     def track_url(self) -> str:
@@ -197,6 +166,60 @@ class QueueConfig:
             values["base_url"] = base_url
         values.update(overrides)
         return cls(**values)
+
+
+def _check_credentials(config: QueueConfig) -> None:
+    for name in ("site_id", "api_key"):
+        value = getattr(config, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name} must be a non-empty string (see your workspace's "
+                              "API credentials page)")
+
+
+def _check_endpoint(config: QueueConfig) -> None:
+    if not isinstance(config.region, Region):
+        raise ConfigError("region must be Region.US or Region.EU")
+    if config.base_url is not None:
+        _check_base_url(config.base_url)
+    if config.transport not in _TRANSPORTS:
+        raise ConfigError(f"transport must be 'batch' or 'v1', got {config.transport!r}")
+
+
+def _check_sizes(config: QueueConfig) -> None:
+    _positive_int("batch_size", config.batch_size)
+    _positive_int("max_queue_size", config.max_queue_size)
+    _positive_int("max_concurrency", config.max_concurrency)
+    if config.batch_size > config.max_queue_size:
+        raise ConfigError("batch_size must not exceed max_queue_size")
+
+
+def _check_times(config: QueueConfig) -> None:
+    for name in ("flush_interval", "request_timeout", "shutdown_timeout"):
+        _positive_seconds(name, getattr(config, name), allow_zero=False)
+    _positive_seconds("rate_limited_pause", config.rate_limited_pause, allow_zero=True)
+    if config.enqueue_timeout is not None:
+        _positive_seconds("enqueue_timeout", config.enqueue_timeout, allow_zero=True)
+    if config.rate_limit is not None:
+        _positive_seconds("rate_limit", config.rate_limit, allow_zero=False)
+
+
+def _check_policies(config: QueueConfig) -> None:
+    if config.overflow not in _OVERFLOWS:
+        raise ConfigError(f"overflow must be one of {', '.join(_OVERFLOWS)}; "
+                          f"got {config.overflow!r}")
+    if not isinstance(config.retry, RetryPolicy):
+        raise ConfigError("retry must be a RetryPolicy")
+    if config.on_outcome is not None and not callable(config.on_outcome):
+        raise ConfigError("on_outcome must be callable")
+    if config.dead_letter_path is not None and not isinstance(config.dead_letter_path,
+                                                               str | os.PathLike):
+        raise ConfigError("dead_letter_path must be a path")
+
+
+# Run in this order by QueueConfig.__post_init__; each raises ConfigError on the first
+# bad field it finds.
+_CHECKS: Final[tuple[Callable[[QueueConfig], None], ...]] = (
+    _check_credentials, _check_endpoint, _check_sizes, _check_times, _check_policies)
 
 
 def _check_base_url(url: object) -> None:
