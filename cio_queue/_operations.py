@@ -27,6 +27,7 @@ from ._validation import (
     check_event_id,
     check_event_name,
     check_id,
+    check_path_id,
     check_timestamp,
     clean_mapping,
 )
@@ -214,7 +215,7 @@ def _customer_path(customer_id: str) -> str:
 # --- builders, one per EventQueue method -------------------------------------------
 
 def identify(id: object, attributes: dict[str, Any]) -> Operation:
-    text = check_id(id, "id")
+    text = check_path_id(id, "id")
     payload = clean_mapping(attributes, "attributes")
     check_attributes(payload)
     return Operation("identify", "PUT", _customer_path(text), payload, customer_id=id)
@@ -235,7 +236,7 @@ def _event_payload(name: object, data: object, event_id: object,
 
 def track(customer_id: object, name: object, data: object, event_id: object,
           timestamp: object) -> Operation:
-    text = check_id(customer_id, "customer_id")
+    text = check_path_id(customer_id, "customer_id")
     payload, eid = _event_payload(name, data, event_id, timestamp)
     return Operation("track", "POST", _customer_path(text) + "/events", payload,
                      customer_id=customer_id, event_id=eid)
@@ -257,7 +258,7 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
 
 
 def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operation:
-    text = check_id(customer_id, "customer_id")
+    text = check_path_id(customer_id, "customer_id")
     eid = new_ulid()
     payload: dict[str, Any] = {"type": "page", "name": check_event_name(page, "page"),
                "data": clean_mapping(data, "data"), "id": eid}
@@ -267,7 +268,7 @@ def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operati
 
 def backfill(customer_id: object, name: object, timestamp: object,
              data: dict[str, Any]) -> Operation:
-    text = check_id(customer_id, "customer_id")
+    text = check_path_id(customer_id, "customer_id")
     eid = new_ulid()
     payload: dict[str, Any] = {"name": check_event_name(name),
                                "data": clean_mapping(data, "data"),
@@ -277,7 +278,7 @@ def backfill(customer_id: object, name: object, timestamp: object,
 
 
 def _bare(kind: str, method: str, suffix: str, customer_id: object) -> Operation:
-    text = check_id(customer_id, "customer_id")
+    text = check_path_id(customer_id, "customer_id")
     return Operation(kind, method, _customer_path(text) + suffix, {},
                      customer_id=customer_id)
 
@@ -296,8 +297,10 @@ def unsuppress(customer_id: object) -> Operation:
 
 def add_device(customer_id: object, device_id: object, platform: object,
                data: dict[str, Any]) -> Operation:
-    text = check_id(customer_id, "customer_id")
-    check_id(device_id, "device_id", allow_int=False)  # the API wants a string token
+    text = check_path_id(customer_id, "customer_id")
+    # The API wants a string token. A dot segment is refused here too: delete_device could
+    # never address that device.
+    check_path_id(device_id, "device_id", allow_int=False)
     if platform not in PLATFORMS:
         raise InvalidEventError("platform", f"must be 'ios' or 'android', not {platform!r}")
     device = clean_mapping(data, "data")
@@ -307,8 +310,8 @@ def add_device(customer_id: object, device_id: object, platform: object,
 
 
 def delete_device(customer_id: object, device_id: object) -> Operation:
-    text = check_id(customer_id, "customer_id")
-    device = check_id(device_id, "device_id")
+    text = check_path_id(customer_id, "customer_id")
+    device = check_path_id(device_id, "device_id")
     return Operation("delete_device", "DELETE",
                      f"{_customer_path(text)}/devices/{quote(device, safe='')}", {},
                      customer_id=customer_id)

@@ -34,6 +34,7 @@ __all__ = [
     "check_event_id",
     "check_event_name",
     "check_id",
+    "check_path_id",
     "check_timestamp",
     "clean_mapping",
     "datetime_to_unix",
@@ -55,6 +56,7 @@ MAX_INT_BITS: Final = 64
 """Larger ints are refused: JSON readers (and Python's own int-to-str limit) cannot take
 them reliably."""
 _NAIVE_EPOCH: Final = datetime(1970, 1, 1)  # naive on purpose: subtracted from naive values
+_DOT_SEGMENTS: Final = frozenset({".", ".."})
 STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
 """Identify attributes structured by design: exempt from the 1000-byte value limit."""
 _SMALL_SCALARS: Final = frozenset({bool, int, float, type(None)})
@@ -101,6 +103,22 @@ def check_id(value: object, field: str, *, allow_int: bool = True) -> str:
     size = utf8_len(text, field)
     if size > MAX_ID_BYTES:
         raise InvalidEventError(field, f"is {size} bytes; the limit is {MAX_ID_BYTES}")
+    return text
+
+
+def check_path_id(value: object, field: str, *, allow_int: bool = True) -> str:
+    """Check an id that becomes a segment of a v1 path; return its text.
+
+    On top of :func:`check_id`, refuse ``.`` and ``..``: ``quote`` leaves them as they are,
+    and a server or proxy that normalises paths resolves them, so
+    ``DELETE /customers/42/devices/..`` would arrive as ``DELETE /customers/42``. Encoding
+    them does not help either, since some servers decode ``%2E`` before resolving.
+    """
+    text = check_id(value, field, allow_int=allow_int)
+    if text in _DOT_SEGMENTS:
+        raise InvalidEventError(field, f"{text!r} would be a dot segment in the request path, "
+                                       "which servers resolve to another resource; it cannot "
+                                       "be an id")
     return text
 
 
