@@ -72,14 +72,20 @@ class _FieldError(Exception):
         self.message = message
 
 
+def _surrogate(exc: UnicodeEncodeError) -> str:
+    """Describe the lone surrogate that made ``encode("utf-8")`` fail, without the text."""
+    return (f"contains an unpaired surrogate (U+{ord(exc.object[exc.start]):04X} at index "
+            f"{exc.start}), which is not valid text")
+
+
 def utf8_len(value: str, field: str) -> int:
     """Return the UTF-8 size of ``value``; refuse text that has no UTF-8 form."""
     if value.isascii():
         return len(value)
     try:
         return len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidEventError(field, "contains an unpaired surrogate; not valid text") from None
+    except UnicodeEncodeError as exc:
+        raise InvalidEventError(field, _surrogate(exc)) from None
 
 
 def _id_text(value: object, field: str, *, allow_int: bool) -> str:
@@ -158,6 +164,26 @@ def _keep(value: Any, depth: int) -> Any:
     return value
 
 
+def _clean_str(value: str, depth: int) -> str:
+    # json.dumps would write a lone surrogate as the escape \ud800, which is not text: the
+    # API cannot store it, so it is refused here, where the caller can see which value.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _FieldError("", _surrogate(exc)) from None
+    return value
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise _FieldError("", f"has a {type(key).__name__} key; keys must be str")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _FieldError("", f"has a key {key[:40]!a} that {_surrogate(exc)}") from None
+
+
 def _clean_int(value: int, depth: int) -> int:
     if value.bit_length() > MAX_INT_BITS:
         raise _FieldError("", f"is an int beyond {MAX_INT_BITS} bits, which JSON readers "
@@ -188,8 +214,8 @@ def _clean_dict(value: dict[Any, Any], depth: int) -> dict[str, Any]:
     depth += 1
     out = {}
     for key, item in value.items():
-        if type(key) is not str and not isinstance(key, str):
-            raise _FieldError("", f"has a {type(key).__name__} key; keys must be str")
+        if type(key) is not str or not key.isascii():
+            _check_key(key)
         try:
             out[key] = cleaner_for(type(item), _clean_subclass)(item, depth)
         except _FieldError as exc:
@@ -224,7 +250,7 @@ def _clean_subclass(value: Any, depth: int) -> Any:
 
 _isfinite: Final = math.isfinite
 _CLEANERS: Final[dict[type, _Cleaner]] = {
-    str: _keep, bool: _keep, type(None): _keep, int: _clean_int, float: _clean_float,
+    str: _clean_str, bool: _keep, type(None): _keep, int: _clean_int, float: _clean_float,
     dict: _clean_dict, list: _clean_list, tuple: _clean_list, datetime: _clean_datetime,
 }
 _SUBCLASS_CLEANERS: Final[tuple[tuple[type | tuple[type, ...], _Cleaner], ...]] = (
@@ -232,7 +258,7 @@ _SUBCLASS_CLEANERS: Final[tuple[tuple[type | tuple[type, ...], _Cleaner], ...]] 
     ((list, tuple), _clean_list),
     (datetime, _clean_datetime),
     (float, lambda value, depth: _clean_float(float(value), depth)),
-    (str, _keep),  # a str subclass, such as a str enum, encodes as its text
+    (str, _clean_str),  # a str subclass, such as a str enum, encodes as its text
     (int, lambda value, depth: _clean_int(int(value), depth)),  # IntEnum: as its number
 )
 

@@ -84,3 +84,61 @@ def test_the_queue_refuses_a_dot_segment_device_id_before_enqueueing() -> None:
         return sender
 
     assert asyncio.run(run()).requests == []
+
+
+# --- lone surrogates (issue item 8) ---------------------------------------------------------
+
+class Text(str):
+    """A str subclass: cleaned like str, so checked like str."""
+
+    __slots__ = ()
+
+
+SURROGATE_CALLS: list[tuple[str, Build, tuple[Any, ...]]] = [
+    ("data.items[2].name", ops.track,
+     ("42", "ev", {"items": [{}, {"name": "ok"}, {"name": "bad \ud800"}]}, None, None)),
+    ("data", ops.track, ("42", "ev", {"\udc00": 1}, None, None)),
+    ("data.a[0]", ops.track, ("42", "ev", {"a": [{"k\udfff": 1}]}, None, None)),
+    ("data.t[1]", ops.track, ("42", "ev", {"t": ("fine", Text("\ud83d"))}, None, None)),
+    ("data.x", ops.track_anonymous, ("anon", "ev", {"x": "\ud800"}, None, None)),
+    ("attributes.nested.x", ops.identify, ("42", {"nested": {"x": "\udfff"}})),
+    ("attributes.plain", ops.identify, ("42", {"plain": "\ud800"})),
+    ("attributes", ops.identify, ("42", {"name\ud800": 1})),
+    ("data.referrer", ops.pageview, ("42", "/", {"referrer": ["\ud800"][0]})),
+    ("data.deep", ops.backfill, ("42", "ev", 1_700_000_000, {"deep": {"\ud800": 1}})),
+    ("data.meta.v", ops.add_device, ("42", "tok", "ios", {"meta": {"v": "\ud800"}})),
+    ("data", ops.add_device, ("42", "tok", "ios", {"\ud800": "key"})),
+]
+
+
+@pytest.mark.parametrize(("field", "build", "args"), SURROGATE_CALLS,
+                         ids=[c[0] for c in SURROGATE_CALLS])
+def test_lone_surrogates_are_refused_at_any_depth(field: str, build: Build,
+                                                  args: tuple[Any, ...]) -> None:
+    """A lone surrogate in a value or key at any depth is refused, naming its path."""
+    error = _refused(build, *args)
+    assert error.field == field
+    assert "surrogate" in str(error)
+    # The error itself is valid text: a log handler can write it.
+    str(error).encode("utf-8")
+
+
+@pytest.mark.parametrize("transport", ["v1", "batch"])
+def test_the_queue_never_sends_a_lone_surrogate(transport: Transport) -> None:
+    """Through EventQueue a nested surrogate fails at the call site, on either transport."""
+    async def run() -> RecordingSender:
+        sender = RecordingSender()
+        async with EventQueue(_config(transport), sender=sender) as queue:
+            with pytest.raises(InvalidEventError, match="surrogate"):
+                await queue.track("42", "ev", {"items": [{"name": "\ud800"}]})
+            with pytest.raises(InvalidEventError, match="surrogate"):
+                await queue.identify("42", **{"name\udc00": True})
+        return sender
+
+    assert asyncio.run(run()).requests == []
+
+
+def test_paired_surrogates_and_other_unicode_are_accepted() -> None:
+    """Real astral characters (a valid pair once encoded) and other non-ASCII text pass."""
+    op = ops.track("42", "ev", {"emoji": "\U0001F600", "漢字": ["ünï©ødé"]}, None, None)
+    assert b"\\ud83d\\ude00" in op.seal(batch=False).body
