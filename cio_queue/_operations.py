@@ -24,6 +24,7 @@ from ._validation import (
     MAX_EVENT_DATA_BYTES,
     MAX_V2_OPERATION_BYTES,
     check_attributes,
+    check_choice,
     check_event_id,
     check_event_name,
     check_id,
@@ -245,11 +246,10 @@ def track(customer_id: object, name: object, data: object, event_id: object,
 def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
                     timestamp: object) -> Operation:
     payload, eid = _event_payload(name, data, event_id, timestamp)
-    if anonymous_id is not None and anonymous_id != "":
-        if not isinstance(anonymous_id, str):
-            raise InvalidEventError("anonymous_id", f"must be a str, not "
-                                                    f"{type(anonymous_id).__name__}")
-        check_id(anonymous_id, "anonymous_id")
+    # Like the official SDK, None and "" mean no anonymous id (an invite); type first, so
+    # an arbitrary object is never compared.
+    if anonymous_id is not None and not (isinstance(anonymous_id, str) and anonymous_id == ""):
+        check_id(anonymous_id, "anonymous_id", allow_int=False)
         payload["anonymous_id"] = anonymous_id
     elif "recipient" not in payload["data"]:
         raise InvalidEventError("anonymous_id", "is blank: an event without one is an invite "
@@ -301,8 +301,7 @@ def add_device(customer_id: object, device_id: object, platform: object,
     # The API wants a string token. A dot segment is refused here too: delete_device could
     # never address that device.
     check_path_id(device_id, "device_id", allow_int=False)
-    if platform not in PLATFORMS:
-        raise InvalidEventError("platform", f"must be 'ios' or 'android', not {platform!r}")
+    check_choice(platform, PLATFORMS, "platform")
     device = clean_mapping(data, "data")
     device.update({"id": device_id, "platform": platform})
     return Operation("add_device", "PUT", _customer_path(text) + "/devices", {"device": device},
@@ -319,11 +318,8 @@ def delete_device(customer_id: object, device_id: object) -> Operation:
 
 def merge_customers(primary_id_type: object, primary_id: object, secondary_id_type: object,
                     secondary_id: object) -> Operation:
-    for field, id_type in (("primary_id_type", primary_id_type),
-                           ("secondary_id_type", secondary_id_type)):
-        if id_type not in MERGE_ID_TYPES:
-            raise InvalidEventError(field, f"must be one of 'cio_id', 'email', 'id', "
-                                           f"not {id_type!r}")
+    check_choice(primary_id_type, MERGE_ID_TYPES, "primary_id_type")
+    check_choice(secondary_id_type, MERGE_ID_TYPES, "secondary_id_type")
     check_id(primary_id, "primary_id")
     check_id(secondary_id, "secondary_id")
     payload = {"primary": {primary_id_type: primary_id},

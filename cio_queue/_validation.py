@@ -31,6 +31,7 @@ __all__ = [
     "MAX_V2_OPERATION_BYTES",
     "STRUCTURED_ATTRIBUTES",
     "check_attributes",
+    "check_choice",
     "check_event_id",
     "check_event_name",
     "check_id",
@@ -38,6 +39,7 @@ __all__ = [
     "check_timestamp",
     "clean_mapping",
     "datetime_to_unix",
+    "describe",
     "utf8_len",
 ]
 
@@ -311,27 +313,52 @@ def _check_attribute_value(name: str, value: Any, field: str) -> None:
                                                    f"{MAX_ATTRIBUTE_VALUE_BYTES}")
 
 
+def _unix_seconds(value: object, field: str) -> int:
+    if isinstance(value, datetime):
+        return datetime_to_unix(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise InvalidEventError(field, f"{describe(value)} is not unix seconds") from None
+    raise InvalidEventError(field, f"must be unix seconds or a datetime, not {describe(value)}")
+
+
 def check_timestamp(value: object, field: str = "timestamp") -> int:
     """Return unix seconds from an int, float, digit string or datetime."""
-    if isinstance(value, datetime):
-        result = datetime_to_unix(value)
-    elif isinstance(value, bool):
-        raise InvalidEventError(field, "must be unix seconds or a datetime, not a bool")
-    elif isinstance(value, int):
-        result = value
-    elif isinstance(value, float) and math.isfinite(value):
-        result = int(value)
-    elif isinstance(value, str):
-        try:
-            result = int(value)
-        except ValueError:
-            raise InvalidEventError(field, f"{value!r} is not unix seconds") from None
-    else:
-        raise InvalidEventError(field, f"must be unix seconds or a datetime, not "
-                                       f"{type(value).__name__}")
+    result = _unix_seconds(value, field)
     if not 0 <= result <= MAX_TIMESTAMP:
-        raise InvalidEventError(field, f"{result} is not unix seconds (milliseconds?)")
+        shown = int(result) if result.bit_length() <= MAX_INT_BITS else "an int that long"
+        raise InvalidEventError(field, f"{shown} is not unix seconds (milliseconds?)")
     return result
+
+
+def check_choice(value: object, choices: frozenset[str], field: str) -> str:
+    """Return ``value`` if it is one of the str ``choices``; refuse anything else.
+
+    Only a str is looked up, so an unhashable or odd value is refused, never hashed.
+    """
+    if isinstance(value, str) and value in choices:
+        return value
+    allowed = ", ".join(repr(choice) for choice in sorted(choices))
+    raise InvalidEventError(field, f"must be one of {allowed}, not {describe(value)}")
+
+
+def describe(value: object) -> str:
+    """Name a refused value in a message: a short repr of text, else only its type.
+
+    Never calls a method of an arbitrary object (its repr could be huge, slow or raise).
+    """
+    if isinstance(value, str):
+        text = str.__str__(value)
+        return repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def check_event_id(value: object) -> str:

@@ -8,13 +8,22 @@ Pure unit tests of the builders in ``_operations`` plus in-memory component test
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import enum
+import json
+import string
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cio_queue import EventQueue, InvalidEventError, QueueConfig, RetryPolicy, Transport
 from cio_queue import _operations as ops
+from cio_queue import testing as fake_api
 
 from .recording import RecordingSender
 
@@ -142,3 +151,217 @@ def test_paired_surrogates_and_other_unicode_are_accepted() -> None:
     """Real astral characters (a valid pair once encoded) and other non-ASCII text pass."""
     op = ops.track("42", "ev", {"emoji": "\U0001F600", "漢字": ["ünï©ødé"]}, None, None)
     assert b"\\ud83d\\ude00" in op.seal(batch=False).body
+
+
+# --- any Python value: only InvalidEventError escapes (issue item 9) ---------------------------
+
+class Hostile:
+    """A value whose comparison, hash, truth, str and format all raise."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("Hostile.__eq__")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("Hostile.__hash__")
+
+    def __bool__(self) -> bool:
+        raise RuntimeError("Hostile.__bool__")
+
+    def __str__(self) -> str:
+        raise RuntimeError("Hostile.__str__")
+
+    def __format__(self, spec: str) -> str:
+        raise RuntimeError("Hostile.__format__")
+
+    def __repr__(self) -> str:
+        return "Hostile()"
+
+
+class HugeInt(int):
+    """An int too long for str(), with a repr hypothesis can print."""
+
+    def __repr__(self) -> str:
+        return "HugeInt(10**5000)"
+
+
+class Colour(enum.Enum):
+    """A plain enum: not JSON."""
+
+    RED = "red"
+
+
+class Size(enum.IntEnum):
+    """An int enum."""
+
+    LARGE = 3
+
+
+class Platform(enum.StrEnum):
+    """A str enum whose values are valid platforms."""
+
+    IOS = "ios"
+
+
+HUGE = HugeInt(10**5000)
+tricky_text = st.sampled_from([
+    "", " ", ".", "..", "...", "cio_", "cio_1", "a/b", "%2E%2E", "\ud800", "x\udfffy", "\x00",
+    "ios", "android", "id", "email", "cio_id", "attributes", "last_used", "recipient",
+    "cio_relationships", "a@b.co", "1700000000", "é" * 80, "x" * 151, "1" * 5000,
+])
+texts = st.one_of(st.text(max_size=12), st.text(st.characters(blacklist_categories=()),
+                                                max_size=8), tricky_text)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**80), max_value=2**80),
+    st.just(HUGE), st.floats(), st.complex_numbers(max_magnitude=10), texts,
+    st.binary(max_size=4), st.builds(bytearray, st.binary(max_size=4)),
+    st.dates(), st.datetimes(timezones=st.one_of(st.none(), st.just(UTC))), st.times(),
+    st.timedeltas(), st.decimals(), st.fractions(), st.uuids(),
+    st.sampled_from([Colour.RED, Size.LARGE, Platform.IOS, Ellipsis, NotImplemented, int, len,
+                     range(3)]),
+    st.builds(object), st.builds(Hostile),
+)
+hashables = st.one_of(st.none(), st.booleans(), st.integers(), texts, st.tuples(st.integers()),
+                      st.builds(object), st.frozensets(st.integers(), max_size=2))
+anything = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.tuples(children, children),
+        st.dictionaries(hashables, children, max_size=4),
+        st.builds(collections.OrderedDict, st.dictionaries(texts, children, max_size=3)),
+        st.sets(hashables, max_size=3), st.frozensets(hashables, max_size=3),
+    ),
+    max_leaves=10,
+)
+def mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A valid value three times in four, else any value: so later checks are reached too."""
+    return st.sampled_from((False, False, False, True)).flatmap(
+        lambda wild: anything if wild else valid)
+
+
+plain_text = st.text(string.ascii_letters + string.digits + "@._-", min_size=1, max_size=12)
+ids = mostly(st.one_of(st.sampled_from(["42", "a@b.co", "cio_1"]), plain_text,
+                       st.integers(0, 2**63)))
+names = mostly(plain_text)
+data = mostly(st.one_of(st.none(), st.dictionaries(texts, anything, max_size=4)))
+event_ids = mostly(st.none())
+timestamps = mostly(st.sampled_from([None, 1_700_000_000]))
+platforms = mostly(st.sampled_from(["ios", "android"]))
+id_types = mostly(st.sampled_from(["id", "email", "cio_id"]))
+keyword_names = st.one_of(texts, st.sampled_from(["attributes", "last_used", "id", "platform",
+                                                  "cio_relationships", "_timestamp"]))
+
+
+def keywords(*reserved: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Keyword data with any str names except the method's own parameter names."""
+    return st.dictionaries(keyword_names.filter(lambda n: n not in reserved),
+                           st.one_of(anything, st.dictionaries(texts, anything, max_size=3)),
+                           max_size=4)
+
+
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+def call(method: str, *args: st.SearchStrategy[Any],
+         kwargs: st.SearchStrategy[dict[str, Any]] | None = None) -> st.SearchStrategy[Call]:
+    return st.tuples(st.just(method), st.tuples(*args),
+                     st.just({}) if kwargs is None else kwargs)
+
+
+# Every public enqueue method of EventQueue, each argument drawn from any Python value.
+calls = st.one_of(
+    call("identify", ids, kwargs=keywords("id")),
+    call("track", ids, names, data, event_ids, timestamps),
+    call("track_anonymous", st.one_of(st.none(), ids), names, data, event_ids, timestamps),
+    call("pageview", ids, names, kwargs=keywords("customer_id", "page")),
+    call("backfill", ids, names, mostly(st.just(1_700_000_000)),
+         kwargs=keywords("customer_id", "name", "timestamp")),
+    call("delete", ids),
+    call("suppress", ids),
+    call("unsuppress", ids),
+    call("add_device", ids, ids, platforms, kwargs=keywords("customer_id", "device_id",
+                                                              "platform")),
+    call("delete_device", ids, ids),
+    call("merge_customers", id_types, ids, id_types, ids),
+)
+KNOWN: list[Call] = [
+    ("add_device", ("42", "tok", ["ios"]), {}),
+    ("merge_customers", (["id"], "1", "id", "2"), {}),
+    ("merge_customers", ("id", "1", {"id"}, "2"), {}),
+    ("track", ("42", "ev", None, None, HUGE), {}),
+    ("backfill", ("42", "ev", 10**5000), {}),
+    ("track", ("42", "ev", None, None, "9" * 5000), {}),
+    ("track_anonymous", (Hostile(), "ev", {"recipient": "a@b.co"}, None, None), {}),
+    ("add_device", ("42", "tok", Hostile()), {}),
+    ("merge_customers", (Hostile(), "1", "id", "2"), {}),
+]
+SWEEP = settings(max_examples=300, deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                        HealthCheck.filter_too_much])
+
+
+def _as_builder_call(method: str, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The builder's arguments for an EventQueue call (keyword data becomes one dict)."""
+    if method in ("identify", "pageview", "backfill", "add_device"):
+        return (*args, kwargs)
+    return args
+
+
+def _api_problem(op: ops.Operation) -> str | None:
+    """What the fake Track API's validation refuses in the sealed operation, if anything."""
+    try:
+        if op.v2 is not None:
+            element = json.loads(op.v2)
+            if fake_api._json_size(element) > fake_api.MAX_V2_OP_BYTES:
+                return "v2 operation too large"
+            fake_api._validate_v2_op(element)
+        else:
+            route = fake_api._match(op.method, "/api/v1" + op.path)
+            assert isinstance(route, fake_api._Route), op
+            fake_api._validate_v1(route.kind, route.ids, op.body)
+    except fake_api._ValidationError as problem:
+        return f"{problem.field}: {problem.message}"
+    return None
+
+
+def _build_each_way(call_: Call) -> None:
+    """Build and seal the call for both transports; accepted forms must pass the API."""
+    method, args, kwargs = call_
+    build: Build = getattr(ops, method)
+    for batch in (False, True):
+        try:
+            op = build(*_as_builder_call(method, args, kwargs)).seal(batch=batch)
+        except InvalidEventError as error:
+            str(error).encode("utf-8")  # the message is printable text
+            continue
+        assert _api_problem(op) is None, (call_, batch, _api_problem(op))
+
+
+@SWEEP
+@given(calls)
+def test_builders_raise_only_invalid_event_error_for_any_value(call_: Call) -> None:
+    """Any value for any builder argument: an accepted operation or InvalidEventError."""
+    _build_each_way(call_)
+
+
+@pytest.mark.parametrize("call_", KNOWN, ids=[f"{i}-{c[0]}" for i, c in enumerate(KNOWN)])
+def test_known_offenders_raise_invalid_event_error(call_: Call) -> None:
+    """Values that once raised TypeError or ValueError now raise InvalidEventError."""
+    method, args, kwargs = call_
+    with pytest.raises(InvalidEventError):
+        getattr(ops, method)(*_as_builder_call(method, args, kwargs))
+
+
+@SWEEP
+@given(st.lists(calls, min_size=1, max_size=5))
+def test_event_queue_raises_only_invalid_event_error_for_any_value(batch: list[Call]) -> None:
+    """Any value for any EventQueue method argument: a receipt or InvalidEventError."""
+    async def run(transport: Transport) -> None:
+        async with EventQueue(_config(transport), sender=RecordingSender()) as queue:
+            for method, args, kwargs in batch:
+                with contextlib.suppress(InvalidEventError):
+                    await getattr(queue, method)(*args, **kwargs)
+
+    transports: tuple[Transport, ...] = ("v1", "batch")
+    for transport in transports:
+        asyncio.run(run(transport))
