@@ -27,6 +27,7 @@ __all__ = [
     "MAX_EVENT_NAME_BYTES",
     "MAX_ID_BYTES",
     "MAX_INT_BITS",
+    "MAX_STRUCTURED_ATTRIBUTE_BYTES",
     "MAX_TIMESTAMP",
     "MAX_V2_OPERATION_BYTES",
     "STRUCTURED_ATTRIBUTES",
@@ -61,6 +62,9 @@ _NAIVE_EPOCH: Final = datetime(1970, 1, 1)  # naive on purpose: subtracted from 
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
 STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
 """Identify attributes structured by design: exempt from the 1000-byte value limit."""
+MAX_STRUCTURED_ATTRIBUTE_BYTES: Final = 100_000
+"""The object/relationship size limit that bounds the structured attributes instead."""
+_COMPACT_ASCII: Final = json.JSONEncoder(check_circular=False, separators=(",", ":"))
 _SMALL_SCALARS: Final = frozenset({bool, int, float, type(None)})
 """Cleaned values whose JSON is at most 24 bytes (ints are at most 64 bits), so no value
 limit can apply to them."""
@@ -283,7 +287,8 @@ def check_attributes(attributes: dict[str, Any], field: str = "attributes") -> N
     """Apply the API's limits on a person's attributes (already cleaned) in one call.
 
     At most 300 attributes; names of at most 150 bytes; values of at most 1000 bytes (text
-    as UTF-8, anything else as JSON), except the attributes structured by design.
+    as UTF-8, anything else as compact JSON), or 100,000 for the attributes structured by
+    design (``cio_relationships``, ``cio_subscription_preferences``).
     """
     if len(attributes) > MAX_ATTRIBUTES:
         raise InvalidEventError(field, f"has {len(attributes)} attributes; the limit is "
@@ -304,13 +309,14 @@ def _check_attribute_name(name: str, field: str) -> None:
 
 
 def _check_attribute_value(name: str, value: Any, field: str) -> None:
-    if name in STRUCTURED_ATTRIBUTES:
-        return
-    # JSON text is ASCII, one byte per character.
-    size = utf8_len(value, f"{field}.{name}") if isinstance(value, str) else len(json.dumps(value))
-    if size > MAX_ATTRIBUTE_VALUE_BYTES:
+    # Sized as the API sizes them: text as UTF-8, anything else as compact ASCII JSON.
+    size = (utf8_len(value, f"{field}.{name}") if isinstance(value, str)
+            else len(_COMPACT_ASCII.encode(value)))
+    limit = (MAX_STRUCTURED_ATTRIBUTE_BYTES if name in STRUCTURED_ATTRIBUTES
+             else MAX_ATTRIBUTE_VALUE_BYTES)
+    if size > limit:
         raise InvalidEventError(f"{field}.{name}", f"value is {size} bytes; the limit is "
-                                                   f"{MAX_ATTRIBUTE_VALUE_BYTES}")
+                                                   f"{limit}")
 
 
 def _unix_seconds(value: object, field: str) -> int:

@@ -153,6 +153,61 @@ def test_paired_surrogates_and_other_unicode_are_accepted() -> None:
     assert b"\\ud83d\\ude00" in op.seal(batch=False).body
 
 
+
+# --- size limits on both transports (issue item 10) ----------------------------------------
+
+def _relationships(size: int) -> dict[str, Any]:
+    """A v1 cio_relationships value whose compact JSON is exactly ``size`` bytes."""
+    value: dict[str, Any] = {"action": "add_relationships", "relationships": [
+        {"identifiers": {"object_type_id": "1", "object_id": ""}}]}
+    pad = size - len(json.dumps(value, separators=(",", ":")))
+    value["relationships"][0]["identifiers"]["object_id"] = "x" * pad
+    return value
+
+
+def _preferences(size: int) -> dict[str, Any]:
+    """A cio_subscription_preferences value whose compact JSON is exactly ``size`` bytes."""
+    value: dict[str, Any] = {"topics": {"topic_1": True}, "pad": ""}
+    value["pad"] = "p" * (size - len(json.dumps(value, separators=(",", ":"))))
+    return value
+
+
+@pytest.mark.parametrize(("name", "make"), [("cio_relationships", _relationships),
+                                            ("cio_subscription_preferences", _preferences)])
+def test_structured_attributes_are_bounded_by_the_100_kb_object_limit(
+        name: str, make: Callable[[int], dict[str, Any]]) -> None:
+    """Over 100,000 bytes of JSON a structured attribute is refused on v1 and batch alike."""
+    error = _refused(ops.identify, "42", {name: make(100_001)})
+    assert error.field == f"attributes.{name}"
+    assert "100000" in str(error)
+    op = ops.identify("42", {name: make(100_000)}).seal(batch=False)
+    assert _api_problem(op) is None
+
+
+def test_attribute_values_are_measured_as_the_api_measures_them() -> None:
+    """A value is sized as compact JSON, so one within 1000 bytes is not refused early."""
+    value = [0] * 334  # 669 bytes compact, 1002 with json.dumps' default separators
+    for batch in (False, True):
+        op = ops.identify("42", {"x": value}).seal(batch=batch)
+        assert _api_problem(op) is None
+    error = _refused(ops.identify, "42", {"x": [0] * 500})  # 1001 bytes compact
+    assert error.field == "attributes.x"
+
+
+@pytest.mark.parametrize("transport", ["v1", "batch"])
+def test_the_queue_refuses_oversized_relationships_on_either_transport(
+        transport: Transport) -> None:
+    """The queue refuses at the call site what the API would reject later."""
+    async def run() -> RecordingSender:
+        sender = RecordingSender()
+        async with EventQueue(_config(transport), sender=sender) as queue:
+            with pytest.raises(InvalidEventError, match="cio_relationships"):
+                await queue.identify("42", cio_relationships=_relationships(150_000))
+        return sender
+
+    assert asyncio.run(run()).requests == []
+
+
 # --- any Python value: only InvalidEventError escapes (issue item 9) ---------------------------
 
 class Hostile:
