@@ -22,6 +22,7 @@ from ._exceptions import InvalidEventError
 from ._ulid import new_ulid
 from ._validation import (
     MAX_EVENT_DATA_BYTES,
+    MAX_TIMESTAMP,
     MAX_V2_OPERATION_BYTES,
     check_attributes,
     check_choice,
@@ -31,6 +32,7 @@ from ._validation import (
     check_path_id,
     check_timestamp,
     clean_mapping,
+    describe,
 )
 
 __all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "new_ulid", "person_identifiers",
@@ -158,13 +160,17 @@ def _v2_event(op: Operation) -> dict[str, Any]:
     return element
 
 
-def _v2_add_device(op: Operation) -> dict[str, Any]:
-    attributes = dict(op.payload["device"])
-    device: dict[str, Any] = {"token": attributes.pop("id"),
-                              "platform": attributes.pop("platform")}
-    if "last_used" in attributes:
-        device["last_used"] = attributes.pop("last_used")
-    device["attributes"] = attributes
+def _v2_add_device(op: Operation) -> dict[str, Any] | None:
+    extra = dict(op.payload["device"])
+    device: dict[str, Any] = {"token": extra.pop("id"), "platform": extra.pop("platform")}
+    if "last_used" in extra:
+        device["last_used"] = extra.pop("last_used")
+    given = extra.pop("attributes", None)
+    if given is not None and not isinstance(given, dict):
+        return None  # only in an old dead-letter record: it can still go by v1
+    # The caller's attributes mapping (the v1 device shape) is the v2 attributes; other
+    # keys join it, and the mapping wins a clash, being the more specific of the two.
+    device["attributes"] = {**extra, **given} if given else extra
     element = _person(op, "add_device")
     element["device"] = device
     return element
@@ -187,9 +193,9 @@ def _v2_bare(op: Operation) -> dict[str, Any]:
     return _person(op, op.kind)  # delete, suppress, unsuppress: the action is the kind
 
 
-# The v2 batch element of each kind. Kinds missing here have no v2 form and go by v1:
-# track_anonymous, because v2 has no anonymous person identifier.
-_V2_FORMS: Final[dict[str, Callable[[Operation], dict[str, Any]]]] = {
+# The v2 batch element of each kind, or None. Kinds missing here have no v2 form and go
+# by v1: track_anonymous, because v2 has no anonymous person identifier.
+_V2_FORMS: Final[dict[str, Callable[[Operation], dict[str, Any] | None]]] = {
     "identify": _v2_identify,
     "track": _v2_event,
     "backfill": _v2_event,
@@ -303,9 +309,26 @@ def add_device(customer_id: object, device_id: object, platform: object,
     check_path_id(device_id, "device_id", allow_int=False)
     check_choice(platform, PLATFORMS, "platform")
     device = clean_mapping(data, "data")
+    _check_device_fields(device)
     device.update({"id": device_id, "platform": platform})
     return Operation("add_device", "PUT", _customer_path(text) + "/devices", {"device": device},
                      customer_id=customer_id)
+
+
+def _check_device_fields(device: dict[str, Any]) -> None:
+    """Refuse device fields that have no v2 form, so both transports take the same input.
+
+    ``attributes`` must be a mapping (it becomes the v2 ``attributes``) and ``last_used``
+    unix seconds as an int or a datetime.
+    """
+    attributes = device.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise InvalidEventError("data.attributes", f"must be a dict, not {describe(attributes)}")
+    last_used = device.get("last_used")
+    if last_used is not None and (type(last_used) is not int
+                                  or not 0 <= last_used <= MAX_TIMESTAMP):
+        raise InvalidEventError("data.last_used", "must be unix seconds as an int, or a "
+                                                  f"datetime, not {describe(last_used)}")
 
 
 def delete_device(customer_id: object, device_id: object) -> Operation:

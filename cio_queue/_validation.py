@@ -355,7 +355,7 @@ def check_choice(value: object, choices: frozenset[str], field: str) -> str:
 
 
 def describe(value: object) -> str:
-    """Name a refused value in a message: a short repr of text, else only its type.
+    """Name a refused value in a message: a short repr of text or a number, else its type.
 
     Never calls a method of an arbitrary object (its repr could be huge, slow or raise).
     """
@@ -364,7 +364,11 @@ def describe(value: object) -> str:
         return repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
     if isinstance(value, bool) or value is None:
         return repr(value)
-    return f"a {type(value).__name__}"
+    if isinstance(value, int) and value.bit_length() <= MAX_INT_BITS:
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value)
+    return type(value).__name__
 
 
 def check_event_id(value: object) -> str:

@@ -208,6 +208,55 @@ def test_the_queue_refuses_oversized_relationships_on_either_transport(
     assert asyncio.run(run()).requests == []
 
 
+
+# --- the device shape on v2 (issue item 11) -------------------------------------------------
+
+def _v2_device(*args: Any) -> dict[str, Any]:
+    op = ops.add_device(*args).seal(batch=True)
+    assert op.v2 is not None
+    assert _api_problem(op) is None
+    device: dict[str, Any] = json.loads(op.v2)["device"]
+    return device
+
+
+def test_a_v1_attributes_mapping_is_the_v2_device_attributes() -> None:
+    """add_device(attributes={...}), the v1 device shape, is not nested twice on v2."""
+    assert _v2_device("42", "tok", "ios", {"attributes": {"app_version": "1.2"}}) == {
+        "token": "tok", "platform": "ios", "attributes": {"app_version": "1.2"}}
+
+
+def test_other_device_keys_join_the_attributes_and_last_used_stays_on_top() -> None:
+    """Extra keys join the caller's attributes (which win a clash); last_used is top-level."""
+    device = _v2_device("42", "tok", "android", {
+        "device_model": "Pixel", "app_version": "0.9", "last_used": 1_700_000_000,
+        "attributes": {"app_version": "1.2", "push_enabled": "true"}})
+    assert device == {"token": "tok", "platform": "android", "last_used": 1_700_000_000,
+                      "attributes": {"device_model": "Pixel", "app_version": "1.2",
+                                     "push_enabled": "true"}}
+    assert _v2_device("42", "tok", "ios", {"attributes": None}) == {
+        "token": "tok", "platform": "ios", "attributes": {}}
+
+
+def test_v1_keeps_the_device_exactly_as_the_official_sdk_sends_it() -> None:
+    """Over v1 the attributes mapping stays a top-level key of the device, as in the SDK."""
+    op = ops.add_device("42", "tok", "ios", {"attributes": {"app_version": "1.2"}})
+    assert op.seal(batch=False).body == (
+        b'{"device": {"attributes": {"app_version": "1.2"}, "id": "tok", "platform": "ios"}}')
+
+
+@pytest.mark.parametrize(("field", "data"), [
+    ("data.attributes", {"attributes": ["app_version", "1.2"]}),
+    ("data.attributes", {"attributes": "1.2"}),
+    ("data.last_used", {"last_used": "yesterday"}),
+    ("data.last_used", {"last_used": 1.7e9}),
+    ("data.last_used", {"last_used": True}),
+    ("data.last_used", {"last_used": 1_700_000_000_000}),
+])
+def test_device_fields_the_api_cannot_take_are_refused(field: str, data: dict[str, Any]) -> None:
+    """attributes must be a mapping and last_used unix seconds, on both transports."""
+    assert _refused(ops.add_device, "42", "tok", "ios", data).field == field
+
+
 # --- any Python value: only InvalidEventError escapes (issue item 9) ---------------------------
 
 class Hostile:
