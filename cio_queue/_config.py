@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ._exceptions import ConfigError
 from ._retry import RetryPolicy
@@ -67,7 +68,12 @@ class QueueConfig:
         region: the data centre, used when ``base_url`` is not set.
         base_url: scheme, host and optional port of the Track API, e.g.
             ``"http://127.0.0.1:8080"``; overrides ``region``. The library appends
-            ``/api/v1/...`` and ``/api/v2/batch``.
+            ``/api/v1/...`` and ``/api/v2/batch``. Credentials (``user:pass@``) are
+            refused, and plain ``http://`` is accepted only to a loopback host
+            (127.0.0.0/8, ::1, localhost) unless ``allow_insecure_http`` is set.
+        allow_insecure_http: allow a plain ``http://`` ``base_url`` to a host that is not
+            loopback, e.g. a proxy on a trusted network. The Basic-auth header carries
+            the API key, so without TLS anyone on the path can read it; off by default.
         transport: ``"v1"`` sends one request per operation, exactly as the official SDK
             does; ``"batch"`` packs each flushed batch into as few ``POST /api/v2/batch``
             requests as fit (anonymous events, which v2 cannot express, still go by v1).
@@ -100,6 +106,7 @@ class QueueConfig:
     api_key: str = field(repr=False)
     region: Region = Region.US
     base_url: str | None = None
+    allow_insecure_http: bool = False
     transport: Transport = "batch"
     batch_size: int = DEFAULT_BATCH_SIZE
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
@@ -134,8 +141,9 @@ class QueueConfig:
         """Build a config from the environment.
 
         Reads ``CUSTOMERIO_SITE_ID``, ``CUSTOMERIO_API_KEY``, ``CUSTOMERIO_REGION`` (``us``
-        or ``eu``, default ``us``) and the optional ``CUSTOMERIO_BASE_URL``; keyword
-        arguments override or add fields.
+        or ``eu``, default ``us``) and the optional ``CUSTOMERIO_BASE_URL``, which follows
+        the rules of ``base_url`` (pass ``allow_insecure_http=True`` to allow plain http to
+        a remote host); keyword arguments override or add fields.
 
         Args:
             environ: the variables to read; defaults to ``os.environ``.
@@ -161,8 +169,11 @@ class QueueConfig:
             except KeyError:
                 raise ConfigError(
                     f"CUSTOMERIO_REGION must be 'us' or 'eu', not {region!r}") from None
-        base_url = env.get("CUSTOMERIO_BASE_URL", "").strip()
+        base_url = "" if "base_url" in overrides else env.get("CUSTOMERIO_BASE_URL", "").strip()
         if base_url:
+            # Checked here too, so the error names the variable (and never repeats it).
+            _check_base_url(base_url, name="CUSTOMERIO_BASE_URL",
+                            allow_insecure_http=overrides.get("allow_insecure_http") is True)
             values["base_url"] = base_url
         values.update(overrides)
         return cls(**values)
@@ -179,8 +190,10 @@ def _check_credentials(config: QueueConfig) -> None:
 def _check_endpoint(config: QueueConfig) -> None:
     if not isinstance(config.region, Region):
         raise ConfigError("region must be Region.US or Region.EU")
+    if not isinstance(config.allow_insecure_http, bool):
+        raise ConfigError("allow_insecure_http must be True or False")
     if config.base_url is not None:
-        _check_base_url(config.base_url)
+        _check_base_url(config.base_url, allow_insecure_http=config.allow_insecure_http)
     if config.transport not in _TRANSPORTS:
         raise ConfigError(f"transport must be 'batch' or 'v1', got {config.transport!r}")
 
@@ -222,19 +235,48 @@ _CHECKS: Final[tuple[Callable[[QueueConfig], None], ...]] = (
     _check_credentials, _check_endpoint, _check_sizes, _check_times, _check_policies)
 
 
-def _check_base_url(url: object) -> None:
+def _split_base_url(url: object, name: str) -> SplitResult:
+    """Parse a base URL that carries no credentials; the messages never repeat it."""
     if not isinstance(url, str):
-        raise ConfigError("base_url must be a string such as 'https://track.customer.io'")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"base_url must look like 'https://host[:port]', got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError("base_url takes only scheme, host and port; the library appends "
-                          f"/api/v1/... itself (got {url!r})")
+        raise ConfigError(f"{name} must be a string such as 'https://track.customer.io'")
+    if "@" in url:
+        raise ConfigError(f"{name} must not contain credentials or '@'; pass the Track API "
+                          "key as api_key and the Site ID as site_id")
     try:
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"base_url has an invalid port: {url!r}") from exc
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid host or port; it must look like "
+                          "'https://host[:port]'") from None
+    return parts
+
+
+def _check_base_url(url: object, *, allow_insecure_http: bool, name: str = "base_url") -> None:
+    """Refuse a base URL that is more than scheme://host[:port], or would leak the key.
+
+    Whatever is wrong with the URL may hold a secret (a password, a key in the query), so
+    no message repeats it; plain http is allowed only to loopback unless opted in.
+    """
+    parts = _split_base_url(url, name)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must look like 'https://host[:port]'")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{name} takes only scheme, host and port; the library appends "
+                          "/api/v1/... itself")
+    if parts.scheme == "http" and not (allow_insecure_http or _is_loopback(parts.hostname)):
+        raise ConfigError(f"{name} uses plain http to {parts.hostname}, which would send the "
+                          "API key unencrypted; use https, or set allow_insecure_http=True "
+                          "if a trusted network or proxy protects the connection")
+
+
+def _is_loopback(host: str) -> bool:
+    """Tell whether a host is this machine: localhost, 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _positive_int(name: str, value: object) -> None:
