@@ -39,7 +39,6 @@ __all__ = [
     "check_path_id",
     "check_timestamp",
     "clean_mapping",
-    "datetime_to_unix",
     "describe",
     "utf8_len",
 ]
@@ -146,15 +145,19 @@ def check_event_name(name: object, field: str = "name") -> str:
     return name
 
 
-def datetime_to_unix(value: datetime) -> int:
+def _datetime_to_unix(value: datetime) -> int:
     """Return unix seconds, reading a naive datetime as UTC (as the official SDK does).
 
     The same arithmetic as ``value.replace(tzinfo=UTC).timestamp()``, so the same int,
-    without building the aware copy.
+    without building the aware copy. A failing tzinfo raises _FieldError.
     """
     if value.tzinfo is None:
         return int((value - _NAIVE_EPOCH).total_seconds())
-    return int(value.timestamp())
+    try:
+        return int(value.timestamp())
+    except Exception as exc:  # a tzinfo is the caller's code: it may raise anything
+        raise _FieldError("", f"is a datetime whose tzinfo fails ({type(exc).__name__}); "
+                              "use a tzinfo such as datetime.UTC or zoneinfo") from exc
 
 
 # --- sanitising data the way the official SDK does ------------------------------------
@@ -206,7 +209,7 @@ def _clean_float(value: float, depth: int) -> float | None:
 
 
 def _clean_datetime(value: datetime, depth: int) -> int:
-    return datetime_to_unix(value)
+    return _datetime_to_unix(value)
 
 
 def _too_deep(depth: int) -> _FieldError:
@@ -280,7 +283,8 @@ def clean_mapping(value: object, field: str) -> dict[str, Any]:
     try:
         return _clean_dict(value, 0)
     except _FieldError as exc:
-        raise InvalidEventError(f"{field}{exc.path}", exc.message) from None
+        # Chain the caller's own exception (a failing tzinfo), never the internal one.
+        raise InvalidEventError(f"{field}{exc.path}", exc.message) from exc.__cause__
 
 
 def check_attributes(attributes: dict[str, Any], field: str = "attributes") -> None:
@@ -321,7 +325,10 @@ def _check_attribute_value(name: str, value: Any, field: str) -> None:
 
 def _unix_seconds(value: object, field: str) -> int:
     if isinstance(value, datetime):
-        return datetime_to_unix(value)
+        try:
+            return _datetime_to_unix(value)
+        except _FieldError as exc:
+            raise InvalidEventError(field, exc.message) from exc.__cause__
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, float) and math.isfinite(value):

@@ -14,7 +14,7 @@ import enum
 import json
 import string
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import pytest
@@ -281,6 +281,28 @@ class Hostile:
         return "Hostile()"
 
 
+class BrokenTz(tzinfo):
+    """A time zone whose utcoffset is out of range (or not even a timedelta)."""
+
+    def __init__(self, offset: object = timedelta(hours=25)) -> None:
+        self.offset = offset
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        """Return the broken offset."""
+        return self.offset  # type: ignore[return-value]
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        """No daylight saving time."""
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        """Nameless."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"BrokenTz({self.offset!r})"
+
+
 class HugeInt(int):
     """An int too long for str(), with a repr hypothesis can print."""
 
@@ -318,7 +340,9 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**80), max_value=2**80),
     st.just(HUGE), st.floats(), st.complex_numbers(max_magnitude=10), texts,
     st.binary(max_size=4), st.builds(bytearray, st.binary(max_size=4)),
-    st.dates(), st.datetimes(timezones=st.one_of(st.none(), st.just(UTC))), st.times(),
+    st.dates(), st.times(),
+    st.datetimes(timezones=st.one_of(st.none(), st.just(UTC), st.sampled_from(
+        [BrokenTz(), BrokenTz("+01:00"), BrokenTz(None)]))),
     st.timedeltas(), st.decimals(), st.fractions(), st.uuids(),
     st.sampled_from([Colour.RED, Size.LARGE, Platform.IOS, Ellipsis, NotImplemented, int, len,
                      range(3)]),
@@ -397,6 +421,9 @@ KNOWN: list[Call] = [
     ("track_anonymous", (Hostile(), "ev", {"recipient": "a@b.co"}, None, None), {}),
     ("add_device", ("42", "tok", Hostile()), {}),
     ("merge_customers", (Hostile(), "1", "id", "2"), {}),
+    ("track", ("42", "ev", {"at": datetime(2024, 1, 1, tzinfo=BrokenTz())}, None, None), {}),
+    ("track", ("42", "ev", None, None, datetime(2024, 1, 1, tzinfo=BrokenTz("x"))), {}),
+    ("identify", ("42",), {"seen": [datetime(2024, 1, 1, tzinfo=BrokenTz(5))]}),
 ]
 SWEEP = settings(max_examples=300, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
