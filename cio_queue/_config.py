@@ -242,6 +242,9 @@ def _split_base_url(url: object, name: str) -> SplitResult:
     if "@" in url:
         raise ConfigError(f"{name} must not contain credentials or '@'; pass the Track API "
                           "key as api_key and the Site ID as site_id")
+    # urlsplit silently drops tabs and newlines, so the URL checked would not be the URL used.
+    if not url.isprintable() or " " in url:
+        raise ConfigError(f"{name} must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port

@@ -185,3 +185,12 @@ def test_from_env_applies_the_same_base_url_rules() -> None:
     assert config.track_url == "http://proxy.internal:8080"
     env["CUSTOMERIO_BASE_URL"] = "http://127.0.0.1:8080"
     assert QueueConfig.from_env(env).track_url == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("url", [
+    "https://track.customer.io\n", "http://local\thost:8080", "https://track.customer.io /",
+    "https://tra ck.customer.io", "https://track.customer.io\x00", "\nhttps://track.customer.io",
+])
+def test_base_url_with_whitespace_or_control_characters_is_refused(url: str) -> None:
+    """The URL checked must be the URL used: urlsplit drops tabs and newlines, HTTP does not."""
+    assert "base_url" in _refusal(base_url=url).splitlines()[-1]
