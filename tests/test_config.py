@@ -48,6 +48,7 @@ def test_config_is_frozen_and_keyword_only() -> None:
         ({"base_url": "track.customer.io"}, "base_url"),
         ({"base_url": "http://127.0.0.1:80/api/v1"}, "appends"),
         ({"base_url": "http://127.0.0.1:99999"}, "port"),
+        ({"base_url": b"https://track.customer.io"}, "base_url"),
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": True}, "batch_size"),
         ({"batch_size": 20_000}, "max_queue_size"),

@@ -147,6 +147,14 @@ def test_the_queue_never_sends_a_lone_surrogate(transport: Transport) -> None:
     assert asyncio.run(run()).requests == []
 
 
+def test_deeply_nested_lists_are_refused_with_their_path() -> None:
+    """Lists count towards the nesting limit as dicts do."""
+    value: list[Any] = []
+    for _ in range(70):
+        value = [value]
+    assert _refused(ops.track, "42", "ev", {"l": value}, None, None).field == "data.l" + "[0]" * 64
+
+
 def test_paired_surrogates_and_other_unicode_are_accepted() -> None:
     """Real astral characters (a valid pair once encoded) and other non-ASCII text pass."""
     op = ops.track("42", "ev", {"emoji": "\U0001F600", "漢字": ["ünï©ødé"]}, None, None)
@@ -255,6 +263,17 @@ def test_v1_keeps_the_device_exactly_as_the_official_sdk_sends_it() -> None:
 def test_device_fields_the_api_cannot_take_are_refused(field: str, data: dict[str, Any]) -> None:
     """attributes must be a mapping and last_used unix seconds, on both transports."""
     assert _refused(ops.add_device, "42", "tok", "ios", data).field == field
+
+
+
+def test_a_replayed_device_the_v2_form_cannot_carry_goes_by_v1() -> None:
+    """A dead-letter record from before this check, with non-mapping attributes, uses v1."""
+    op = ops.Operation("add_device", "PUT", "/customers/42/devices",
+                       {"device": {"attributes": "1.2", "id": "tok", "platform": "ios"}},
+                       customer_id="42")
+    assert ops.to_v2(op) is None
+    assert op.seal(batch=True).v2 is None
+    assert op.body == b'{"device": {"attributes": "1.2", "id": "tok", "platform": "ios"}}'
 
 
 # --- any Python value: only InvalidEventError escapes (issue item 9) ---------------------------
