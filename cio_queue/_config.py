@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ._exceptions import ConfigError
 from ._retry import RetryPolicy
@@ -67,7 +68,12 @@ class QueueConfig:
         region: the data centre, used when ``base_url`` is not set.
         base_url: scheme, host and optional port of the Track API, e.g.
             ``"http://127.0.0.1:8080"``; overrides ``region``. The library appends
-            ``/api/v1/...`` and ``/api/v2/batch``.
+            ``/api/v1/...`` and ``/api/v2/batch``. Credentials (``user:pass@``) are
+            refused, and plain ``http://`` is accepted only to a loopback host
+            (127.0.0.0/8, ::1, localhost) unless ``allow_insecure_http`` is set.
+        allow_insecure_http: allow a plain ``http://`` ``base_url`` to a host that is not
+            loopback, e.g. a proxy on a trusted network. The Basic-auth header carries
+            the API key, so without TLS anyone on the path can read it; off by default.
         transport: ``"v1"`` sends one request per operation, exactly as the official SDK
             does; ``"batch"`` packs each flushed batch into as few ``POST /api/v2/batch``
             requests as fit (anonymous events, which v2 cannot express, still go by v1).
@@ -100,6 +106,7 @@ class QueueConfig:
     api_key: str = field(repr=False)
     region: Region = Region.US
     base_url: str | None = None
+    allow_insecure_http: bool = False
     transport: Transport = "batch"
     batch_size: int = DEFAULT_BATCH_SIZE
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
@@ -115,40 +122,9 @@ class QueueConfig:
     dead_letter_path: str | os.PathLike[str] | None = None
     on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:  # noqa: PLR0912 - one check per field
-        for name in ("site_id", "api_key"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{name} must be a non-empty string (see your workspace's "
-                                  "API credentials page)")
-        if not isinstance(self.region, Region):
-            raise ConfigError("region must be Region.US or Region.EU")
-        if self.base_url is not None:
-            _check_base_url(self.base_url)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("max_queue_size", self.max_queue_size)
-        _positive_int("max_concurrency", self.max_concurrency)
-        if self.batch_size > self.max_queue_size:
-            raise ConfigError("batch_size must not exceed max_queue_size")
-        for name in ("flush_interval", "request_timeout", "shutdown_timeout",
-                     "rate_limited_pause"):
-            _positive_seconds(name, getattr(self, name), allow_zero=name == "rate_limited_pause")
-        if self.enqueue_timeout is not None:
-            _positive_seconds("enqueue_timeout", self.enqueue_timeout, allow_zero=True)
-        if self.rate_limit is not None:
-            _positive_seconds("rate_limit", self.rate_limit, allow_zero=False)
-        if self.transport not in _TRANSPORTS:
-            raise ConfigError(f"transport must be 'batch' or 'v1', got {self.transport!r}")
-        if self.overflow not in _OVERFLOWS:
-            raise ConfigError(f"overflow must be one of {', '.join(_OVERFLOWS)}; "
-                              f"got {self.overflow!r}")
-        if not isinstance(self.retry, RetryPolicy):
-            raise ConfigError("retry must be a RetryPolicy")
-        if self.on_outcome is not None and not callable(self.on_outcome):
-            raise ConfigError("on_outcome must be callable")
-        if self.dead_letter_path is not None and not isinstance(self.dead_letter_path,
-                                                                 str | os.PathLike):
-            raise ConfigError("dead_letter_path must be a path")
+    def __post_init__(self) -> None:
+        for check in _CHECKS:
+            check(self)
 
     @property
     def track_url(self) -> str:
@@ -165,8 +141,9 @@ class QueueConfig:
         """Build a config from the environment.
 
         Reads ``CUSTOMERIO_SITE_ID``, ``CUSTOMERIO_API_KEY``, ``CUSTOMERIO_REGION`` (``us``
-        or ``eu``, default ``us``) and the optional ``CUSTOMERIO_BASE_URL``; keyword
-        arguments override or add fields.
+        or ``eu``, default ``us``) and the optional ``CUSTOMERIO_BASE_URL``, which follows
+        the rules of ``base_url`` (pass ``allow_insecure_http=True`` to allow plain http to
+        a remote host); keyword arguments override or add fields.
 
         Args:
             environ: the variables to read; defaults to ``os.environ``.
@@ -192,26 +169,117 @@ class QueueConfig:
             except KeyError:
                 raise ConfigError(
                     f"CUSTOMERIO_REGION must be 'us' or 'eu', not {region!r}") from None
-        base_url = env.get("CUSTOMERIO_BASE_URL", "").strip()
+        base_url = "" if "base_url" in overrides else env.get("CUSTOMERIO_BASE_URL", "").strip()
         if base_url:
+            # Checked here too, so the error names the variable (and never repeats it).
+            _check_base_url(base_url, name="CUSTOMERIO_BASE_URL",
+                            allow_insecure_http=overrides.get("allow_insecure_http") is True)
             values["base_url"] = base_url
         values.update(overrides)
         return cls(**values)
 
 
-def _check_base_url(url: object) -> None:
+def _check_credentials(config: QueueConfig) -> None:
+    for name in ("site_id", "api_key"):
+        value = getattr(config, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name} must be a non-empty string (see your workspace's "
+                              "API credentials page)")
+
+
+def _check_endpoint(config: QueueConfig) -> None:
+    if not isinstance(config.region, Region):
+        raise ConfigError("region must be Region.US or Region.EU")
+    if not isinstance(config.allow_insecure_http, bool):
+        raise ConfigError("allow_insecure_http must be True or False")
+    if config.base_url is not None:
+        _check_base_url(config.base_url, allow_insecure_http=config.allow_insecure_http)
+    if config.transport not in _TRANSPORTS:
+        raise ConfigError(f"transport must be 'batch' or 'v1', got {config.transport!r}")
+
+
+def _check_sizes(config: QueueConfig) -> None:
+    _positive_int("batch_size", config.batch_size)
+    _positive_int("max_queue_size", config.max_queue_size)
+    _positive_int("max_concurrency", config.max_concurrency)
+    if config.batch_size > config.max_queue_size:
+        raise ConfigError("batch_size must not exceed max_queue_size")
+
+
+def _check_times(config: QueueConfig) -> None:
+    for name in ("flush_interval", "request_timeout", "shutdown_timeout"):
+        _positive_seconds(name, getattr(config, name), allow_zero=False)
+    _positive_seconds("rate_limited_pause", config.rate_limited_pause, allow_zero=True)
+    if config.enqueue_timeout is not None:
+        _positive_seconds("enqueue_timeout", config.enqueue_timeout, allow_zero=True)
+    if config.rate_limit is not None:
+        _positive_seconds("rate_limit", config.rate_limit, allow_zero=False)
+
+
+def _check_policies(config: QueueConfig) -> None:
+    if config.overflow not in _OVERFLOWS:
+        raise ConfigError(f"overflow must be one of {', '.join(_OVERFLOWS)}; "
+                          f"got {config.overflow!r}")
+    if not isinstance(config.retry, RetryPolicy):
+        raise ConfigError("retry must be a RetryPolicy")
+    if config.on_outcome is not None and not callable(config.on_outcome):
+        raise ConfigError("on_outcome must be callable")
+    if config.dead_letter_path is not None and not isinstance(config.dead_letter_path,
+                                                               str | os.PathLike):
+        raise ConfigError("dead_letter_path must be a path")
+
+
+# Run in this order by QueueConfig.__post_init__; each raises ConfigError on the first
+# bad field it finds.
+_CHECKS: Final[tuple[Callable[[QueueConfig], None], ...]] = (
+    _check_credentials, _check_endpoint, _check_sizes, _check_times, _check_policies)
+
+
+def _split_base_url(url: object, name: str) -> SplitResult:
+    """Parse a base URL that carries no credentials; the messages never repeat it."""
     if not isinstance(url, str):
-        raise ConfigError("base_url must be a string such as 'https://track.customer.io'")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"base_url must look like 'https://host[:port]', got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError("base_url takes only scheme, host and port; the library appends "
-                          f"/api/v1/... itself (got {url!r})")
+        raise ConfigError(f"{name} must be a string such as 'https://track.customer.io'")
+    if "@" in url:
+        raise ConfigError(f"{name} must not contain credentials or '@'; pass the Track API "
+                          "key as api_key and the Site ID as site_id")
+    # urlsplit silently drops tabs and newlines, so the URL checked would not be the URL used.
+    if not url.isprintable() or " " in url:
+        raise ConfigError(f"{name} must not contain spaces or control characters")
     try:
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"base_url has an invalid port: {url!r}") from exc
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid host or port; it must look like "
+                          "'https://host[:port]'") from None
+    return parts
+
+
+def _check_base_url(url: object, *, allow_insecure_http: bool, name: str = "base_url") -> None:
+    """Refuse a base URL that is more than scheme://host[:port], or would leak the key.
+
+    Whatever is wrong with the URL may hold a secret (a password, a key in the query), so
+    no message repeats it; plain http is allowed only to loopback unless opted in.
+    """
+    parts = _split_base_url(url, name)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must look like 'https://host[:port]'")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{name} takes only scheme, host and port; the library appends "
+                          "/api/v1/... itself")
+    if parts.scheme == "http" and not (allow_insecure_http or _is_loopback(parts.hostname)):
+        raise ConfigError(f"{name} uses plain http to {parts.hostname}, which would send the "
+                          "API key unencrypted; use https, or set allow_insecure_http=True "
+                          "if a trusted network or proxy protects the connection")
+
+
+def _is_loopback(host: str) -> bool:
+    """Tell whether a host is this machine: localhost, 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -1,52 +1,52 @@
-"""Operations: validate a call's input and build its wire forms.
+"""Operations: the validated, serialised form of one call, built at enqueue.
 
-Every builder here is pure and synchronous. It either returns an :class:`Operation`
-whose v1 request (method, percent-encoded path, JSON body bytes) is byte-for-byte what
-the official ``customerio`` 3.2 SDK sends for the same call, plus an event ``id`` on
-events, or raises :class:`InvalidEventError` naming the field. :meth:`Operation.seal`
-then serialises it once, as a v1 body or a v2 batch element, and checks the size limits
-of that form. So bad input fails in the caller's stack and can never poison a batch.
+The second half of the enqueue stage: after ``_validation`` has checked the caller's
+input, every builder here (one per EventQueue method) returns an :class:`Operation` whose
+v1 request (method, percent-encoded path, JSON body bytes) is byte-for-byte what the
+official ``customerio`` 3.2 SDK sends for the same call, plus an event ``id`` on events.
+:meth:`Operation.seal` then serialises it once, as a v1 body or a v2 batch element
+(``to_v2``), and checks the size limits of that form. So bad input fails in the caller's
+stack and can never poison a batch.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import random
 import re
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
 from ._exceptions import InvalidEventError
+from ._ulid import new_ulid
+from ._validation import (
+    MAX_EVENT_DATA_BYTES,
+    MAX_TIMESTAMP,
+    MAX_V2_OPERATION_BYTES,
+    check_attributes,
+    check_choice,
+    check_event_id,
+    check_event_name,
+    check_id,
+    check_path_id,
+    check_timestamp,
+    clean_mapping,
+    describe,
+)
 
-__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "new_ulid"]
+__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "new_ulid", "person_identifiers",
+           "to_v2"]
 
-MAX_ID_BYTES: Final = 150
-MAX_ATTRIBUTE_NAME_BYTES: Final = 150
-MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
-MAX_ATTRIBUTES: Final = 300
-MAX_EVENT_NAME_BYTES: Final = 100
-MAX_EVENT_DATA_BYTES: Final = 100_000
-MAX_TIMESTAMP: Final = 99_999_999_999
-"""Eleven digits: anything larger is almost surely milliseconds, not the seconds the API wants."""
-MAX_V2_OPERATION_BYTES: Final = 32 * 1024
-"""The Track API's limit on one operation inside a v2 batch."""
-MAX_DEPTH: Final = 64
-MAX_INT_BITS: Final = 64
-"""Larger ints are refused: JSON readers (and Python's own int-to-str limit) cannot take
-them reliably."""
 # What requests does for json=: default separators, ASCII, no NaN. One encoder each, made
-# once: json.dumps with any non-default option builds a new encoder on every call.
-_V1_ENCODER: Final = json.JSONEncoder(allow_nan=False)
-_V2_ENCODER: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+# once: json.dumps with any non-default option builds a new encoder on every call. Payloads
+# are trees that clean_mapping copied (or JSON read back), never cycles, so the encoders
+# skip the cycle check, a third of their time.
+_V1_ENCODER: Final = json.JSONEncoder(allow_nan=False, check_circular=False)
+_V2_ENCODER: Final = json.JSONEncoder(allow_nan=False, check_circular=False,
+                                      separators=(",", ":"))
 MERGE_ID_TYPES: Final = frozenset({"id", "email", "cio_id"})
 PLATFORMS: Final = frozenset({"ios", "android"})
-# Identify attributes whose values are structured by design and may exceed the
-# per-value size limit that applies to ordinary attributes.
-_STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
 EVENT_KINDS: Final = frozenset({"track", "track_anonymous", "pageview", "backfill"})
 # What the API treats as an email when it reads an identifier from a v1 path.
 _EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -138,227 +138,81 @@ def person_identifiers(customer_id: object) -> dict[str, str]:
     return {"id": text}
 
 
-def to_v2(op: Operation) -> dict[str, Any] | None:  # noqa: PLR0911 - one branch per kind
-    """Return the v2 batch element of an operation, or None when it has no v2 form."""
-    payload = op.payload
-    kind = op.kind
-    if kind == "track_anonymous":
-        return None  # v2 has no anonymous person identifier: these go through v1
-    if kind == "merge_customers":
-        return {"type": "person", "action": "merge",
-                "primary": {k: str(v) for k, v in payload["primary"].items()},
-                "secondary": {k: str(v) for k, v in payload["secondary"].items()}}
-    element: dict[str, Any] = {"type": "person",
-                               "identifiers": person_identifiers(op.customer_id)}
-    if kind == "identify":
-        element["action"] = "identify"
-        element["attributes"] = payload
-        return element
-    if kind in ("track", "backfill", "pageview"):
-        element["action"] = "page" if kind == "pageview" else "event"
-        element["name"] = payload["name"]
-        element["id"] = payload["id"]
-        if "timestamp" in payload:
-            element["timestamp"] = payload["timestamp"]
-        element["attributes"] = payload["data"]
-        return element
-    if kind == "add_device":
-        attributes = dict(payload["device"])
-        device: dict[str, Any] = {"token": attributes.pop("id"),
-                                  "platform": attributes.pop("platform")}
-        if "last_used" in attributes:
-            device["last_used"] = attributes.pop("last_used")
-        device["attributes"] = attributes
-        element["action"] = "add_device"
-        element["device"] = device
-        return element
-    if kind == "delete_device":
-        element["action"] = "delete_device"
-        element["device"] = {"token": unquote(op.path.rsplit("/", 1)[1])}
-        return element
-    element["action"] = kind  # delete, suppress, unsuppress
+def _person(op: Operation, action: str) -> dict[str, Any]:
+    return {"type": "person", "identifiers": person_identifiers(op.customer_id),
+            "action": action}
+
+
+def _v2_identify(op: Operation) -> dict[str, Any]:
+    element = _person(op, "identify")
+    element["attributes"] = op.payload
     return element
 
 
-# --- ULID ------------------------------------------------------------------------------
-
-_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# Every 10-bit value as its two Crockford characters: four lookups encode 40 bits.
-_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
-_random = random.Random()  # noqa: S311 - ULIDs need uniqueness, not secrecy
-if hasattr(os, "register_at_fork"):
-    # A forked child would otherwise repeat its parent's random sequence, and so its ids.
-    os.register_at_fork(after_in_child=_random.seed)
-_ulid_time: list[Any] = [-1, ""]  # the last millisecond seen and its 10-character text
-
-
-def _encode_40(value: int) -> str:
-    pairs = _PAIRS
-    return (pairs[value >> 30] + pairs[(value >> 20) & 1023] + pairs[(value >> 10) & 1023]
-            + pairs[value & 1023])
+def _v2_event(op: Operation) -> dict[str, Any]:
+    payload = op.payload
+    element = _person(op, "page" if op.kind == "pageview" else "event")
+    element["name"] = payload["name"]
+    element["id"] = payload["id"]
+    if "timestamp" in payload:
+        element["timestamp"] = payload["timestamp"]
+    element["attributes"] = payload["data"]
+    return element
 
 
-def new_ulid() -> str:
-    """Return a new ULID: 48 bits of milliseconds, 80 random bits, 26 Crockford chars."""
-    millis = time.time_ns() // 1_000_000
-    if millis != _ulid_time[0]:
-        # 48 bits take 10 characters: the first carries the top 3 bits (2 pad bits).
-        _ulid_time[0] = millis
-        _ulid_time[1] = (_CROCKFORD[millis >> 45] + _encode_40(millis >> 5 & (1 << 40) - 1)
-                         + _CROCKFORD[millis & 31])
-    randomness = _random.getrandbits(80)
-    return (str(_ulid_time[1]) + _encode_40(randomness >> 40)
-            + _encode_40(randomness & (1 << 40) - 1))
+def _v2_add_device(op: Operation) -> dict[str, Any] | None:
+    extra = dict(op.payload["device"])
+    device: dict[str, Any] = {"token": extra.pop("id"), "platform": extra.pop("platform")}
+    if "last_used" in extra:
+        device["last_used"] = extra.pop("last_used")
+    given = extra.pop("attributes", None)
+    if given is not None and not isinstance(given, dict):
+        return None  # only in an old dead-letter record: it can still go by v1
+    # The caller's attributes mapping (the v1 device shape) is the v2 attributes; other
+    # keys join it, and the mapping wins a clash, being the more specific of the two.
+    device["attributes"] = {**extra, **given} if given else extra
+    element = _person(op, "add_device")
+    element["device"] = device
+    return element
 
 
-# --- validation helpers --------------------------------------------------------------
-
-class _FieldError(Exception):
-    """Internal: a bad value somewhere below a field; the path is prefixed on the way up."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
+def _v2_delete_device(op: Operation) -> dict[str, Any]:
+    element = _person(op, "delete_device")
+    element["device"] = {"token": unquote(op.path.rsplit("/", 1)[1])}
+    return element
 
 
-def _utf8_len(value: str, field: str) -> int:
-    if value.isascii():
-        return len(value)
-    try:
-        return len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidEventError(field, "contains an unpaired surrogate; not valid text") from None
+def _v2_merge(op: Operation) -> dict[str, Any]:
+    payload = op.payload
+    return {"type": "person", "action": "merge",
+            "primary": {k: str(v) for k, v in payload["primary"].items()},
+            "secondary": {k: str(v) for k, v in payload["secondary"].items()}}
 
 
-def _check_id(value: object, field: str, *, allow_int: bool = True) -> str:
-    """Check a person or device id and return its path form, as ``str(value)``."""
-    if isinstance(value, bool) or not isinstance(value, str | int) or (
-            not allow_int and not isinstance(value, str)):
-        kinds = "a str or int" if allow_int else "a str"
-        raise InvalidEventError(field, f"must be {kinds}, not {type(value).__name__}")
-    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
-        raise InvalidEventError(field, f"is an int beyond {MAX_INT_BITS} bits")
-    text = str(value)
-    if not text.strip():
-        raise InvalidEventError(field, "must not be blank")
-    if text == "cio_":
-        raise InvalidEventError(field, "is the cio_ prefix with no cio_id after it")
-    size = _utf8_len(text, field)
-    if size > MAX_ID_BYTES:
-        raise InvalidEventError(field, f"is {size} bytes; the limit is {MAX_ID_BYTES}")
-    return text
+def _v2_bare(op: Operation) -> dict[str, Any]:
+    return _person(op, op.kind)  # delete, suppress, unsuppress: the action is the kind
 
 
-def _check_event_name(name: object, field: str = "name") -> str:
-    if not isinstance(name, str):
-        raise InvalidEventError(field, f"must be a str, not {type(name).__name__}")
-    if not name.strip():
-        raise InvalidEventError(field, "must not be blank")
-    size = _utf8_len(name, field)
-    if size > MAX_EVENT_NAME_BYTES:
-        raise InvalidEventError(field, f"is {size} bytes; the limit is {MAX_EVENT_NAME_BYTES}")
-    return name
+# The v2 batch element of each kind, or None. Kinds missing here have no v2 form and go
+# by v1: track_anonymous, because v2 has no anonymous person identifier.
+_V2_FORMS: Final[dict[str, Callable[[Operation], dict[str, Any] | None]]] = {
+    "identify": _v2_identify,
+    "track": _v2_event,
+    "backfill": _v2_event,
+    "pageview": _v2_event,
+    "add_device": _v2_add_device,
+    "delete_device": _v2_delete_device,
+    "merge_customers": _v2_merge,
+    "delete": _v2_bare,
+    "suppress": _v2_bare,
+    "unsuppress": _v2_bare,
+}
 
 
-def _datetime_to_unix(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp())
-
-
-def _clean(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911, PLR0912 - a branch per type
-    """Return ``value`` sanitised as the official SDK does, or raise _FieldError.
-
-    datetime becomes int unix seconds (naive means UTC), NaN becomes None, dicts, lists
-    and tuples are copied recursively; anything json cannot encode is refused.
-    """
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return value
-    if kind is int:
-        if value.bit_length() > MAX_INT_BITS:
-            raise _FieldError("", f"is an int beyond {MAX_INT_BITS} bits, which JSON readers "
-                                  "cannot hold; send it as a str")
-        return value
-    if kind is float:
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            raise _FieldError("", "is infinite; JSON has no infinity")
-        return value
-    if depth > MAX_DEPTH:
-        raise _FieldError("", f"is nested more than {MAX_DEPTH} levels deep (or is a cycle)")
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _FieldError("", f"has a {type(key).__name__} key {key!r}; keys must be str")
-            try:
-                out[key] = _clean(item, depth + 1)
-            except _FieldError as exc:
-                exc.path = f".{key}{exc.path}"
-                raise
-        return out
-    if isinstance(value, list | tuple):
-        items = []
-        for index, item in enumerate(value):
-            try:
-                items.append(_clean(item, depth + 1))
-            except _FieldError as exc:
-                exc.path = f"[{index}]{exc.path}"
-                raise
-        return items
-    if isinstance(value, datetime):
-        return _datetime_to_unix(value)
-    if isinstance(value, float):  # a float subclass
-        return _clean(float(value), depth)
-    if isinstance(value, str):  # a str subclass, such as a str enum, encodes as its text
-        return value
-    if isinstance(value, int):  # an int subclass, such as an IntEnum, encodes as its number
-        return _clean(int(value), depth)
-    raise _FieldError("", f"is a {kind.__name__}, which is not JSON-serialisable "
-                          "(convert it to str, int, float, bool, None, list, dict or datetime)")
-
-
-def _clean_mapping(value: object, field: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidEventError(field, f"must be a dict, not {type(value).__name__}")
-    try:
-        cleaned: dict[str, Any] = _clean(value)
-    except _FieldError as exc:
-        raise InvalidEventError(f"{field}{exc.path}", exc.message) from None
-    return cleaned
-
-
-def _check_timestamp(value: object, field: str = "timestamp") -> int:
-    if isinstance(value, datetime):
-        result = _datetime_to_unix(value)
-    elif isinstance(value, bool):
-        raise InvalidEventError(field, "must be unix seconds or a datetime, not a bool")
-    elif isinstance(value, int):
-        result = value
-    elif isinstance(value, float) and math.isfinite(value):
-        result = int(value)
-    elif isinstance(value, str):
-        try:
-            result = int(value)
-        except ValueError:
-            raise InvalidEventError(field, f"{value!r} is not unix seconds") from None
-    else:
-        raise InvalidEventError(field, f"must be unix seconds or a datetime, not "
-                                       f"{type(value).__name__}")
-    if not 0 <= result <= MAX_TIMESTAMP:
-        raise InvalidEventError(field, f"{result} is not unix seconds (milliseconds?)")
-    return result
-
-
-def _check_event_id(value: object) -> str:
-    if value is None:
-        return new_ulid()
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidEventError("id", "must be a non-blank str (a ULID is best) or None")
-    _utf8_len(value, "id")
-    return value
+def to_v2(op: Operation) -> dict[str, Any] | None:
+    """Return the v2 batch element of an operation, or None when it has no v2 form."""
+    form = _V2_FORMS.get(op.kind)
+    return None if form is None else form(op)
 
 
 def _customer_path(customer_id: str) -> str:
@@ -368,43 +222,28 @@ def _customer_path(customer_id: str) -> str:
 # --- builders, one per EventQueue method -------------------------------------------
 
 def identify(id: object, attributes: dict[str, Any]) -> Operation:
-    text = _check_id(id, "id")
-    payload = _clean_mapping(attributes, "attributes")
-    if len(payload) > MAX_ATTRIBUTES:
-        raise InvalidEventError("attributes", f"has {len(payload)} attributes; the limit is "
-                                              f"{MAX_ATTRIBUTES} per call")
-    for name, value in payload.items():
-        field = f"attributes.{name}"
-        size = _utf8_len(name, field)
-        if size > MAX_ATTRIBUTE_NAME_BYTES:
-            raise InvalidEventError(field, f"name is {size} bytes; the limit is "
-                                           f"{MAX_ATTRIBUTE_NAME_BYTES}")
-        if name in _STRUCTURED_ATTRIBUTES:
-            continue
-        size = (_utf8_len(value, field) if isinstance(value, str)
-                else len(json.dumps(value).encode("ascii")))
-        if size > MAX_ATTRIBUTE_VALUE_BYTES:
-            raise InvalidEventError(field, f"value is {size} bytes; the limit is "
-                                           f"{MAX_ATTRIBUTE_VALUE_BYTES}")
+    text = check_path_id(id, "id")
+    payload = clean_mapping(attributes, "attributes")
+    check_attributes(payload)
     return Operation("identify", "PUT", _customer_path(text), payload, customer_id=id)
 
 
 def _event_payload(name: object, data: object, event_id: object,
                    timestamp: object) -> tuple[dict[str, Any], str]:
     payload: dict[str, Any] = {
-        "name": _check_event_name(name),
-        "data": {} if data is None else _clean_mapping(data, "data"),
+        "name": check_event_name(name),
+        "data": {} if data is None else clean_mapping(data, "data"),
     }
-    eid = _check_event_id(event_id)
+    eid = check_event_id(event_id)
     payload["id"] = eid
     if timestamp is not None:
-        payload["timestamp"] = _check_timestamp(timestamp)
+        payload["timestamp"] = check_timestamp(timestamp)
     return payload, eid
 
 
 def track(customer_id: object, name: object, data: object, event_id: object,
           timestamp: object) -> Operation:
-    text = _check_id(customer_id, "customer_id")
+    text = check_path_id(customer_id, "customer_id")
     payload, eid = _event_payload(name, data, event_id, timestamp)
     return Operation("track", "POST", _customer_path(text) + "/events", payload,
                      customer_id=customer_id, event_id=eid)
@@ -413,11 +252,10 @@ def track(customer_id: object, name: object, data: object, event_id: object,
 def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
                     timestamp: object) -> Operation:
     payload, eid = _event_payload(name, data, event_id, timestamp)
-    if anonymous_id is not None and anonymous_id != "":
-        if not isinstance(anonymous_id, str):
-            raise InvalidEventError("anonymous_id", f"must be a str, not "
-                                                    f"{type(anonymous_id).__name__}")
-        _check_id(anonymous_id, "anonymous_id")
+    # Like the official SDK, None and "" mean no anonymous id (an invite); type first, so
+    # an arbitrary object is never compared.
+    if anonymous_id is not None and not (isinstance(anonymous_id, str) and anonymous_id == ""):
+        check_id(anonymous_id, "anonymous_id", allow_int=False)
         payload["anonymous_id"] = anonymous_id
     elif "recipient" not in payload["data"]:
         raise InvalidEventError("anonymous_id", "is blank: an event without one is an invite "
@@ -426,27 +264,27 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
 
 
 def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operation:
-    text = _check_id(customer_id, "customer_id")
+    text = check_path_id(customer_id, "customer_id")
     eid = new_ulid()
-    payload: dict[str, Any] = {"type": "page", "name": _check_event_name(page, "page"),
-               "data": _clean_mapping(data, "data"), "id": eid}
+    payload: dict[str, Any] = {"type": "page", "name": check_event_name(page, "page"),
+               "data": clean_mapping(data, "data"), "id": eid}
     return Operation("pageview", "POST", _customer_path(text) + "/events", payload,
                      customer_id=customer_id, event_id=eid)
 
 
 def backfill(customer_id: object, name: object, timestamp: object,
              data: dict[str, Any]) -> Operation:
-    text = _check_id(customer_id, "customer_id")
+    text = check_path_id(customer_id, "customer_id")
     eid = new_ulid()
-    payload: dict[str, Any] = {"name": _check_event_name(name),
-                               "data": _clean_mapping(data, "data"),
-               "timestamp": _check_timestamp(timestamp), "id": eid}
+    payload: dict[str, Any] = {"name": check_event_name(name),
+                               "data": clean_mapping(data, "data"),
+               "timestamp": check_timestamp(timestamp), "id": eid}
     return Operation("backfill", "POST", _customer_path(text) + "/events", payload,
                      customer_id=customer_id, event_id=eid)
 
 
 def _bare(kind: str, method: str, suffix: str, customer_id: object) -> Operation:
-    text = _check_id(customer_id, "customer_id")
+    text = check_path_id(customer_id, "customer_id")
     return Operation(kind, method, _customer_path(text) + suffix, {},
                      customer_id=customer_id)
 
@@ -465,19 +303,37 @@ def unsuppress(customer_id: object) -> Operation:
 
 def add_device(customer_id: object, device_id: object, platform: object,
                data: dict[str, Any]) -> Operation:
-    text = _check_id(customer_id, "customer_id")
-    _check_id(device_id, "device_id", allow_int=False)  # the API wants a string token
-    if platform not in PLATFORMS:
-        raise InvalidEventError("platform", f"must be 'ios' or 'android', not {platform!r}")
-    device = _clean_mapping(data, "data")
+    text = check_path_id(customer_id, "customer_id")
+    # The API wants a string token. A dot segment is refused here too: delete_device could
+    # never address that device.
+    check_path_id(device_id, "device_id", allow_int=False)
+    check_choice(platform, PLATFORMS, "platform")
+    device = clean_mapping(data, "data")
+    _check_device_fields(device)
     device.update({"id": device_id, "platform": platform})
     return Operation("add_device", "PUT", _customer_path(text) + "/devices", {"device": device},
                      customer_id=customer_id)
 
 
+def _check_device_fields(device: dict[str, Any]) -> None:
+    """Refuse device fields that have no v2 form, so both transports take the same input.
+
+    ``attributes`` must be a mapping (it becomes the v2 ``attributes``) and ``last_used``
+    unix seconds as an int or a datetime.
+    """
+    attributes = device.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise InvalidEventError("data.attributes", f"must be a dict, not {describe(attributes)}")
+    last_used = device.get("last_used")
+    if last_used is not None and (type(last_used) is not int
+                                  or not 0 <= last_used <= MAX_TIMESTAMP):
+        raise InvalidEventError("data.last_used", "must be unix seconds as an int, or a "
+                                                  f"datetime, not {describe(last_used)}")
+
+
 def delete_device(customer_id: object, device_id: object) -> Operation:
-    text = _check_id(customer_id, "customer_id")
-    device = _check_id(device_id, "device_id")
+    text = check_path_id(customer_id, "customer_id")
+    device = check_path_id(device_id, "device_id")
     return Operation("delete_device", "DELETE",
                      f"{_customer_path(text)}/devices/{quote(device, safe='')}", {},
                      customer_id=customer_id)
@@ -485,13 +341,10 @@ def delete_device(customer_id: object, device_id: object) -> Operation:
 
 def merge_customers(primary_id_type: object, primary_id: object, secondary_id_type: object,
                     secondary_id: object) -> Operation:
-    for field, id_type in (("primary_id_type", primary_id_type),
-                           ("secondary_id_type", secondary_id_type)):
-        if id_type not in MERGE_ID_TYPES:
-            raise InvalidEventError(field, f"must be one of 'cio_id', 'email', 'id', "
-                                           f"not {id_type!r}")
-    _check_id(primary_id, "primary_id")
-    _check_id(secondary_id, "secondary_id")
+    check_choice(primary_id_type, MERGE_ID_TYPES, "primary_id_type")
+    check_choice(secondary_id_type, MERGE_ID_TYPES, "secondary_id_type")
+    check_id(primary_id, "primary_id")
+    check_id(secondary_id, "secondary_id")
     payload = {"primary": {primary_id_type: primary_id},
                "secondary": {secondary_id_type: secondary_id}}
     return Operation("merge_customers", "POST", "/merge_customers", payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ def test_config_is_frozen_and_keyword_only() -> None:
         ({"base_url": "track.customer.io"}, "base_url"),
         ({"base_url": "http://127.0.0.1:80/api/v1"}, "appends"),
         ({"base_url": "http://127.0.0.1:99999"}, "port"),
+        ({"base_url": b"https://track.customer.io"}, "base_url"),
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": True}, "batch_size"),
         ({"batch_size": 20_000}, "max_queue_size"),
@@ -105,3 +107,91 @@ def test_retry_policy_validates(overrides: dict[str, Any]) -> None:
     """RetryPolicy refuses impossible values with ConfigError."""
     with pytest.raises(ConfigError):
         RetryPolicy(**overrides)
+
+
+# --- base_url: credentials and plain http (issue item 12) ------------------------------------
+
+def _refusal(**overrides: Any) -> str:
+    """The whole printed traceback of the ConfigError the overrides cause."""
+    values: dict[str, Any] = {"site_id": "site", "api_key": SECRET, **overrides}
+    with pytest.raises(ConfigError) as info:
+        QueueConfig(**values)
+    return "".join(traceback.format_exception(info.value))
+
+
+@pytest.mark.parametrize("url", [
+    "https://user:hunter2@track.customer.io",
+    "https://:hunter2@track.customer.io",
+    "https://hunter2@track.customer.io",
+    "http://user:hunter2@127.0.0.1:8080",
+    "ftp://user:hunter2@127.0.0.1",
+    "user:hunter2@track.customer.io",
+    "https://track.customer.io/?api_key=hunter2",
+    "https://track.customer.io/hunter2",
+    "https://track.customer.io#hunter2",
+    "https://track.customer.io:hunter2",
+])
+def test_base_url_secrets_are_refused_and_never_echoed(url: str) -> None:
+    """Credentials (or anything but scheme, host, port) in base_url: refused, not repeated."""
+    printed = _refusal(base_url=url)
+    assert "hunter2" not in printed
+    assert "base_url" in printed
+
+
+def test_base_url_userinfo_is_refused_with_a_pointer_to_api_key() -> None:
+    """The message says where the key goes instead."""
+    assert "api_key" in _refusal(base_url="https://:k@track.customer.io").splitlines()[-1]
+
+
+@pytest.mark.parametrize("url", [
+    "http://track.customer.io", "http://10.0.0.5:8080", "http://0.0.0.0:80",
+    "http://localhost.example.com", "http://127.0.0.1.nip.io", "http://[2001:db8::1]:80",
+])
+def test_plain_http_to_a_remote_host_is_refused(url: str) -> None:
+    """The API key would travel in clear text, so http needs allow_insecure_http=True."""
+    assert "allow_insecure_http" in _refusal(base_url=url).splitlines()[-1]
+    config = QueueConfig(site_id="s", api_key="k", base_url=url, allow_insecure_http=True)
+    assert config.track_url == url
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080", "http://127.9.8.7", "http://localhost:9", "http://LOCALHOST",
+    "http://[::1]:8080", "https://track.customer.io", "https://10.0.0.5:8443",
+])
+def test_https_and_loopback_http_need_no_opt_in(url: str) -> None:
+    """https anywhere, and http to 127.0.0.0/8, ::1 or localhost, are accepted as they are."""
+    config = QueueConfig(site_id="s", api_key="k", base_url=url)
+    assert config.allow_insecure_http is False
+    assert config.track_url == url
+
+
+def test_allow_insecure_http_does_not_allow_credentials_and_must_be_a_bool() -> None:
+    """The opt-in lifts only the https rule; it is a real bool."""
+    assert "hunter2" not in _refusal(base_url="http://u:hunter2@proxy.internal",
+                                     allow_insecure_http=True)
+    assert "allow_insecure_http" in _refusal(allow_insecure_http="yes").splitlines()[-1]
+
+
+def test_from_env_applies_the_same_base_url_rules() -> None:
+    """CUSTOMERIO_BASE_URL is refused like base_url, named, never echoed; the opt-in works."""
+    env = {"CUSTOMERIO_SITE_ID": "s", "CUSTOMERIO_API_KEY": "k",
+           "CUSTOMERIO_BASE_URL": "https://:hunter2@track.customer.io"}
+    with pytest.raises(ConfigError, match="CUSTOMERIO_BASE_URL") as info:
+        QueueConfig.from_env(env)
+    assert "hunter2" not in "".join(traceback.format_exception(info.value))
+    env["CUSTOMERIO_BASE_URL"] = "http://proxy.internal:8080"
+    with pytest.raises(ConfigError, match="allow_insecure_http"):
+        QueueConfig.from_env(env)
+    config = QueueConfig.from_env(env, allow_insecure_http=True)
+    assert config.track_url == "http://proxy.internal:8080"
+    env["CUSTOMERIO_BASE_URL"] = "http://127.0.0.1:8080"
+    assert QueueConfig.from_env(env).track_url == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("url", [
+    "https://track.customer.io\n", "http://local\thost:8080", "https://track.customer.io /",
+    "https://tra ck.customer.io", "https://track.customer.io\x00", "\nhttps://track.customer.io",
+])
+def test_base_url_with_whitespace_or_control_characters_is_refused(url: str) -> None:
+    """The URL checked must be the URL used: urlsplit drops tabs and newlines, HTTP does not."""
+    assert "base_url" in _refusal(base_url=url).splitlines()[-1]

@@ -1,0 +1,43 @@
+"""Event ids: ULIDs made at enqueue, when an operation is validated and built.
+
+A ULID is 48 bits of milliseconds and 80 random bits in 26 Crockford base-32 characters,
+so ids sort by creation time and a retried event keeps the id the API dedupes on. The
+generator is reseeded in a forked child, which would otherwise repeat its parent's ids.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any, Final
+
+__all__ = ["new_ulid"]
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Every 10-bit value as its two Crockford characters: four lookups encode 40 bits.
+_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+_random = random.Random()  # noqa: S311 - ULIDs need uniqueness, not secrecy
+if hasattr(os, "register_at_fork"):
+    # A forked child would otherwise repeat its parent's random sequence, and so its ids.
+    os.register_at_fork(after_in_child=_random.seed)
+_ulid_time: list[Any] = [-1, ""]  # the last millisecond seen and its 10-character text
+
+
+def _encode_40(value: int) -> str:
+    pairs = _PAIRS
+    return (pairs[value >> 30] + pairs[(value >> 20) & 1023] + pairs[(value >> 10) & 1023]
+            + pairs[value & 1023])
+
+
+def new_ulid() -> str:
+    """Return a new ULID: 48 bits of milliseconds, 80 random bits, 26 Crockford chars."""
+    millis = time.time_ns() // 1_000_000
+    if millis != _ulid_time[0]:
+        # 48 bits take 10 characters: the first carries the top 3 bits (2 pad bits).
+        _ulid_time[0] = millis
+        _ulid_time[1] = (_CROCKFORD[millis >> 45] + _encode_40(millis >> 5 & (1 << 40) - 1)
+                         + _CROCKFORD[millis & 31])
+    randomness = _random.getrandbits(80)
+    return (str(_ulid_time[1]) + _encode_40(randomness >> 40)
+            + _encode_40(randomness & (1 << 40) - 1))
