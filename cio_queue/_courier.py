@@ -187,7 +187,7 @@ class Courier:
         count = len(parcel.entries)
         if response.status != 207:
             return Done([DELIVERED] * count, response.status)
-        errors = partial_errors(response.body, count)
+        errors = partial_errors(response.body, count, truncated=response.truncated)
         if errors is None:
             # Which ones failed is unknown; keep them all (events dedupe by id on replay).
             log.error("cio_queue.unreadable_partial_response", operations=count)

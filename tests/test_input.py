@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from cio_queue import EventQueue, InvalidEventError, QueueConfig, RetryPolicy, Transport
 from cio_queue import _operations as ops
-from cio_queue import testing as fake_api
+from cio_queue.testing import validate_request
 
 from .recording import RecordingSender
 
@@ -459,19 +459,11 @@ def _as_builder_call(method: str, args: tuple[Any, ...],
 
 def _api_problem(op: ops.Operation) -> str | None:
     """What the fake Track API's validation refuses in the sealed operation, if anything."""
-    try:
-        if op.v2 is not None:
-            element = json.loads(op.v2)
-            if fake_api._json_size(element) > fake_api.MAX_V2_OP_BYTES:
-                return "v2 operation too large"
-            fake_api._validate_v2_op(element)
-        else:
-            route = fake_api._match(op.method, "/api/v1" + op.path)
-            assert isinstance(route, fake_api._Route), op
-            fake_api._validate_v1(route.kind, route.ids, op.body)
-    except fake_api._ValidationError as problem:
-        return f"{problem.field}: {problem.message}"
-    return None
+    if op.v2 is not None:
+        problems = validate_request("POST", "/api/v2/batch", b'{"batch":[' + op.v2 + b"]}")
+    else:
+        problems = validate_request(op.method, "/api/v1" + op.path, op.body)
+    return "; ".join(problems) or None
 
 
 def _build_each_way(call_: Call) -> None:
