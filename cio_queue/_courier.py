@@ -161,27 +161,19 @@ class Courier:
         return Request(op.method, V1_PREFIX + op.path, op.body)
 
     async def _pace(self) -> bool:
-        """Wait for the 429 gate and a rate-limit slot; False if that crosses the deadline."""
+        """Wait for the 429 gate and the rate limit; False if that crosses the deadline."""
         pacer, closing = self.pacer, self._closing
         while True:
             now = self._clock()
-            wait = pacer.reserve(now)
+            wait = pacer.delay(now)
             if wait <= 0:
+                pacer.start(now)
                 return True
-            start = now + wait
-            if closing.crossed(start):
+            if closing.crossed(now + wait):
                 return False
-            if not closing.event.is_set():
-                # Wake early when the shutdown begins, to re-check against its deadline.
-                with anyio.move_on_after(wait):
-                    await closing.event.wait()
-                if closing.crossed(start):
-                    return False
-            remaining = start - self._clock()
-            if remaining > 0:
-                await anyio.sleep(remaining)
-            if pacer.gate_until <= self._clock():
-                return True
+            # Wake early when the shutdown begins, to check against its deadline.
+            with anyio.move_on_after(wait):
+                await (closing.event.wait() if not closing.event.is_set() else anyio.sleep(wait))
 
     def _accepted(self, parcel: Parcel, response: Response) -> Done:
         count = len(parcel.entries)

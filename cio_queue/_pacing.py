@@ -1,6 +1,7 @@
 """Request pacing shared by every sender of a queue: the 429 gate and the rate limit.
 
-Pure arithmetic on a monotonic clock the caller passes in; the queue does the sleeping.
+Stage: delivery (the courier asks it before every request). Pure arithmetic on a
+monotonic clock the caller passes in; the courier does the sleeping.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ apart can never make the server see one request too many in a second."""
 
 
 class RequestPacer:
-    """Hand out start times so that requests respect a rate limit and a shared 429 gate.
+    """Say when the next request may start, so that requests respect a rate limit and a
+    shared 429 gate.
 
-    With ``rate`` requests per second, starts are spread at least ``1 / rate`` seconds
-    apart (no bursts that the network or the server's own queue could bunch up further),
-    and, for ``n = max(1, floor(rate))``, no window of ``n / rate`` seconds plus
-    RATE_GUARD ever holds more than ``n`` of them: a sliding log, so the server sees at
-    most the rate in any second even when arrival times wobble. A 429 closes the gate:
-    no request starts before it reopens.
+    With ``rate`` requests per second, starts are at least ``1 / rate`` seconds apart (no
+    bursts that the network or the server's own queue could bunch up further), and, for
+    ``n = max(1, floor(rate))``, no window of ``n / rate`` seconds plus RATE_GUARD ever
+    holds more than ``n`` of them: a sliding log of the times requests really started
+    (:meth:`start`), so a request that started late, because its event loop was busy,
+    can never let the next ones crowd a window. A 429 closes the gate: no request starts
+    before it reopens.
     """
 
     __slots__ = ("_interval", "_log", "_size", "_window", "gate_until")
@@ -44,14 +47,20 @@ class RequestPacer:
         """Keep every request from starting for ``seconds`` from ``now`` (never shortens)."""
         self.gate_until = max(self.gate_until, now + seconds)
 
-    def reserve(self, now: float) -> float:
-        """Reserve the earliest allowed start time; return the seconds to wait for it."""
+    def delay(self, now: float) -> float:
+        """Return the seconds until a request may start (0 or less: it may start now)."""
         start = now if now >= self.gate_until else self.gate_until
+        log = self._log
+        if log:
+            start = max(start, log[-1] + self._interval)
+            if len(log) >= self._size:
+                start = max(start, log[0] + self._window)
+        return start - now
+
+    def start(self, now: float) -> None:
+        """Note that a request starts now (after :meth:`delay` said it may)."""
         if self._size:
             log = self._log
-            if log:
-                start = max(start, log[-1] + self._interval)
-            if len(log) >= self._size:
-                start = max(start, log.popleft() + self._window)
-            log.append(start)
-        return start - now
+            log.append(now)
+            if len(log) > self._size:
+                log.popleft()

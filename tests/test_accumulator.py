@@ -45,10 +45,19 @@ def test_take_all_splits_into_batches_and_popleft_drops_the_oldest() -> None:
     assert len(acc) == 0
 
 
+def starts_of(pacer: RequestPacer, ready_at: list[float]) -> list[float]:
+    """When requests ready at ``ready_at`` start, each starting as soon as it may."""
+    starts = []
+    for ready in ready_at:
+        start = ready + max(0.0, pacer.delay(ready))
+        pacer.start(start)
+        starts.append(start)
+    return starts
+
+
 def test_pacer_never_lets_a_window_hold_more_than_the_rate() -> None:
     """With rate r, starts are 1/r apart and any one-second window holds at most r of them."""
-    pacer = RequestPacer(10)
-    starts = [0.0 + pacer.reserve(0.0) for _ in range(35)]
+    starts = starts_of(RequestPacer(10), [0.0] * 35)
     assert starts[:10] == pytest.approx([i / 10 for i in range(10)])
     assert starts[10] == pytest.approx(1.0 + RATE_GUARD)  # the window, not just the spacing
     for i in range(len(starts) - 10):
@@ -56,19 +65,31 @@ def test_pacer_never_lets_a_window_hold_more_than_the_rate() -> None:
     assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(starts))
 
 
+def test_pacer_counts_the_time_a_request_really_started() -> None:
+    """A request that started late (a busy loop) moves the window: no burst after it."""
+    pacer = RequestPacer(2)
+    pacer.start(0.0)
+    pacer.start(0.9)  # it was allowed at 0.5, but its loop was busy until 0.9
+    assert pacer.delay(1.0) == pytest.approx(0.4)  # 1/rate after the real start, not 1.01
+    pacer.start(1.4)
+    assert pacer.delay(1.4) == pytest.approx(0.9 + 1.0 + RATE_GUARD - 1.4)
+
+
 def test_pacer_without_a_rate_only_obeys_the_gate() -> None:
     """rate=None means no limit, but a closed 429 gate still holds every request back."""
     pacer = RequestPacer(None)
-    assert pacer.reserve(5.0) == 0
+    assert pacer.delay(5.0) <= 0
+    pacer.start(5.0)
     pacer.close_gate(5.0, 2.0)
     pacer.close_gate(5.5, 0.5)  # a shorter pause never shortens the gate
-    assert pacer.reserve(6.0) == 1.0
-    assert pacer.reserve(7.5) == 0
+    assert pacer.delay(6.0) == 1.0
+    assert pacer.delay(7.5) <= 0
 
 
 def test_pacer_with_a_fractional_rate() -> None:
     """A rate below one per second spaces requests 1/rate seconds apart."""
     pacer = RequestPacer(0.5)
-    assert pacer.reserve(0.0) == 0
-    assert pacer.reserve(0.0) == 2.0 + RATE_GUARD
-    assert pacer.reserve(10.0) == 0  # long idle: no wait at all
+    assert pacer.delay(0.0) <= 0
+    pacer.start(0.0)
+    assert pacer.delay(0.0) == 2.0 + RATE_GUARD
+    assert pacer.delay(10.0) <= 0  # long idle: no wait at all

@@ -592,10 +592,12 @@ async def test_the_rate_limit_holds_in_every_one_second_window_at_the_server() -
         arrivals = [record.received_at for record in fake.log]
     assert queue.statistics().delivered == 150
     assert len(arrivals) == len(sender.sent_at) == 150
-    assert busiest_window(sender.sent_at, 1.0) <= 50  # the client never starts more
-    # The server handles requests on this same loop, so each arrival is stamped a little
-    # late, by a varying amount; 20 ms of that is allowed for (the pacer's guard is 10 ms).
-    assert busiest_window(arrivals, 1.0 - 0.02) <= 50
+    # The pacer logs when requests really start, so the client's own starts hold exactly.
+    assert busiest_window(sender.sent_at, 1.0) <= 50
+    # The server stamps each arrival on this same loop, some varying moment after the
+    # request started: on a loaded machine that varies by tens of milliseconds, so its
+    # view is checked with 100 ms of slack.
+    assert busiest_window(arrivals, 1.0 - 0.1) <= 50
     assert busiest_window(arrivals, 1.0) >= 40  # the limit is used, not just respected
     assert max(arrivals) - min(arrivals) >= 2.0
     assert took >= 2.0
