@@ -134,14 +134,12 @@ async def test_statistics_invariant_holds_at_every_moment() -> None:
     """enqueued equals the sum of the outcomes plus pending in every snapshot."""
     sender = RecordingSender(lambda r: 500 if r.path.endswith("3/events") else 200)
     snapshots: list[Statistics] = []
-    queue = EventQueue(config(batch_size=7, max_queue_size=50, overflow="drop_oldest"),
-                       sender=sender)
-    queue_ref = queue
 
     def check(_: Outcome) -> None:
-        snapshots.append(queue_ref.statistics())
+        snapshots.append(queue.statistics())
 
-    queue._on_outcome = check
+    queue = EventQueue(config(batch_size=7, max_queue_size=50, overflow="drop_oldest"),
+                       sender=sender, on_outcome=check)
     async with queue:
         for i in range(300):
             await queue.track(i % 10, "ev")
@@ -246,7 +244,8 @@ async def test_overflow_block_waits_for_room_then_times_out() -> None:
             await queue.track(3, "ev")
         assert time.monotonic() - started >= 0.2
         waiting = asyncio.ensure_future(queue.track(4, "ev"))
-        await asyncio.sleep(0.05)
+        with anyio.fail_after(5):
+            await anyio.wait_all_tasks_blocked()
         assert not waiting.done()
         sender.hold.set()
         with anyio.fail_after(5):
@@ -262,8 +261,9 @@ async def test_blocked_callers_are_released_with_queue_closed_error() -> None:
                               shutdown_timeout=0.2), sender=sender)
     await queue.track(1, "ev")
     waiting = asyncio.ensure_future(queue.track(2, "ev"))
-    await asyncio.sleep(0.01)
     with anyio.fail_after(5):
+        await anyio.wait_all_tasks_blocked()
+        assert not waiting.done()
         await queue.aclose()
         with pytest.raises(QueueClosedError):
             await waiting
@@ -301,7 +301,7 @@ async def test_concurrency_limit_is_reached_and_never_exceeded() -> None:
             await queue.track(i, "ev")
         with anyio.fail_after(5):
             await sender.wait_for(7)
-        await asyncio.sleep(0.05)
+            await anyio.wait_all_tasks_blocked()
         assert sender.in_flight == 7
         sender.hold.set()
     assert sender.max_in_flight == 7
@@ -355,7 +355,8 @@ async def test_a_429_pauses_every_sender_and_costs_no_attempt() -> None:
         with anyio.fail_after(5):
             await sender.wait_for(1)
         gate_closed_at = time.monotonic()
-        await asyncio.sleep(0.01)
+        with anyio.fail_after(5):
+            await anyio.wait_all_tasks_blocked()  # the 429 has come back: the gate is shut
         others = [await queue.track(i, "ev") for i in range(5)]
         with anyio.fail_after(5):
             outcomes = [await r.wait() for r in [first, *others]]
@@ -416,10 +417,13 @@ async def test_using_a_queue_in_a_forked_child_fails_clearly() -> None:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: report what happened through the pipe, then leave
+            call = queue.track("2", "ev")
             try:
-                queue._check_context()
+                call.send(None)  # the child has no loop of its own: run the call's first step
             except QueueUsageError:
                 os.write(write_end, b"usage-error")
+            except BaseException:
+                os.write(write_end, b"other-error")
             else:
                 os.write(write_end, b"no-error")
             os._exit(0)
