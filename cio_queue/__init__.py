@@ -25,6 +25,7 @@ from ._exceptions import (
     RejectedError,
     ServerError,
     TransportError,
+    UnauthorizedError,
 )
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
 from ._queue import EventQueue
@@ -66,6 +67,7 @@ __all__ = [
     "Statistics",
     "Transport",
     "TransportError",
+    "UnauthorizedError",
     "__version__",
     "replay",
 ]

@@ -20,7 +20,13 @@ from typing import Any, Final
 import anyio
 
 from ._config import QueueConfig
-from ._exceptions import DeliveryError, RateLimitedError, RejectedError, TransportError
+from ._exceptions import (
+    DeliveryError,
+    RateLimitedError,
+    RejectedError,
+    TransportError,
+    UnauthorizedError,
+)
 from ._ledger import DELIVERED, Entry, Verdict
 from ._log import log
 from ._outcome import OutcomeStatus
@@ -66,10 +72,11 @@ class Parcel:
         batch: the dispatcher's record of the flushed batch they came from.
         sent: requests sent for this parcel so far.
         failures: failed attempts that count toward ``RetryPolicy.attempts``.
+        throttles: 429 answers, which count toward ``RetryPolicy.throttled_attempts``.
         first_sent: when the first attempt started (monotonic seconds), or None.
     """
 
-    __slots__ = ("batch", "entries", "failures", "first_sent", "sent", "v2")
+    __slots__ = ("batch", "entries", "failures", "first_sent", "sent", "throttles", "v2")
 
     def __init__(self, entries: list[Entry], *, v2: bool, batch: Any) -> None:
         self.entries = entries
@@ -77,6 +84,7 @@ class Parcel:
         self.batch = batch
         self.sent = 0
         self.failures = 0
+        self.throttles = 0
         self.first_sent: float | None = None
 
     @property
@@ -195,12 +203,12 @@ class Courier:
     def _judge_error(self, parcel: Parcel, error: DeliveryError) -> Step:
         """Decide what follows a failed attempt: reject, split, retry or give up."""
         if not error.retryable:
-            if parcel.v2 and error.status in (400, 413) and len(parcel.entries) > 1:
-                middle = len(parcel.entries) // 2
-                return Split((parcel.entries[:middle], parcel.entries[middle:]), error)
-            return _all(parcel, Verdict(OutcomeStatus.REJECTED, "rejected", error), error)
+            return self._refused(parcel, error)
         now = self._clock()
         if isinstance(error, RateLimitedError):
+            parcel.throttles += 1
+            if parcel.throttles >= self._policy.throttled_attempts:
+                return _all(parcel, Verdict(OutcomeStatus.FAILED, "rate_limited", error), error)
             delay = self._throttle(now, error)
         else:
             parcel.failures += 1
@@ -212,6 +220,16 @@ class Courier:
         if now + delay - parcel.first_sent > self._policy.timeout:
             return _all(parcel, Verdict(OutcomeStatus.FAILED, "retry_timeout", error), error)
         return Retry(delay, error)
+
+    def _refused(self, parcel: Parcel, error: DeliveryError) -> Step:
+        """A non-retryable answer: bad credentials, a malformed request, or bad data."""
+        if isinstance(error, UnauthorizedError):
+            # Not the operations' fault: keep them (failed, dead-lettered) for a replay.
+            return _all(parcel, Verdict(OutcomeStatus.FAILED, "unauthorized", error), error)
+        if parcel.v2 and error.status in (400, 413) and len(parcel.entries) > 1:
+            middle = len(parcel.entries) // 2
+            return Split((parcel.entries[:middle], parcel.entries[middle:]), error)
+        return _all(parcel, Verdict(OutcomeStatus.REJECTED, "rejected", error), error)
 
     def _throttle(self, now: float, error: RateLimitedError) -> float:
         """Close the shared gate after a 429 (which costs no attempt); return its pause."""

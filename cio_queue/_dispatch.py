@@ -9,6 +9,13 @@ short, so operations that cannot be sent yet wait in the accumulator as plain en
 courier make one attempt each. A parcel waiting to retry is data in a heap, not a
 sleeping task: it holds no worker, so it never holds up other batches, and shutdown finds
 it by its due time. The verdicts go to the ledger; nothing here settles.
+
+Per-person order: an operation that overwrites a person's state (identify, delete,
+suppress, unsuppress, the device operations, merge) waits in that person's line until
+every earlier such operation for the same person has been decided, so a retried identify
+is never overtaken by a later one. A merge stands in both people's lines. Events are not
+ordered. When a held operation's predecessor is stranded at shutdown, it is stranded too,
+so the dead-letter file keeps them in order.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -24,9 +32,10 @@ import anyio
 from ._accumulator import BatchAccumulator
 from ._config import QueueConfig
 from ._courier import Closing, Courier, Done, Parcel, Retry, Split, Step, Stranded
-from ._exceptions import RateLimitedError
+from ._exceptions import RateLimitedError, UnauthorizedError
 from ._ledger import Entry, Ledger
 from ._log import log
+from ._operations import order_keys
 from ._outcome import OutcomeStatus
 from ._packing import pack
 
@@ -79,8 +88,12 @@ class Dispatcher:
         self._ready: asyncio.PriorityQueue[tuple[int, Parcel]] = asyncio.PriorityQueue()
         self._ready_limit = config.max_concurrency
         self._backoff: list[tuple[float, int, Parcel]] = []
+        # Each person's line of ordered operations: the head is in flight, the rest wait.
+        self._lines: dict[tuple[str, str], deque[tuple[Entry, _Batch]]] = {}
         self._wake = asyncio.Event()
         self.batches = self.requests = self.retries = self.rate_limited = 0
+        self.unauthorized = 0
+        self._said_unauthorized = False  # one error per spell of refused credentials
 
     # --- intake side -----------------------------------------------------------------
 
@@ -148,14 +161,55 @@ class Dispatcher:
             self._ready.put_nowait((seq, parcel))
 
     def _launch(self, entries: list[Entry], now: float) -> None:
-        """Turn a batch into the parcels that carry it, ready for the workers."""
+        """Turn a batch into the parcels that carry it, ready for the workers.
+
+        Operations that must wait for an earlier one of the same person stay in that
+        person's line, counted as open parts of the batch until they are released.
+        """
         self._ledger.dispatch(entries)
         self.batches += 1
         batch = _Batch(len(entries), now)
-        parcels = _parcels(entries, batch, v2=self._v2)
-        batch.open = len(parcels)
+        ready = [entry for entry in entries if self._line_up(entry, batch)]
+        parcels = _parcels(ready, batch, v2=self._v2)
+        batch.open = len(parcels) + len(entries) - len(ready)
         for parcel in parcels:
             self._ready.put_nowait((parcel.seq, parcel))
+
+    def _line_up(self, entry: Entry, batch: _Batch) -> bool:
+        """Put an ordered operation in its people's lines; say whether it may go now."""
+        free = True
+        for key in order_keys(entry.op):
+            line = self._lines.get(key)
+            if line is None:
+                self._lines[key] = deque([(entry, batch)])
+            else:
+                line.append((entry, batch))
+                free = False
+        return free
+
+    def _release(self, entry: Entry, *, stranded: bool) -> None:
+        """An ordered operation is decided: let the next in its people's lines go.
+
+        After a stranded one, the next are stranded too, so that they keep their order
+        in the dead-letter file.
+        """
+        for key in order_keys(entry.op):
+            line = self._lines.get(key)
+            if not line or line[0][0] is not entry:
+                continue
+            line.popleft()
+            if not line:
+                del self._lines[key]
+                continue
+            follower, batch = line[0]
+            if stranded:
+                batch.counts["stranded"] += self._ledger.strand([follower], SHUTDOWN_REASON)
+                batch.close_parcel(self._clock())
+                self._release(follower, stranded=True)
+            elif all(self._lines[k][0][0] is follower for k in order_keys(follower.op)):
+                parcel = Parcel([follower], v2=self._v2 and follower.op.v2 is not None,
+                                batch=batch)
+                self._ready.put_nowait((parcel.seq, parcel))
 
     # --- the workers ---------------------------------------------------------------------
 
@@ -195,6 +249,16 @@ class Dispatcher:
         self.rate_limited += isinstance(step.error, RateLimitedError)
         for entry in parcel.entries:
             entry.attempts += 1
+        if isinstance(step.error, UnauthorizedError):
+            self.unauthorized += 1
+            if not self._said_unauthorized:
+                self._said_unauthorized = True
+                log.error("cio_queue.unauthorized", status=step.error.status,
+                          hint="the Track API refused the credentials: check site_id and "
+                               "api_key, and that region (or base_url) is the workspace's; "
+                               "the operations are kept as failed (dead-lettered) for a replay")
+        elif step.error is None:
+            self._said_unauthorized = False
 
     def _decide(self, parcel: Parcel, step: Done) -> None:
         batch: _Batch = parcel.batch
@@ -202,6 +266,8 @@ class Dispatcher:
         for entry, verdict in zip(parcel.entries, step.verdicts, strict=True):
             decide(entry, verdict)
             counts[_COUNT_NAMES[verdict.status]] += 1
+            if self._lines:
+                self._release(entry, stranded=False)
         if step.error is not None:
             batch.status, batch.error = step.status, str(step.error)
         batch.close_parcel(self._clock())
@@ -217,6 +283,9 @@ class Dispatcher:
         batch: _Batch = parcel.batch
         batch.counts["stranded"] += self._ledger.strand(parcel.entries, SHUTDOWN_REASON)
         batch.close_parcel(self._clock())
+        if self._lines:
+            for entry in parcel.entries:
+                self._release(entry, stranded=True)
 
 
 def _parcels(entries: list[Entry], batch: _Batch, *, v2: bool) -> list[Parcel]:

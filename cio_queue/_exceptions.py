@@ -35,6 +35,7 @@ __all__ = [
     "RejectedError",
     "ServerError",
     "TransportError",
+    "UnauthorizedError",
 ]
 
 
@@ -90,6 +91,12 @@ class DeliveryError(CioQueueError):
 
 class RejectedError(DeliveryError):
     """The API refused the operation (4xx other than 408/429) or redirected it; never retried."""
+
+    retryable = False
+
+
+class UnauthorizedError(DeliveryError):
+    """The API refused the credentials (401 or 403): the key, the site id or the region."""
 
     retryable = False
 

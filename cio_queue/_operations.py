@@ -138,6 +138,25 @@ def person_identifiers(customer_id: object) -> dict[str, str]:
     return {"id": text}
 
 
+ORDERED_KINDS: Final = frozenset({"identify", "delete", "suppress", "unsuppress",
+                                  "add_device", "delete_device", "merge_customers"})
+"""Operations that overwrite a person's state, so their order matters."""
+
+
+def order_keys(op: Operation) -> tuple[tuple[str, str], ...]:
+    """The people an operation that overwrites state is about, as (identifier type, value).
+
+    Empty for events, which carry their own time and are not ordered. A merge names two.
+    """
+    if op.kind not in ORDERED_KINDS:
+        return ()
+    if op.kind == "merge_customers":
+        return tuple(dict.fromkeys((kind, str(value)) for side in ("primary", "secondary")
+                                   for kind, value in op.payload[side].items()))
+    ((kind, value),) = person_identifiers(op.customer_id).items()
+    return ((kind, value),)
+
+
 def _person(op: Operation, action: str) -> dict[str, Any]:
     return {"type": "person", "identifiers": person_identifiers(op.customer_id),
             "action": action}

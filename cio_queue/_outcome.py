@@ -17,9 +17,10 @@ class OutcomeStatus(enum.Enum):
     DELIVERED = "delivered"
     """The API answered 2xx."""
     REJECTED = "rejected"
-    """The API refused it (4xx other than 408/429); it was not retried."""
+    """The API refused it (a 3xx, or a 4xx other than 401/403/408/429); not retried."""
     FAILED = "failed"
-    """Retries ran out, or it was unsent at the shutdown deadline with no dead-letter file."""
+    """Retries ran out, the credentials were refused, or it was unsent at the shutdown
+    deadline with no dead-letter file."""
     DROPPED = "dropped"
     """The overflow policy dropped it from a full queue."""
     DEAD_LETTERED = "dead_lettered"
@@ -36,9 +37,14 @@ class Outcome:
         customer_id: the person it was about, as given (None for anonymous events and merges).
         event_id: the event's dedupe id (events only).
         attempts: HTTP attempts made.
-        reason: a short machine-readable cause for anything but delivery, e.g.
-            ``"rejected"``, ``"retries_exhausted"``, ``"retry_timeout"``, ``"queue_full"``,
-            ``"shutdown_deadline"``.
+        reason: a short machine-readable cause for anything but delivery: ``"rejected"``
+            (the API refused it); ``"retries_exhausted"``, ``"retry_timeout"``,
+            ``"rate_limited"`` (too many 429s), ``"unauthorized"`` (401/403),
+            ``"unreadable_partial_response"``, ``"sender_error"`` (retries given up, or no
+            usable answer); ``"queue_full"`` (dropped); ``"shutdown_deadline"`` (unsent at
+            aclose's deadline), ``"abandoned"`` (the event loop stopped the queue before
+            aclose), ``"internal_error"``; ``"dead_letter_timeout"`` (its record was still
+            being written when aclose's margin ran out).
         error: the last delivery error, if any.
     """
 
@@ -126,6 +132,7 @@ class Statistics:
         requests: HTTP requests started (attempts, including retries).
         retries: attempts after an operation's first.
         rate_limited: 429 responses received.
+        unauthorized: 401 and 403 responses received (bad credentials or region).
     """
 
     enqueued: int = 0
@@ -140,3 +147,4 @@ class Statistics:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    unauthorized: int = 0

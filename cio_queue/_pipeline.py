@@ -106,7 +106,8 @@ class Pipeline:
             dropped=settled[OutcomeStatus.DROPPED],
             dead_lettered=settled[OutcomeStatus.DEAD_LETTERED], pending=ledger.pending,
             queued=ledger.queued, batches=dispatcher.batches, requests=dispatcher.requests,
-            retries=dispatcher.retries, rate_limited=dispatcher.rate_limited)
+            retries=dispatcher.retries, rate_limited=dispatcher.rate_limited,
+            unauthorized=dispatcher.unauthorized)
 
     # --- shutdown ----------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from ._exceptions import (
     RejectedError,
     ServerError,
     TransportError,
+    UnauthorizedError,
 )
 from ._retry import parse_retry_after
 from ._version import __version__
@@ -117,6 +118,7 @@ def classify(response: Response) -> DeliveryError | None:
     3xx                                     RejectedError: a redirect is never followed;
                                             the Track API does not redirect a correct
                                             ``base_url``, so retrying cannot help
+    401, 403                                UnauthorizedError (not retried)
     other 4xx, 1xx, outside 100-599         RejectedError (not retried)
     ======================================  =====================================
 
@@ -136,6 +138,8 @@ def classify(response: Response) -> DeliveryError | None:
         if status == 429:
             return RateLimitedError(message, status=status, retry_after=retry_after)
         return ServerError(message, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return UnauthorizedError(message, status=status)
     return RejectedError(message, status=status)
 
 

@@ -41,23 +41,28 @@ def batch_requests(fake: FakeTrackAPI) -> list[Any]:
 async def test_every_action_has_its_documented_v2_shape(fake: FakeTrackAPI) -> None:
     """Each operation maps to the v2 element the spec documents, identifiers read like v1."""
     async with EventQueue(batch_config(fake)) as queue:
+        # One person per state-changing operation, so none waits for another (see below).
         await queue.identify("42", plan="pro", created_at=1_700_000_000)
         await queue.identify("ada@example.com", plan="team")
         await queue.identify("cio_a3000001", plan="free")
         await queue.track("42", "purchase", {"price": 9.5}, id="E1", timestamp=1_700_000_001)
         await queue.backfill("42", "imported", 1_600_000_000, source="csv")
         await queue.pageview("42", "/pricing", referrer="ad")
-        await queue.add_device("42", "tok-1", "ios", last_used=1_700_000_002, app_version="1.2")
-        await queue.delete_device("42", "tok/1")
-        await queue.delete("42")
-        await queue.suppress("42")
-        await queue.unsuppress("42")
-        await queue.merge_customers("email", "a@b.co", "cio_id", "a3000001")
+        await queue.add_device("43", "tok-1", "ios", last_used=1_700_000_002, app_version="1.2")
+        await queue.delete_device("44", "tok/1")
+        await queue.delete("45")
+        await queue.suppress("46")
+        await queue.unsuppress("47")
+        await queue.merge_customers("email", "a@b.co", "cio_id", "b3000002")
     ops = [a.op for a in fake.operations]
     assert [a.api for a in fake.operations] == ["v2"] * 12
     person = {"type": "person", "identifiers": {"id": "42"}}
     backfill_id, page_id = ops[4].pop("id"), ops[5].pop("id")
     assert len(backfill_id) == len(page_id) == 26
+
+    def of(person_id: str) -> dict[str, Any]:
+        return {"type": "person", "identifiers": {"id": person_id}}
+
     assert ops == [
         {**person, "action": "identify",
          "attributes": {"plan": "pro", "created_at": 1_700_000_000}},
@@ -70,17 +75,29 @@ async def test_every_action_has_its_documented_v2_shape(fake: FakeTrackAPI) -> N
         {**person, "action": "event", "name": "imported", "timestamp": 1_600_000_000,
          "attributes": {"source": "csv"}},
         {**person, "action": "page", "name": "/pricing", "attributes": {"referrer": "ad"}},
-        {**person, "action": "add_device", "device": {
+        {**of("43"), "action": "add_device", "device": {
             "token": "tok-1", "platform": "ios", "last_used": 1_700_000_002,
             "attributes": {"app_version": "1.2"}}},
-        {**person, "action": "delete_device", "device": {"token": "tok/1"}},
-        {**person, "action": "delete"},
-        {**person, "action": "suppress"},
-        {**person, "action": "unsuppress"},
+        {**of("44"), "action": "delete_device", "device": {"token": "tok/1"}},
+        {**of("45"), "action": "delete"},
+        {**of("46"), "action": "suppress"},
+        {**of("47"), "action": "unsuppress"},
         {"type": "person", "action": "merge", "primary": {"email": "a@b.co"},
-         "secondary": {"cio_id": "a3000001"}},
+         "secondary": {"cio_id": "b3000002"}},
     ]
     assert len(batch_requests(fake)) == 1
+
+
+async def test_one_persons_state_changes_go_out_one_after_another(fake: FakeTrackAPI) -> None:
+    """State-changing operations of one person in one flush are sent in order, one at a time."""
+    async with EventQueue(batch_config(fake)) as queue:
+        await queue.add_device("42", "tok-1", "ios")
+        await queue.track("42", "clicked")
+        await queue.delete_device("42", "tok-1")
+        await queue.delete("42")
+    requests = batch_requests(fake)
+    actions = [[op["action"] for op in json.loads(r.body)["batch"]] for r in requests]
+    assert actions == [["add_device", "event"], ["delete_device"], ["delete"]]
 
 
 async def test_a_flush_goes_out_in_as_few_requests_as_fit(fake: FakeTrackAPI) -> None:

@@ -29,11 +29,13 @@ def test_jitter_stays_within_its_bound() -> None:
 
 
 def test_retry_after_is_clamped() -> None:
-    """A server-given Retry-After is clamped to [0, retry_after_max]."""
+    """A server-given Retry-After is clamped to [retry_after_min, retry_after_max]."""
     policy = RetryPolicy(retry_after_max=30)
     assert policy.clamp_retry_after(3600) == 30
-    assert policy.clamp_retry_after(-5) == 0
+    assert policy.clamp_retry_after(-5) == policy.retry_after_min == 0.1
+    assert policy.clamp_retry_after(0) == 0.1  # "retry now" still waits a little
     assert policy.clamp_retry_after(2.5) == 2.5
+    assert RetryPolicy(retry_after_max=0.01).clamp_retry_after(0) == 0.01  # max wins
 
 
 @pytest.mark.parametrize(

@@ -162,8 +162,8 @@ async def test_auth_and_user_agent_headers(fake: FakeTrackAPI) -> None:
     assert ours.headers["User-Agent"].startswith(f"cio-queue/{__version__} ")
 
 
-async def test_wrong_credentials_end_rejected(fake: FakeTrackAPI) -> None:
-    """A 401 is a rejection, never retried, and the key is in neither outcome nor error."""
+async def test_wrong_credentials_end_failed_as_unauthorized(fake: FakeTrackAPI) -> None:
+    """A 401 fails the operation as unauthorized at once, and the key is shown nowhere."""
     secret = "wrong-secret-key-123"
     config = QueueConfig(site_id=fake.site_id, api_key=secret, base_url=fake.url,
                          transport="v1", rate_limit=None, flush_interval=0.01)
@@ -171,7 +171,8 @@ async def test_wrong_credentials_end_rejected(fake: FakeTrackAPI) -> None:
         receipt = await queue.identify("42")
         with anyio.fail_after(5):
             outcome = await receipt.wait()
-    assert outcome.status.value == "rejected"
+    assert outcome.status.value == "failed"
+    assert outcome.reason == "unauthorized"
     assert outcome.attempts == 1
     assert outcome.error is not None
     assert outcome.error.status == 401
