@@ -1,4 +1,7 @@
-"""The batch accumulator: pure bookkeeping of what waits for the flusher (no I/O, no awaits)."""
+"""The batch accumulator: pure bookkeeping of what waits for the flusher (no I/O, no awaits).
+
+Stage: between intake and the dispatcher's flusher, which asks it when a batch is due.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The ``cio-queue`` command line: ``demo`` and ``replay``."""
+"""The ``cio-queue`` command line: ``demo`` and ``replay``.
+
+Outside the pipeline: it drives an EventQueue (and the fake Track API) like an app would.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Configuration: one frozen, keyword-only dataclass, validated on construction."""
+"""Configuration: one frozen, keyword-only dataclass, validated on construction.
+
+Read by every stage; it holds no state.
+"""
 
 from __future__ import annotations
 

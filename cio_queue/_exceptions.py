@@ -1,6 +1,7 @@
 """Exceptions raised by cio-queue.
 
-The tree::
+``ConfigError`` comes from the configuration and the next four from intake, at the call
+site; the delivery errors are the courier's, and travel in the Outcome. The tree::
 
     CioQueueError
     ├── ConfigError            (also ValueError)
@@ -9,7 +10,8 @@ The tree::
     ├── QueueFullError
     ├── QueueUsageError        (also RuntimeError)
     └── DeliveryError          .status, .retryable
-        ├── RejectedError      4xx other than 408/429, 3xx, 1xx, >= 600: never retried
+        ├── RejectedError      4xx other than 401/403/408/429, 3xx, 1xx, >= 600: never retried
+        ├── UnauthorizedError  401, 403: bad credentials or region; never retried
         ├── ServerError        5xx and 408: retried
         ├── RateLimitedError   429: retried after the shared gate opens
         └── TransportError     network error or timeout: retried

@@ -1,4 +1,8 @@
-"""Outcomes: how every accepted operation ends, and the receipts that report it."""
+"""Outcomes: how every accepted operation ends, and the receipts that report it.
+
+Stage: the end of the pipeline, where the ledger settles an operation and its receipt,
+the on_outcome hook and the statistics report it.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""v2 batch packing and partial-response reading: pure functions, no I/O."""
+"""v2 batch packing and partial-response reading: pure functions, no I/O.
+
+Stage: dispatch (packing a batch into requests) and delivery (reading a 207).
+"""
 
 from __future__ import annotations
 

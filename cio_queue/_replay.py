@@ -1,4 +1,7 @@
-"""Replay a dead-letter file through a queue, resumably."""
+"""Replay a dead-letter file through a queue, resumably.
+
+Outside the pipeline: it feeds the records of a dead-letter file back into intake.
+"""
 
 from __future__ import annotations
 

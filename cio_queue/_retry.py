@@ -1,4 +1,7 @@
-"""Retry policy: when a failed request is tried again, and when it is given up."""
+"""Retry policy: when a failed request is tried again, and when it is given up.
+
+Stage: delivery; the courier judges each failed attempt by it. Pure arithmetic.
+"""
 
 from __future__ import annotations
 

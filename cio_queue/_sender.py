@@ -1,8 +1,8 @@
 """Senders: the I/O layer behind a Protocol, and the aiohttp one used in production.
 
-aiohttp's exceptions are translated here, at one boundary, into TransportError; a
-response status is classified into an error type by :func:`classify`, the one place that
-decides which statuses are retried.
+Stage: delivery, the courier's only way out. aiohttp's exceptions are translated here,
+at one boundary, into TransportError; a response status is classified into an error type
+by :func:`classify`, the one place that decides which statuses are retried.
 
 The server is not always the Track API (a proxy, a gateway, a wrong ``base_url``), so
 HttpSender trusts no response: it never follows a redirect, reads at most
