@@ -408,6 +408,21 @@ async def test_using_a_queue_from_another_event_loop_fails_clearly() -> None:
             await anyio.to_thread.run_sync(other_loop)
 
 
+async def test_waiting_for_a_receipt_from_another_event_loop_fails_clearly() -> None:
+    """receipt.wait() on a loop other than the queue's raises QueueUsageError at once."""
+    sender = RecordingSender()
+    sender.hold.clear()
+    async with EventQueue(config(), sender=sender) as queue:
+        receipt = await queue.track("1", "ev")
+
+        def other_loop() -> None:
+            asyncio.run(asyncio.wait_for(receipt.wait(), 5))  # bounded even if it hangs
+
+        with anyio.fail_after(10), pytest.raises(QueueUsageError, match="another event loop"):
+            await anyio.to_thread.run_sync(other_loop)
+        sender.hold.set()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
 async def test_using_a_queue_in_a_forked_child_fails_clearly() -> None:
     """In a forked child the inherited queue raises QueueUsageError instead of hanging."""
