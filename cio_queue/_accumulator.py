@@ -66,9 +66,9 @@ class BatchAccumulator(Generic[T]):
             return True
         return size > 0 and now >= self._arrivals[0] + self.flush_interval
 
-    def take(self) -> list[T]:
-        """Remove and return the oldest items, at most ``batch_size`` of them."""
-        count = min(self.batch_size, len(self._items))
+    def take(self, limit: int | None = None) -> list[T]:
+        """Remove and return the oldest items, at most ``limit`` (default ``batch_size``)."""
+        count = min(self.batch_size if limit is None else limit, len(self._items))
         items, arrivals = self._items, self._arrivals
         batch = [items.popleft() for _ in range(count)]
         for _ in range(count):

@@ -45,7 +45,11 @@ SHUTDOWN_REASON: Final = "shutdown_deadline"
 
 
 class _Batch:
-    """A flushed batch, followed through its parcels for one log line at the end."""
+    """A flushed batch, followed through its parcels for one log line at the end.
+
+    Operations held back behind an earlier one of the same person are counted ``held``
+    here; they travel, and are logged, with a later batch.
+    """
 
     __slots__ = ("counts", "error", "open", "requests", "size", "started", "status")
 
@@ -54,18 +58,20 @@ class _Batch:
         self.started = started
         self.open = 0
         self.requests = 0
-        self.counts = dict.fromkeys(("delivered", "rejected", "failed", "stranded"), 0)
+        self.counts = dict.fromkeys(("delivered", "rejected", "failed", "stranded", "held"), 0)
         self.status: int | None = None
         self.error: str | None = None
 
     def close_parcel(self, now: float) -> None:
         self.open -= 1
-        if self.open:
-            return
+        if self.open <= 0:
+            self.log(now)
+
+    def log(self, now: float) -> None:
         counts = self.counts
         fields = {"operations": self.size, "requests": self.requests, **counts,
                   "duration": round(now - self.started, 4)}
-        if counts["delivered"] == self.size:
+        if counts["delivered"] + counts["held"] == self.size:
             log.debug("cio_queue.batch_sent", **fields)
         else:
             log.warning("cio_queue.batch_failed", **fields, status=self.status,
@@ -89,7 +95,8 @@ class Dispatcher:
         self._ready_limit = config.max_concurrency
         self._backoff: list[tuple[float, int, Parcel]] = []
         # Each person's line of ordered operations: the head is in flight, the rest wait.
-        self._lines: dict[tuple[str, str], deque[tuple[Entry, _Batch]]] = {}
+        self._lines: dict[tuple[str, str], deque[Entry]] = {}
+        self._released: list[Entry] = []  # came to the head of their lines: go next
         self._wake = asyncio.Event()
         self.batches = self.requests = self.retries = self.rate_limited = 0
         self.unauthorized = 0
@@ -134,7 +141,9 @@ class Dispatcher:
             now = self._clock()
             self._release_retries(now)
             while self._ready.qsize() < self._ready_limit and acc.due(now):
-                self._launch(acc.take(), now)
+                self._launch(now)
+            if self._released:
+                self._send(self._take_released(), 0, now)
             wake.clear()
             wait = self._next_wake(now)
             if wait is None:
@@ -160,30 +169,44 @@ class Dispatcher:
             _, seq, parcel = heapq.heappop(backoff)
             self._ready.put_nowait((seq, parcel))
 
-    def _launch(self, entries: list[Entry], now: float) -> None:
-        """Turn a batch into the parcels that carry it, ready for the workers.
+    def _launch(self, now: float) -> None:
+        """Take a due batch; operations released from their lines go first, within it.
 
         Operations that must wait for an earlier one of the same person stay in that
-        person's line, counted as open parts of the batch until they are released.
+        person's line until it is decided.
         """
+        followers = self._take_released()
+        entries = self.acc.take(self.acc.batch_size - len(followers))
         self._ledger.dispatch(entries)
+        ready = [entry for entry in entries if self._line_up(entry)]
+        self._send(followers + ready, len(entries) - len(ready), now)
+
+    def _send(self, entries: list[Entry], held: int, now: float) -> None:
+        """Put a batch's parcels on the ready queue for the workers."""
         self.batches += 1
-        batch = _Batch(len(entries), now)
-        ready = [entry for entry in entries if self._line_up(entry, batch)]
-        parcels = _parcels(ready, batch, v2=self._v2)
-        batch.open = len(parcels) + len(entries) - len(ready)
+        batch = _Batch(len(entries) + held, now)
+        batch.counts["held"] = held
+        parcels = _parcels(entries, batch, v2=self._v2)
+        batch.open = len(parcels)
+        if not parcels:
+            batch.log(now)
         for parcel in parcels:
             self._ready.put_nowait((parcel.seq, parcel))
 
-    def _line_up(self, entry: Entry, batch: _Batch) -> bool:
+    def _take_released(self) -> list[Entry]:
+        count = min(len(self._released), self.acc.batch_size)
+        taken, self._released = self._released[:count], self._released[count:]
+        return taken
+
+    def _line_up(self, entry: Entry) -> bool:
         """Put an ordered operation in its people's lines; say whether it may go now."""
         free = True
         for key in order_keys(entry.op):
             line = self._lines.get(key)
             if line is None:
-                self._lines[key] = deque([(entry, batch)])
+                self._lines[key] = deque([entry])
             else:
-                line.append((entry, batch))
+                line.append(entry)
                 free = False
         return free
 
@@ -195,21 +218,19 @@ class Dispatcher:
         """
         for key in order_keys(entry.op):
             line = self._lines.get(key)
-            if not line or line[0][0] is not entry:
+            if not line or line[0] is not entry:
                 continue
             line.popleft()
             if not line:
                 del self._lines[key]
                 continue
-            follower, batch = line[0]
+            follower = line[0]
             if stranded:
-                batch.counts["stranded"] += self._ledger.strand([follower], SHUTDOWN_REASON)
-                batch.close_parcel(self._clock())
+                self._ledger.strand([follower], SHUTDOWN_REASON)
                 self._release(follower, stranded=True)
-            elif all(self._lines[k][0][0] is follower for k in order_keys(follower.op)):
-                parcel = Parcel([follower], v2=self._v2 and follower.op.v2 is not None,
-                                batch=batch)
-                self._ready.put_nowait((parcel.seq, parcel))
+            elif all(self._lines[k][0] is follower for k in order_keys(follower.op)):
+                self._released.append(follower)
+                self._wake.set()
 
     # --- the workers ---------------------------------------------------------------------
 
