@@ -20,16 +20,18 @@ apart can never make the server see one request too many in a second."""
 class RequestPacer:
     """Say when the next request may start, under a rate limit and a shared 429 gate.
 
-    With ``rate`` requests per second, starts are at least ``1 / rate`` seconds apart (no
-    bursts that the network or the server's own queue could bunch up further), and, for
-    ``n = max(1, floor(rate))``, no window of ``n / rate`` seconds plus RATE_GUARD ever
-    holds more than ``n`` of them: a sliding log of the times requests really started
+    With ``rate`` requests per second, starts follow a schedule ``1 / rate`` seconds apart
+    (no bursts that the network or the server's own queue could bunch up further); a
+    request that starts a little late does not push the schedule back, so timer lateness
+    does not cost throughput, and no two starts are ever closer than half that spacing.
+    For ``n = max(1, floor(rate))``, no window of ``n / rate`` seconds plus RATE_GUARD
+    ever holds more than ``n`` starts: a sliding log of the times requests really started
     (:meth:`start`), so a request that started late, because its event loop was busy,
     can never let the next ones crowd a window. A 429 closes the gate: no request starts
     before it reopens.
     """
 
-    __slots__ = ("_interval", "_log", "_size", "_window", "gate_until")
+    __slots__ = ("_interval", "_log", "_size", "_slot", "_window", "gate_until")
 
     def __init__(self, rate: float | None) -> None:
         self.gate_until = -math.inf
@@ -41,6 +43,7 @@ class RequestPacer:
             self._window = self._size / rate + RATE_GUARD
             self._interval = 1 / rate
         self._log: deque[float] = deque()
+        self._slot = -math.inf  # the next start on the schedule
 
     def close_gate(self, now: float, seconds: float) -> None:
         """Keep every request from starting for ``seconds`` from ``now`` (never shortens)."""
@@ -48,17 +51,22 @@ class RequestPacer:
 
     def delay(self, now: float) -> float:
         """Return the seconds until a request may start (0 or less: it may start now)."""
-        start = now if now >= self.gate_until else self.gate_until
+        start = max(now, self.gate_until, self._slot)
         log = self._log
-        if log:
-            start = max(start, log[-1] + self._interval)
-            if len(log) >= self._size:
-                start = max(start, log[0] + self._window)
+        if self._size and len(log) >= self._size:
+            start = max(start, log[0] + self._window)
         return start - now
 
     def start(self, now: float) -> None:
         """Note that a request starts now (after :meth:`delay` said it may)."""
         if self._size:
+            interval = self._interval
+            # A start less than half a spacing behind its slot keeps the schedule; a later
+            # one (after an idle spell) starts a new schedule from now.
+            if now - self._slot < interval / 2:
+                self._slot += interval
+            else:
+                self._slot = now + interval
             log = self._log
             log.append(now)
             if len(log) > self._size:
