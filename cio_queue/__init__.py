@@ -29,6 +29,7 @@ from ._exceptions import (
 )
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
 from ._queue import EventQueue
+from ._region import AccountRegion
 from ._replay import replay
 from ._retry import RetryPolicy
 from ._sender import HttpSender, Request, Response, Sender
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "AccountRegion",
     "CioQueueError",
     "ConfigError",
     "DeliveryError",

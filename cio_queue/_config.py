@@ -44,6 +44,9 @@ DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
 DEFAULT_RATE_LIMIT: Final = 100.0
 """Requests per second: the Track API's documented fair-use figure (see track-api.md §5)."""
+DEFAULT_STALLED_AFTER: Final = 30.0
+"""Seconds without any final answer from the API, while operations wait, before one
+warning is logged."""
 DEFAULT_RATE_LIMITED_PAUSE: Final = 2.0
 """Seconds every sender pauses after a 429 that carries no Retry-After."""
 
@@ -68,7 +71,11 @@ class QueueConfig:
     Attributes:
         site_id: the workspace's Site ID (the Basic-auth user name).
         api_key: the Track API key; never shown in a repr, log, exception or file.
-        region: the data centre, used when ``base_url`` is not set.
+        region: the data centre: ``Region.US`` or ``Region.EU`` (also ``"us"``, ``"eu"``,
+            or the official SDK's ``customerio.Regions.US``/``EU``), or ``"auto"`` to ask
+            the Track API before the first request (``GET /api/v1/accounts/region``).
+            Used for the host when ``base_url`` is not set; ``EventQueue.check()``
+            compares it with the workspace's real region.
         base_url: scheme, host and optional port of the Track API, e.g.
             ``"http://127.0.0.1:8080"``; overrides ``region``. The library appends
             ``/api/v1/...`` and ``/api/v2/batch``. Credentials (``user:pass@``) are
@@ -100,6 +107,9 @@ class QueueConfig:
         rate_limit: requests per second across all senders of this queue (no one-second
             window sees more); None turns it off.
         rate_limited_pause: how long every sender pauses after a 429 without Retry-After.
+        stalled_after: when the API has given no final answer (every request timing out,
+            refused or retried) for this long while operations wait, one warning
+            (``cio_queue.stalled``) is logged; None turns it off.
         dead_letter_path: a JSON-lines file that receives every operation that ends
             rejected, failed or unsent at shutdown; None keeps them only in the outcome.
         on_outcome: a sync or async callable run once per settled operation.
@@ -107,7 +117,7 @@ class QueueConfig:
 
     site_id: str
     api_key: str = field(repr=False)
-    region: Region = Region.US
+    region: Region | Literal["auto"] = Region.US
     base_url: str | None = None
     allow_insecure_http: bool = False
     transport: Transport = "batch"
@@ -122,6 +132,7 @@ class QueueConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rate_limit: float | None = DEFAULT_RATE_LIMIT
     rate_limited_pause: float = DEFAULT_RATE_LIMITED_PAUSE
+    stalled_after: float | None = DEFAULT_STALLED_AFTER
     dead_letter_path: str | os.PathLike[str] | None = None
     on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
 
@@ -132,7 +143,8 @@ class QueueConfig:
     @property
     def track_url(self) -> str:
         """The scheme, host and port requests go to, without a trailing slash."""
-        return (self.base_url or self.region.value).rstrip("/")
+        region = Region.US if self.region == "auto" else self.region
+        return (self.base_url or region.value).rstrip("/")
 
     @property
     def dead_letter_file(self) -> Path | None:
@@ -167,11 +179,10 @@ class QueueConfig:
             values[name] = value
         region = env.get("CUSTOMERIO_REGION", "").strip().lower()
         if region:
-            try:
-                values["region"] = Region[region.upper()]
-            except KeyError:
-                raise ConfigError(
-                    f"CUSTOMERIO_REGION must be 'us' or 'eu', not {region!r}") from None
+            if region not in ("us", "eu", "auto"):
+                raise ConfigError(f"CUSTOMERIO_REGION must be 'us', 'eu' or 'auto', not "
+                                  f"{region!r}")
+            values["region"] = region
         base_url = "" if "base_url" in overrides else env.get("CUSTOMERIO_BASE_URL", "").strip()
         if base_url:
             # Checked here too, so the error names the variable (and never repeats it).
@@ -180,6 +191,23 @@ class QueueConfig:
             values["base_url"] = base_url
         values.update(overrides)
         return cls(**values)
+
+
+def region_of(value: object) -> Region | Literal["auto"]:
+    """Normalise a region: a Region, "us"/"eu"/"auto", or an object named so.
+
+    The official SDK's ``customerio.Regions.US`` is a namedtuple whose ``name`` is "us".
+    """
+    if isinstance(value, Region):
+        return value
+    name = value if isinstance(value, str) else getattr(value, "name", None)
+    key = name.strip().lower() if isinstance(name, str) else ""
+    if key == "auto":
+        return "auto"
+    if key in ("us", "eu"):
+        return Region[key.upper()]
+    raise ConfigError("region must be Region.US, Region.EU, 'us', 'eu' or 'auto' "
+                      "(the official SDK's customerio.Regions.US and .EU work too)")
 
 
 def _check_credentials(config: QueueConfig) -> None:
@@ -191,8 +219,8 @@ def _check_credentials(config: QueueConfig) -> None:
 
 
 def _check_endpoint(config: QueueConfig) -> None:
-    if not isinstance(config.region, Region):
-        raise ConfigError("region must be Region.US or Region.EU")
+    # Frozen: the normalised value is set the way dataclasses set fields.
+    object.__setattr__(config, "region", region_of(config.region))
     if not isinstance(config.allow_insecure_http, bool):
         raise ConfigError("allow_insecure_http must be True or False")
     if config.base_url is not None:
@@ -213,6 +241,8 @@ def _check_times(config: QueueConfig) -> None:
     for name in ("flush_interval", "request_timeout", "shutdown_timeout"):
         _positive_seconds(name, getattr(config, name), allow_zero=False)
     _positive_seconds("rate_limited_pause", config.rate_limited_pause, allow_zero=True)
+    if config.stalled_after is not None:
+        _positive_seconds("stalled_after", config.stalled_after, allow_zero=False)
     if config.enqueue_timeout is not None:
         _positive_seconds("enqueue_timeout", config.enqueue_timeout, allow_zero=True)
     if config.rate_limit is not None:

@@ -32,6 +32,7 @@ from ._log import log
 from ._outcome import OutcomeStatus
 from ._pacing import RequestPacer
 from ._packing import batch_body, partial_errors
+from ._region import REGION_REQUEST, read_region
 from ._sender import Request, Response, Sender, classify
 
 __all__ = ["Closing", "Courier", "Done", "Parcel", "Retry", "Split", "Step", "Stranded"]
@@ -138,6 +139,8 @@ class Courier:
         self._closing = closing
         self._clock = clock
         self.pacer = RequestPacer(config.rate_limit)
+        self._routed = config.region != "auto"
+        self._routing = asyncio.Lock()
 
     async def attempt(self, parcel: Parcel) -> Step:
         """Make one attempt at delivering ``parcel`` and say what comes next."""
@@ -148,6 +151,8 @@ class Courier:
             parcel.first_sent = now
         parcel.sent += 1
         try:
+            if not self._routed and (refused := await self._discover_region()) is not None:
+                return self._judge_error(parcel, refused)
             response = await self._sender.send(self._request(parcel))
         except TransportError as exc:
             return self._judge_error(parcel, exc)
@@ -160,6 +165,33 @@ class Courier:
         if error is None:
             return self._accepted(parcel, response)
         return self._judge_error(parcel, error)
+
+    async def _discover_region(self) -> DeliveryError | None:
+        """``region="auto"``: ask the API where the workspace lives, once, before sending.
+
+        Returns the error of a refused answer (judged like the parcel's own); a transport
+        error propagates to the caller like any failed attempt.
+        """
+        async with self._routing:
+            if self._routed:
+                return None
+            response = await self._sender.send(REGION_REQUEST)
+            error = classify(response)
+            if error is not None:
+                return error
+            try:
+                account = read_region(response)
+            except DeliveryError as exc:
+                log.warning("cio_queue.region_unknown", error=str(exc),
+                            url=self._config.track_url)
+            else:
+                route_to = getattr(self._sender, "route_to", None)
+                if self._config.base_url is None and route_to is not None:
+                    route_to(account.url)
+                log.info("cio_queue.region", region=account.region.name.lower(),
+                         url=account.url)
+            self._routed = True
+            return None
 
     def _request(self, parcel: Parcel) -> Request:
         if parcel.v2:

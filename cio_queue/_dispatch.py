@@ -101,12 +101,19 @@ class Dispatcher:
         self.batches = self.requests = self.retries = self.rate_limited = 0
         self.unauthorized = 0
         self._said_unauthorized = False  # one error per spell of refused credentials
+        self._stalled_after = config.stalled_after
+        self._last_answer = clock()  # the last final answer, or when work last arrived
+        self._said_stalled = False  # one warning per stall
+        self._last_error: str | None = None
 
     # --- intake side -----------------------------------------------------------------
 
     def submit(self, entry: Entry) -> None:
         """Queue an admitted operation for its batch."""
-        if self.acc.append(entry, self._clock()):
+        now = self._clock()
+        if self._ledger.pending == 1:
+            self._last_answer = now  # the queue was idle: a stall is counted from now
+        if self.acc.append(entry, now):
             self._wake.set()
 
     def expedite(self) -> None:
@@ -139,6 +146,7 @@ class Dispatcher:
         acc, wake = self.acc, self._wake
         while True:
             now = self._clock()
+            self._check_stall(now)
             self._release_retries(now)
             while self._ready.qsize() < self._ready_limit and acc.due(now):
                 self._launch(now)
@@ -161,7 +169,25 @@ class Dispatcher:
                 times.append(deadline)
         if self._backoff:
             times.append(self._backoff[0][0])
+        if self._watching_stall():
+            assert self._stalled_after is not None
+            times.append(self._last_answer + self._stalled_after)
         return max(0.0, min(times) - now) if times else None
+
+    def _watching_stall(self) -> bool:
+        return (self._stalled_after is not None and not self._said_stalled
+                and self._ledger.undecided > 0)
+
+    def _check_stall(self, now: float) -> None:
+        """Warn once when the API has given no final answer for ``stalled_after``."""
+        if self._watching_stall():
+            assert self._stalled_after is not None
+            if now - self._last_answer >= self._stalled_after:
+                self._said_stalled = True
+                log.warning("cio_queue.stalled", seconds=round(now - self._last_answer, 1),
+                            pending=self._ledger.pending, last_error=self._last_error,
+                            hint="the Track API has answered nothing final for this long; "
+                                 "the operations wait and are retried")
 
     def _release_retries(self, now: float) -> None:
         backoff = self._backoff
@@ -250,11 +276,12 @@ class Dispatcher:
             self._count_attempt(parcel, step)
         match step:
             case Done():
+                self._last_answer, self._said_stalled = self._clock(), False
                 self._decide(parcel, step)
             case Retry(delay=delay):
                 self._retry_later(parcel, self._clock() + delay)
             case Split(parts=parts, error=error):
-                log.info("cio_queue.batch_split", status=error.status,
+                log.debug("cio_queue.batch_split", status=error.status,
                          operations=len(parcel.entries))
                 parcel.batch.open += len(parts) - 1
                 for part in parts:
@@ -270,6 +297,8 @@ class Dispatcher:
         self.rate_limited += isinstance(step.error, RateLimitedError)
         for entry in parcel.entries:
             entry.attempts += 1
+        if step.error is not None:
+            self._last_error = str(step.error)
         if isinstance(step.error, UnauthorizedError):
             self.unauthorized += 1
             if not self._said_unauthorized:

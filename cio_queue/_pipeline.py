@@ -39,7 +39,7 @@ from ._log import log
 from ._outcome import Outcome, OutcomeStatus, Statistics
 from ._sender import Sender
 
-__all__ = ["CLOSE_MARGIN", "Pipeline"]
+__all__ = ["CLOSE_MARGIN", "Pipeline", "wait_regardless"]
 
 CLOSE_MARGIN: Final = 2.0
 """Seconds past ``shutdown_timeout`` that ``aclose()`` allows for writing the dead letters,
@@ -270,3 +270,18 @@ class Pipeline:
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+async def wait_regardless(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` to end, however often the caller is cancelled meanwhile.
+
+    The shielded scope keeps anyio from re-delivering a cancel scope's cancellation at
+    every step (which would spin); a native ``Task.cancel()`` arrives once per call and is
+    absorbed here. The caller re-raises its own cancellation afterwards.
+    """
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                continue

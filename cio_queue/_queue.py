@@ -22,7 +22,8 @@ from ._ledger import Entry, Verdict
 from ._log import log
 from ._operations import Operation
 from ._outcome import OutcomeStatus, Receipt, Statistics
-from ._pipeline import Pipeline
+from ._pipeline import Pipeline, wait_regardless
+from ._region import AccountRegion, check_account
 from ._sender import HttpSender, Sender
 
 __all__ = ["EventQueue"]
@@ -166,9 +167,25 @@ class EventQueue:
             await asyncio.wait({closing})
         except asyncio.CancelledError:
             run.cut_short()
-            await _wait_regardless(closing)
+            await wait_regardless(closing)
             raise
         return self.statistics()
+
+    async def check(self) -> AccountRegion:
+        """Ask the Track API where these credentials belong, and check the config against it.
+
+        Sends ``GET /api/v1/accounts/region`` (no operation is sent; the queue need not be
+        started), e.g. in an app's lifespan before it serves traffic.
+
+        Returns:
+            The workspace's region and Track API host.
+
+        Raises:
+            ConfigError: the API refused the credentials (401/403), or the workspace is
+                in another region than ``region`` says (the message names the right one).
+            DeliveryError: no usable answer: the API is unreachable or failing.
+        """
+        return await check_account(self._sender, self._config)
 
     def statistics(self) -> Statistics:
         """Return a snapshot of the counters; see :class:`Statistics` for the invariant."""
@@ -315,18 +332,3 @@ class EventQueue:
             if not closed.cancelled_caught:
                 run.ledger.room.release()
             raise QueueClosedError("the EventQueue closed while this call waited")
-
-
-async def _wait_regardless(task: asyncio.Task[None]) -> None:
-    """Wait for ``task`` to end, however often the caller is cancelled meanwhile.
-
-    The shielded scope keeps anyio from re-delivering a cancel scope's cancellation at
-    every step (which would spin); a native ``Task.cancel()`` arrives once per call and is
-    absorbed here. The caller re-raises its own cancellation afterwards.
-    """
-    with anyio.CancelScope(shield=True):
-        while not task.done():
-            try:
-                await asyncio.wait({task})
-            except asyncio.CancelledError:
-                continue

@@ -286,6 +286,10 @@ class HttpSender:
     def __repr__(self) -> str:
         return f"<HttpSender {self._base}>"
 
+    def route_to(self, url: str) -> None:
+        """Send later requests to ``url`` (scheme and host), e.g. a discovered region."""
+        self._base = _strip_userinfo(url).rstrip("/")
+
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._limit)
         self._session = aiohttp.ClientSession(

@@ -44,7 +44,7 @@ def test_config_is_frozen_and_keyword_only() -> None:
     [
         ({"site_id": ""}, "site_id"),
         ({"api_key": " "}, "api_key"),
-        ({"region": "us"}, "region"),
+        ({"region": "mars"}, "region"),
         ({"base_url": "track.customer.io"}, "base_url"),
         ({"base_url": "http://127.0.0.1:80/api/v1"}, "appends"),
         ({"base_url": "http://127.0.0.1:99999"}, "port"),
@@ -92,7 +92,7 @@ def test_from_env_names_the_missing_variable(missing: str) -> None:
 
 
 def test_from_env_refuses_an_unknown_region() -> None:
-    """CUSTOMERIO_REGION must be us or eu."""
+    """CUSTOMERIO_REGION must be us, eu or auto."""
     env = {"CUSTOMERIO_SITE_ID": "s", "CUSTOMERIO_API_KEY": "k", "CUSTOMERIO_REGION": "ap"}
     with pytest.raises(ConfigError, match="CUSTOMERIO_REGION"):
         QueueConfig.from_env(env)

@@ -17,6 +17,7 @@ _ROUTES: Final[tuple[tuple[str, str, tuple[str, ...], str], ...]] = (
     ("v1", "POST", ("customers", "*", "suppress"), "suppress"),
     ("v1", "POST", ("customers", "*", "unsuppress"), "unsuppress"),
     ("v1", "POST", ("merge_customers",), "merge"),
+    ("v1", "GET", ("accounts", "region"), "region"),
     ("v2", "POST", ("entity",), "entity"),
     ("v2", "POST", ("batch",), "batch"),
 )

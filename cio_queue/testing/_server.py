@@ -34,6 +34,9 @@ _URLSAFE: Final = str.maketrans("-_", "+/")  # accept URL-safe base64 credential
 _TURNS_TO_REACH_AIOHTTP: Final = 2  # loop turns from an accepted socket to aiohttp's handler
 
 
+_REGION_URLS: Final = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+
+
 class FakeTrackAPI:
     """Serve an imitation of the Customer.io Track API (v1 and v2) on a loopback port.
 
@@ -56,8 +59,16 @@ class FakeTrackAPI:
         reject: Callable[[RecordedRequest], str | None] | None = None,
         reject_op: Callable[[dict[str, Any]], str | None] | None = None,
         malformed_op: Callable[[dict[str, Any]], bool] | None = None,
+        region: str = "us",
     ) -> None:
-        """Configure the server; nothing listens until `start()` (or `async with`)."""
+        """Configure the server; nothing listens until `start()` (or `async with`).
+
+        `region` ("us" or "eu") is what `GET /api/v1/accounts/region` says the
+        workspace's data centre is.
+        """
+        if region not in _REGION_URLS:
+            raise ValueError("region must be 'us' or 'eu'")
+        self.region = region
         self._site_id = site_id
         self._api_key = api_key
         self._credentials = f"{site_id}:{api_key}".encode()
@@ -349,7 +360,10 @@ class FakeTrackAPI:
         return self._process_batch(exchange, answered)
 
     def _process_v1(self, route: Route, exchange: Exchange, answered: bool) -> web.Response:
-        """Validate a v1 request, run the `reject` hook and accept it."""
+        """Validate a v1 request, run the `reject` hook and accept it (or say the region)."""
+        if route.kind == "region":
+            return web.json_response({"url": _REGION_URLS[self.region], "region": self.region,
+                                      "environment_id": 1})
         try:
             parsed = validate_v1(route.kind, route.ids, exchange.body)
         except ValidationError as problem:
