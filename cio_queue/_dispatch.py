@@ -90,7 +90,6 @@ class Dispatcher:
         self._courier = courier
         self._closing = closing
         self._clock = clock
-        self._v2 = config.transport == "batch"
         self._ready: asyncio.PriorityQueue[tuple[int, Parcel]] = asyncio.PriorityQueue()
         self._ready_limit = config.max_concurrency
         self._backoff: list[tuple[float, int, Parcel]] = []
@@ -212,7 +211,7 @@ class Dispatcher:
         self.batches += 1
         batch = _Batch(len(entries) + held, now)
         batch.counts["held"] = held
-        parcels = _parcels(entries, batch, v2=self._v2)
+        parcels = _parcels(entries, batch)
         batch.open = len(parcels)
         if not parcels:
             batch.log(now)
@@ -338,13 +337,17 @@ class Dispatcher:
                 self._release(entry, stranded=True)
 
 
-def _parcels(entries: list[Entry], batch: _Batch, *, v2: bool) -> list[Parcel]:
-    """Split a batch into requests: v1 singles, and the rest packed into v2 requests."""
+def _parcels(entries: list[Entry], batch: _Batch) -> list[Parcel]:
+    """Split a batch into requests: v1 singles, and the rest packed into v2 requests.
+
+    Sealing decided each operation's form: one with v2 bytes travels by ``/api/v2/batch``.
+    """
     parcels = [Parcel([e], v2=False, batch=batch) for e in entries if e.op.v2 is None]
-    if v2 and len(parcels) < len(entries):
+    if len(parcels) < len(entries):
         packed = [e for e in entries if e.op.v2 is not None]
         for group in pack([len(e.op.v2 or b"") for e in packed]):
             parcels.append(Parcel(packed[group.start:group.stop], v2=True, batch=batch))
+    assert sum(len(p.entries) for p in parcels) == len(entries)
     return parcels
 
 

@@ -106,7 +106,7 @@ class Operation:
         Raises:
             InvalidEventError: event data over 100,000 bytes, or a v2 element over 32 KB.
         """
-        form = to_v2(self) if batch else None
+        form = to_v2(self) if batch or self.kind == RAW_KIND else None
         if form is not None:
             self.v2 = _V2_ENCODER.encode(form).encode("ascii")
             size = len(self.v2)
@@ -148,6 +148,8 @@ def order_keys(op: Operation) -> tuple[tuple[str, str], ...]:
 
     Empty for events, which carry their own time and are not ordered. A merge names two.
     """
+    if op.kind == RAW_KIND:
+        return _raw_order_keys(op.payload)
     if op.kind not in ORDERED_KINDS:
         return ()
     if op.kind == "merge_customers":
@@ -155,6 +157,20 @@ def order_keys(op: Operation) -> tuple[tuple[str, str], ...]:
                                    for kind, value in op.payload[side].items()))
     ((kind, value),) = person_identifiers(op.customer_id).items()
     return ((kind, value),)
+
+
+_RAW_ORDERED_ACTIONS: Final = frozenset({
+    "identify", "delete", "suppress", "unsuppress", "add_device", "delete_device", "merge",
+    "add_relationships", "delete_relationships"})
+
+
+def _raw_order_keys(element: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The people a v2 person operation that overwrites state is about."""
+    if element.get("type") != "person" or element.get("action") not in _RAW_ORDERED_ACTIONS:
+        return ()
+    sides = [element.get(name) for name in ("identifiers", "primary", "secondary")]
+    return tuple(dict.fromkeys((str(kind), str(value)) for side in sides
+                               if isinstance(side, dict) for kind, value in side.items()))
 
 
 def _person(op: Operation, action: str) -> dict[str, Any]:
@@ -230,8 +246,51 @@ _V2_FORMS: Final[dict[str, Callable[[Operation], dict[str, Any] | None]]] = {
 
 def to_v2(op: Operation) -> dict[str, Any] | None:
     """Return the v2 batch element of an operation, or None when it has no v2 form."""
+    if op.kind == RAW_KIND:
+        return op.payload
     form = _V2_FORMS.get(op.kind)
     return None if form is None else form(op)
+
+
+def with_properties(data: object, properties: dict[str, Any]) -> object:
+    """Event data with keyword properties joined in (async-customerio's ``track`` shape)."""
+    if not properties:
+        return data
+    if data is not None and not isinstance(data, dict):
+        raise InvalidEventError("data", "must be a dict when keyword properties are given too")
+    return {**(data or {}), **properties}
+
+
+RAW_KIND: Final = "batch"
+"""The kind of an operation given in its v2 form (``EventQueue.batch``); it has no v1 form."""
+_RAW_TYPES: Final = frozenset({"person", "object", "delivery"})
+_RAW_EVENTS: Final = frozenset({"event", "page", "screen"})
+
+
+def raw_v2(operation: object, field: str) -> Operation:
+    """Build an operation from a v2 batch element given as it is (``EventQueue.batch``).
+
+    The element is sanitised like event data (datetimes become unix seconds, NaN null)
+    and must name its ``type`` and ``action``; an event without an ``id`` gets a ULID, as
+    every other event does. The API validates the rest; the 32 KB limit is checked when
+    it is sealed.
+    """
+    element = clean_mapping(operation, field)
+    for key in ("type", "action"):
+        value = element.get(key)
+        if not isinstance(value, str) or not value:
+            raise InvalidEventError(f"{field}.{key}", "is required: a v2 operation names its "
+                                                     "type and action")
+    if element["type"] not in _RAW_TYPES:
+        raise InvalidEventError(f"{field}.type", "must be 'person', 'object' or 'delivery'")
+    event_id = None
+    if element["action"] in _RAW_EVENTS:
+        event_id = element.setdefault("id", new_ulid())
+        if not isinstance(event_id, str) or not event_id.strip():
+            raise InvalidEventError(f"{field}.id", "must be a non-blank str (a ULID is best)")
+    identifiers = element.get("identifiers")
+    person = next(iter(identifiers.values()), None) if isinstance(identifiers, dict) else None
+    return Operation(RAW_KIND, "POST", "", element, customer_id=person, event_id=event_id)
 
 
 def _customer_path(customer_id: str) -> str:

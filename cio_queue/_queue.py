@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import weakref
 from typing import Any
 
 import anyio
 
 from . import _operations as ops
 from ._config import OnOutcome, QueueConfig
-from ._exceptions import QueueClosedError, QueueFullError, QueueUsageError
+from ._exceptions import InvalidEventError, QueueClosedError, QueueFullError, QueueUsageError
 from ._ledger import Entry, Verdict
 from ._log import log
 from ._operations import Operation
@@ -30,17 +29,11 @@ __all__ = ["EventQueue"]
 
 _QUEUE_FULL = Verdict(OutcomeStatus.DROPPED, "queue_full")
 
-# Queues alive in this process, so a fork can mark them unusable in the child.
-_live_queues: weakref.WeakSet[EventQueue] = weakref.WeakSet()
-
-
-def _mark_forked() -> None:
-    for queue in list(_live_queues):
-        queue._forked = True
-
-
+# Forks of this process so far (in this process's line): a queue made before a fork
+# must not be used by the child, which shares its parent's connections.
+_forks = [0]
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_mark_forked)
+    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
 class EventQueue:
@@ -73,8 +66,7 @@ class EventQueue:
         self._state = "new"  # new -> running -> closing -> closed
         self._run: Pipeline | None = None
         self._final = Statistics()
-        self._forked = False
-        _live_queues.add(self)
+        self._born = _forks[0]
 
     def __repr__(self) -> str:
         stats = self.statistics()
@@ -99,23 +91,22 @@ class EventQueue:
         """
         self._start()
 
-    def _start(self) -> Pipeline:
+    def _start(self) -> None:
         self._check_context()
-        if self._run is not None and self._state == "running":
-            return self._run
+        if self._state == "running":
+            return
         if self._state != "new":
             raise QueueClosedError("this EventQueue is closed; create a new one")
         run = Pipeline(self._config, self._sender, self._on_outcome, self._stopped)
         self._run, self._state = run, "running"
         run.start()
-        return run
 
     def _stopped(self, final: Statistics) -> None:
         """The pipeline has ended (closed, or abandoned): keep its last statistics."""
         self._final, self._run, self._state = final, None, "closed"
 
     def _check_context(self) -> None:
-        if self._forked:
+        if self._born != _forks[0]:
             raise QueueUsageError(
                 "this EventQueue was created before os.fork(); a forked child cannot use its "
                 "parent's queue or connections: create a new EventQueue in the child "
@@ -193,18 +184,22 @@ class EventQueue:
 
     # --- the public operations, shaped like customerio.CustomerIO ------------------------
 
-    async def identify(self, id: str | int, **attributes: Any) -> Receipt:
+    async def identify(self, id: str | int | None = None, **attributes: Any) -> Receipt:
         """Create or update a person (v1 ``PUT /customers/{id}``, v2 ``identify``).
+
+        ``identifier=`` (async-customerio's name) is taken as the id when ``id`` is not given.
 
         Raises:
             InvalidEventError: a blank or wrong-typed id, or a bad attribute.
             QueueClosedError, QueueFullError, QueueUsageError: see the class docs.
         """
         self._ready()
+        if id is None and "identifier" in attributes:
+            id = attributes.pop("identifier")
         return await self._submit(ops.identify(id, attributes))
 
     async def track(self, customer_id: str | int, name: str, data: dict[str, Any] | None = None,
-                    id: str | None = None, timestamp: Any = None) -> Receipt:
+                    id: str | None = None, timestamp: Any = None, **properties: Any) -> Receipt:
         """Track an event for a person (v1 ``POST /customers/{id}/events``, v2 ``event``).
 
         Args:
@@ -213,19 +208,24 @@ class EventQueue:
             data: event data (at most 100,000 bytes of JSON).
             id: a dedupe id; a ULID is assigned when None and reused on every retry.
             timestamp: unix seconds or a datetime (naive means UTC).
+            **properties: more event data, as async-customerio takes it (``data``,
+                ``id`` and ``timestamp`` keep the meanings above).
         """
         self._ready()
-        return await self._submit(ops.track(customer_id, name, data, id, timestamp))
+        joined = ops.with_properties(data, properties)
+        return await self._submit(ops.track(customer_id, name, joined, id, timestamp))
 
     async def track_anonymous(self, anonymous_id: str | int | None, name: str,
                               data: dict[str, Any] | None = None, id: str | None = None,
-                              timestamp: Any = None) -> Receipt:
+                              timestamp: Any = None, **properties: Any) -> Receipt:
         """Track an event for an anonymous visitor (``POST /api/v1/events`` on both transports).
 
-        A blank ``anonymous_id`` makes an invite event, which needs ``data["recipient"]``.
+        A blank ``anonymous_id`` makes an invite event, which needs ``data["recipient"]``;
+        ``**properties`` join ``data`` as in :meth:`track`.
         """
         self._ready()
-        return await self._submit(ops.track_anonymous(anonymous_id, name, data, id, timestamp))
+        joined = ops.with_properties(data, properties)
+        return await self._submit(ops.track_anonymous(anonymous_id, name, joined, id, timestamp))
 
     async def pageview(self, customer_id: str | int, page: str, **data: Any) -> Receipt:
         """Track a page view (an event of type ``page`` named after the page)."""
@@ -271,6 +271,21 @@ class EventQueue:
         return await self._submit(ops.merge_customers(primary_id_type, primary_id,
                                                       secondary_id_type, secondary_id))
 
+    async def batch(self, operations: list[dict[str, Any]]) -> list[Receipt]:
+        """Enqueue operations given in their v2 form, like the official SDK's ``batch()``.
+
+        Each is a ``/api/v2/batch`` element (``type``, ``action``, ``identifiers``...), sent
+        by the batch endpoint whatever the transport; all are checked before any is queued.
+
+        Raises:
+            InvalidEventError: not a list of dicts, or one lacks its type or action.
+        """
+        self._ready()
+        if not isinstance(operations, list | tuple):
+            raise InvalidEventError("operations", "must be a list of v2 operation dicts")
+        built = [ops.raw_v2(op, f"operations[{i}]") for i, op in enumerate(operations)]
+        return [await self._submit(op) for op in built]
+
     # --- intake ----------------------------------------------------------------------------
 
     def _ready(self) -> None:
@@ -281,7 +296,7 @@ class EventQueue:
                 self._start()
                 return
             raise QueueClosedError("this EventQueue is closed; no new operations are accepted")
-        if self._forked or asyncio.get_running_loop() is not run.loop:
+        if self._born != _forks[0] or asyncio.get_running_loop() is not run.loop:
             self._check_context()
 
     async def _submit(self, op: Operation) -> Receipt:
@@ -332,3 +347,4 @@ class EventQueue:
             if not closed.cancelled_caught:
                 run.ledger.room.release()
             raise QueueClosedError("the EventQueue closed while this call waited")
+
