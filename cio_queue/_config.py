@@ -107,6 +107,10 @@ class QueueConfig:
         rate_limit: requests per second across all senders of this queue (no one-second
             window sees more); None turns it off.
         rate_limited_pause: how long every sender pauses after a 429 without Retry-After.
+        order_per_person: send one person's state changes (identify, delete, suppress,
+            unsuppress, devices, merge) one at a time, in the order they were enqueued;
+            each then waits for the previous one's answer, so an app that identifies the
+            same person many times a second may turn it off.
         stalled_after: when the API has given no final answer (every request timing out,
             refused or retried) for this long while operations wait, one warning
             (``cio_queue.stalled``) is logged; None turns it off.
@@ -133,6 +137,7 @@ class QueueConfig:
     rate_limit: float | None = DEFAULT_RATE_LIMIT
     rate_limited_pause: float = DEFAULT_RATE_LIMITED_PAUSE
     stalled_after: float | None = DEFAULT_STALLED_AFTER
+    order_per_person: bool = True
     dead_letter_path: str | os.PathLike[str] | None = None
     on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
 
@@ -250,6 +255,8 @@ def _check_times(config: QueueConfig) -> None:
 
 
 def _check_policies(config: QueueConfig) -> None:
+    if not isinstance(config.order_per_person, bool):
+        raise ConfigError("order_per_person must be True or False")
     if config.overflow not in _OVERFLOWS:
         raise ConfigError(f"overflow must be one of {', '.join(_OVERFLOWS)}; "
                           f"got {config.overflow!r}")

@@ -95,6 +95,7 @@ class Dispatcher:
         self._backoff: list[tuple[float, int, Parcel]] = []
         # Each person's line of ordered operations: the head is in flight, the rest wait.
         self._lines: dict[tuple[str, str], deque[Entry]] = {}
+        self._ordered = config.order_per_person
         self._released: list[Entry] = []  # came to the head of their lines: go next
         self._wake = asyncio.Event()
         self.batches = self.requests = self.retries = self.rate_limited = 0
@@ -147,10 +148,8 @@ class Dispatcher:
             now = self._clock()
             self._check_stall(now)
             self._release_retries(now)
-            while self._ready.qsize() < self._ready_limit and acc.due(now):
+            while self._ready.qsize() < self._ready_limit and (self._released or acc.due(now)):
                 self._launch(now)
-            if self._released:
-                self._send(self._take_released(), 0, now)
             wake.clear()
             wait = self._next_wake(now)
             if wait is None:
@@ -163,6 +162,8 @@ class Dispatcher:
         """Seconds until the flusher has something to do by the clock alone, or None."""
         times = []
         if self._ready.qsize() < self._ready_limit:
+            if self._released:
+                return 0.0
             deadline = self.acc.deadline()
             if deadline is not None:
                 times.append(deadline)
@@ -195,16 +196,27 @@ class Dispatcher:
             self._ready.put_nowait((seq, parcel))
 
     def _launch(self, now: float) -> None:
-        """Take a due batch; operations released from their lines go first, within it.
+        """Take a batch: operations released from their lines first, then what is due.
 
-        Operations that must wait for an earlier one of the same person stay in that
-        person's line until it is decided.
+        An operation that must wait for an earlier one of the same person stays in that
+        person's line until it is decided (and then rides with a later batch), so the
+        batch is filled up to ``batch_size`` with operations that may go now.
         """
-        followers = self._take_released()
-        entries = self.acc.take(self.acc.batch_size - len(followers))
-        self._ledger.dispatch(entries)
-        ready = [entry for entry in entries if self._line_up(entry)]
-        self._send(followers + ready, len(entries) - len(ready), now)
+        batch = self._take_released()
+        held = 0
+        acc, size = self.acc, self.acc.batch_size
+        while len(batch) < size and acc.due(now):
+            taken = acc.take(size - len(batch))
+            self._ledger.dispatch(taken)
+            if not self._ordered:
+                batch.extend(taken)
+                continue
+            for entry in taken:
+                if self._line_up(entry):
+                    batch.append(entry)
+                else:
+                    held += 1
+        self._send(batch, held, now)
 
     def _send(self, entries: list[Entry], held: int, now: float) -> None:
         """Put a batch's parcels on the ready queue for the workers."""

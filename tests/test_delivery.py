@@ -210,3 +210,22 @@ async def test_events_are_not_held_back_by_a_persons_retry() -> None:
             await identify.wait()
     sent = [what for request in sender.requests for _, what in people(request)]
     assert sent.index("event") < sent.index("a", 1)  # the event went out during the backoff
+
+
+async def test_without_per_person_order_a_later_identify_may_overtake() -> None:
+    """order_per_person=False: the second identify goes out while the first backs off."""
+    sender = RecordingSender()
+    sender.script.append(503)
+    policy = RetryPolicy(attempts=3, wait_initial=0.5, wait_jitter=0, timeout=30)
+    async with EventQueue(config(batch_size=1, retry=policy, order_per_person=False),
+                          sender=sender) as queue:
+        first = await queue.identify("42", plan="a")
+        with anyio.fail_after(5):
+            await sender.wait_for(1)
+        second = await queue.identify("42", plan="b")
+        with anyio.fail_after(10):
+            await second.wait()
+            assert not first.done()
+            await first.wait()
+    sent = [what for request in sender.requests for _, what in people(request)]
+    assert sent == ["a", "b", "a"]
