@@ -1,0 +1,1 @@
+"""cio-queue's benchmark suite: ``python -m benchmarks [--quick] [--smoke]``."""
