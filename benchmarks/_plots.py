@@ -78,7 +78,7 @@ def fig_enqueue(results: Results, output: Path) -> str | None:
 
 def fig_throughput(results: Results, output: Path) -> str | None:
     latencies = (MAIN_LATENCY, ZERO_LATENCY)
-    clients = list(dict.fromkeys(r.client for r in results.runs if r.group == MATRIX))
+    clients = results.clients(MATRIX)
     if not clients:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.5), sharey=True)

@@ -283,12 +283,13 @@ def ceiling(run: Run) -> float | None:
 def _throughput_rows(results: Results, latency: float) -> list[list[str]]:
     raw = results.one(MATRIX, BASELINE, latency)
     rows = []
-    for run in results.runs:
-        if run.group != MATRIX or run.latency != latency:
-            continue
+    for client in results.clients(MATRIX, latency):
+        run = results.one(MATRIX, client, latency)
+        assert run is not None
+        runs = len(results.find(MATRIX, client, latency))
         vs_raw = _ratio(run.ops_per_second, raw.ops_per_second if raw else None)
         limit = ceiling(run)
-        rows.append([run.client, f"{run.ops:,}", f"{run.seconds:.2f}",
+        rows.append([run.client, f"{run.ops:,}", str(runs), f"{run.seconds:.2f}",
                      f"{run.ops_per_second:,.0f}", _f(vs_raw, ".2f", "x"), _f(limit),
                      _f(_ratio(run.ops_per_second, limit), ".0%"),
                      f"{run.cpu_us_per_op:.1f}", _server_note(run)])
@@ -388,8 +389,11 @@ def _figures(results: Results, pngs: dict[int, str]) -> list[str]:
                          "operation delivered; v1 runs send fewer operations (one request "
                          "each). The ceiling is Little's law: 10 requests in flight over the "
                          "latency (or the rate limit, if lower) times operations per request; "
-                         "none at 0 ms.",
-                         _table(["client", "ops", "s", "ops/s", "vs raw (orjson)",
+                         "none at 0 ms. The producers alone (a no-op enqueue, a task switch "
+                         f"per call, the id tally) cost {_f(results.harness_us, '.1f')} µs CPU "
+                         "per operation of every producer-driven client's figure; the raw "
+                         "limit's operations are pre-built and skip them.",
+                         _table(["client", "ops", "runs", "s", "ops/s", "vs raw (orjson)",
                                  "ceiling ops/s", "of ceiling", "client µs CPU/op",
                                  "server CPU"],
                                 _throughput_rows(results, latency)),
@@ -484,15 +488,25 @@ def _figures(results: Results, pngs: dict[int, str]) -> list[str]:
 # --- selections shared with the plots ------------------------------------------------------
 
 
+def _main_latency_runs(results: Results) -> list[Run]:
+    """Each client's (median) run at the main latency, matrix first, then the peers."""
+    found = []
+    for group in (MATRIX, PEERS):
+        for client in results.clients(group, MAIN_LATENCY):
+            run = results.one(group, client, MAIN_LATENCY)
+            if run is not None:
+                found.append(run)
+    return found
+
+
 def latency_runs(results: Results) -> list[Run]:
     """Runs at the main latency that recorded per-call enqueue latency (figure 6)."""
-    return [r for r in results.runs if r.latency == MAIN_LATENCY and "p50_us" in r.outcome.extra
-            and r.group in (MATRIX, PEERS)]
+    return [r for r in _main_latency_runs(results) if "p50_us" in r.outcome.extra]
 
 
 def request_runs(results: Results) -> list[Run]:
     """Delivery runs at the main latency, for requests per 10,000 operations (figure 7)."""
-    return [r for r in results.runs if r.latency == MAIN_LATENCY and r.group in (MATRIX, PEERS)]
+    return _main_latency_runs(results)
 
 
 def peer_runs(results: Results) -> list[Run]:
@@ -528,6 +542,7 @@ def to_json(results: Results, machine: Machine, command: str) -> str:
         runs.append(item)
     payload: dict[str, Any] = {
         "command": command, "mode": results.sizes.name, "seconds": results.seconds,
+        "harness_us_per_op": results.harness_us,
         "machine": dataclasses.asdict(machine), "sizes": dataclasses.asdict(results.sizes),
         "goals": [dataclasses.asdict(g) | {"verdict": g.verdict} for g in goals(results)],
         "enqueue": {k: dataclasses.asdict(v) | {"median_ns": v.median_ns}

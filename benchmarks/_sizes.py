@@ -40,6 +40,8 @@ class Sizes:
         enqueue_warmup: untimed calls on the same queue before each repetition.
         enqueue_repeats: repetitions per enqueue path, interleaved; the median is kept.
         throughput_ops: operations of the batch and raw runs (figures 2, 6, 7, 9).
+        throughput_repeats: runs of the throughput goals' pair (cio-queue batch without a
+            rate limit, raw orjson) at each latency, interleaved; the median counts.
         v1_ops: operations of cio-queue's v1 runs without a rate limit.
         v1_limited_ops: operations of cio-queue's v1 runs at 100 requests/s.
         sequential_ops: events of the official SDK called sequentially.
@@ -61,6 +63,7 @@ class Sizes:
     enqueue_warmup: int
     enqueue_repeats: int
     throughput_ops: int
+    throughput_repeats: int
     v1_ops: int
     v1_limited_ops: int
     sequential_ops: int
@@ -77,23 +80,26 @@ class Sizes:
 
 
 FULL: Final = Sizes(
-    name="full", enqueue_calls=20_000, enqueue_warmup=2_000, enqueue_repeats=7,
-    throughput_ops=10_000, v1_ops=2_000, v1_limited_ops=1_000, sequential_ops=200,
-    per_event_ops=2_000, posthog_ops=10_000, gather_ops=10_000, memory_ops=100_000,
-    scaling_ops=(10_000, 1_000_000), scaling_repeats=3, stream_ops=200_000,
-    aclose_pending=100_000, aclose_deadline=1.0,
+    name="full",
+    enqueue_calls=20_000, enqueue_warmup=2_000, enqueue_repeats=7,
+    throughput_ops=10_000, throughput_repeats=5, v1_ops=2_000, v1_limited_ops=1_000,
+    sequential_ops=200, per_event_ops=2_000, posthog_ops=10_000, gather_ops=10_000,
+    memory_ops=100_000, scaling_ops=(10_000, 1_000_000), scaling_repeats=3,
+    stream_ops=200_000, aclose_pending=100_000, aclose_deadline=1.0,
 )
 QUICK: Final = Sizes(
-    name="quick", enqueue_calls=5_000, enqueue_warmup=1_000, enqueue_repeats=3,
-    throughput_ops=2_000, v1_ops=400, v1_limited_ops=100, sequential_ops=50,
-    per_event_ops=400, posthog_ops=2_000, gather_ops=2_000, memory_ops=10_000,
-    scaling_ops=(10_000, 100_000), scaling_repeats=3, stream_ops=20_000,
-    aclose_pending=20_000, aclose_deadline=0.5,
+    name="quick",
+    enqueue_calls=5_000, enqueue_warmup=1_000, enqueue_repeats=3,
+    throughput_ops=2_000, throughput_repeats=3, v1_ops=400, v1_limited_ops=100,
+    sequential_ops=50, per_event_ops=400, posthog_ops=1_000, gather_ops=1_000,
+    memory_ops=10_000, scaling_ops=(10_000, 100_000), scaling_repeats=2,
+    stream_ops=20_000, aclose_pending=10_000, aclose_deadline=0.5, rate_window=0.5,
 )
 SMOKE: Final = Sizes(
-    name="smoke", enqueue_calls=500, enqueue_warmup=100, enqueue_repeats=1,
-    throughput_ops=300, v1_ops=40, v1_limited_ops=10, sequential_ops=5,
-    per_event_ops=40, posthog_ops=200, gather_ops=200, memory_ops=500,
-    scaling_ops=(500, 2_000), scaling_repeats=1, stream_ops=1_000,
-    aclose_pending=500, aclose_deadline=0.2, rate_window=0.0,
+    name="smoke",
+    enqueue_calls=500, enqueue_warmup=100, enqueue_repeats=1,
+    throughput_ops=300, throughput_repeats=1, v1_ops=40, v1_limited_ops=10,
+    sequential_ops=5, per_event_ops=40, posthog_ops=200, gather_ops=200,
+    memory_ops=500, scaling_ops=(500, 2_000), scaling_repeats=1,
+    stream_ops=1_000, aclose_pending=500, aclose_deadline=0.2, rate_window=0.0,
 )
