@@ -63,15 +63,20 @@ class EnqueuePath:
         return statistics.median(self.samples_ns)
 
 
-async def _timed(calls: list[str],
-                 track: Callable[[str, str, dict[str, Any]], Awaitable[Any]]) -> float:
+async def _timed(calls: list[str], track: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
+                 profile: cProfile.Profile | None = None) -> float:
     """Return the CPU nanoseconds per ``await track(uid, "purchase", data)``."""
     name, data = EVENT_NAME, EVENT_DATA
     gc.collect()
+    if profile is not None:
+        profile.enable()
     started = time.process_time_ns()
     for uid in calls:
         await track(uid, name, data)
-    return (time.process_time_ns() - started) / len(calls)
+    per_call = (time.process_time_ns() - started) / len(calls)
+    if profile is not None:
+        profile.disable()
+    return per_call
 
 
 async def _put_nowait(calls: list[str], warmup: list[str]) -> tuple[float, str | None]:
@@ -125,11 +130,7 @@ async def _cio_track(calls: list[str], warmup: list[str], transport: Transport,
         for uid in warmup:
             await cio.track(uid, EVENT_NAME, EVENT_DATA)
         await asyncio.sleep(0)  # let the flusher start before the clock does
-        if profile is not None:
-            profile.enable()
-        per_call = await _timed(calls, cio.track)
-        if profile is not None:
-            profile.disable()
+        per_call = await _timed(calls, cio.track, profile)
     finally:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             stats = await cio.aclose()  # untimed: the null sender takes everything at once
