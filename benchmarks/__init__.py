@@ -1,0 +1,18 @@
+"""cio-queue's benchmark suite: ``python -m benchmarks [--quick | --smoke]``, from the repo root.
+
+One command measures cio-queue beside the raw limit and its peers against a loopback
+server in a process of its own, checks that every operation arrived exactly once, and
+writes a markdown report, ``results.json`` and ten figures. The modules, in the order the
+data flows:
+
+* ``_sizes``: the named sizes of each mode (full, quick, smoke) and the shared conditions.
+* ``_server`` / ``_posthog_endpoint``: the child process (``FakeTrackAPI`` and a minimal
+  PostHog ``/batch/`` endpoint on uvloop), its ledger of delivered event ids and its CPU.
+* ``_harness``: the workload (one event, 100 producers), the probe that times a run, and
+  the delivery check.
+* ``_enqueue``: figure 1, the enqueue CPU of cio-queue, the raw loop and ``put_nowait``.
+* ``_cio``, ``_raw``, ``_gather_queue``, ``_peers``: the clients under test.
+* ``_suite``: every phase in order, each run checked as it ends.
+* ``_report`` / ``_plots``: the goals with PASS/FAIL, the tables, JSON and PNG figures.
+* ``_cli``: the command line and its exit status.
+"""

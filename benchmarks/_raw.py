@@ -1,0 +1,107 @@
+"""The raw limit: what the same work costs with nothing but aiohttp and a JSON encoder.
+
+Two baselines live here, both without validation, retries, rate limit or bookkeeping:
+
+* :class:`RawLoop` is the cheapest honest enqueue: build the v2 batch element of
+  ``track(uid, "purchase", data)`` with a ULID, serialise it with orjson, append the
+  bytes to a list. Its ``track`` is an ``async def``, awaited like cio-queue's, so both
+  pay the same coroutine call.
+* :func:`send_raw` is the cheapest honest delivery: the same v2 operations, built before
+  the clock starts, sent 100 per ``POST /api/v2/batch`` over one aiohttp session by
+  ``CONCURRENCY`` workers, the body serialised per request with the stdlib ``json`` or
+  with ``orjson``. A non-2xx answer is an error, not a retry.
+
+Event ids are ULIDs from cio-queue's own generator, so the comparison is about the
+pipeline, not about how ids are made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Literal
+
+import aiohttp
+import orjson
+
+from cio_queue._ulid import new_ulid
+
+from ._harness import CONCURRENCY, EVENT_DATA, EVENT_NAME, OPS_PER_REQUEST, Outcome, Probe
+from ._server import ServerHandle
+
+Encoder = Literal["json", "orjson"]
+WARMUP_REQUESTS: Final = 2 * CONCURRENCY
+"""Untimed requests before the clock starts: enough to open every pooled connection."""
+_COMPACT: Final = (",", ":")
+
+
+def v2_event(uid: str, event_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Return the v2 batch element cio-queue builds for ``track(uid, "purchase", data)``."""
+    return {"type": "person", "identifiers": {"id": uid}, "action": "event",
+            "name": EVENT_NAME, "id": event_id, "attributes": data}
+
+
+class RawLoop:
+    """The raw loop's intake: build the v2 op with a ULID, orjson it, append to a list."""
+
+    def __init__(self) -> None:
+        self.ops: list[bytes] = []
+
+    async def track(self, uid: str, name: str, data: dict[str, Any]) -> str:
+        event_id = new_ulid()
+        self.ops.append(orjson.dumps({"type": "person", "identifiers": {"id": uid},
+                                      "action": "event", "name": name, "id": event_id,
+                                      "attributes": data}))
+        return event_id
+
+
+def _encoder(kind: Encoder) -> Callable[[list[dict[str, Any]]], bytes]:
+    if kind == "orjson":
+        return lambda ops: orjson.dumps({"batch": ops})
+    return lambda ops: json.dumps({"batch": ops}, separators=_COMPACT).encode()
+
+
+def _auth_header(server: ServerHandle) -> str:
+    token = base64.b64encode(f"{server.site_id}:{server.api_key}".encode()).decode()
+    return f"Basic {token}"
+
+
+async def send_raw(server: ServerHandle, ops: list[dict[str, Any]], encoder: Encoder,
+                   probe: Probe, concurrency: int = CONCURRENCY) -> Outcome:
+    """Deliver pre-built v2 ops, ``OPS_PER_REQUEST`` per request, ``concurrency`` at a time."""
+    encode = _encoder(encoder)
+    url = f"{server.track_url}/api/v2/batch"
+    headers = {"Authorization": _auth_header(server), "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def post(chunk: list[dict[str, Any]]) -> None:
+            async with session.post(url, data=encode(chunk), headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"raw sender: HTTP {response.status}")
+
+        async def worker(chunks: Iterator[list[dict[str, Any]]]) -> int:
+            sent = 0
+            for chunk in chunks:  # workers share one iterator: each takes the next chunk
+                await post(chunk)
+                sent += len(chunk)
+            return sent
+
+        warmup = [[v2_event("warm-up", new_ulid(), EVENT_DATA)] for _ in range(WARMUP_REQUESTS)]
+        await _run_workers(worker, iter(warmup), concurrency)
+        chunks = [ops[i:i + OPS_PER_REQUEST] for i in range(0, len(ops), OPS_PER_REQUEST)]
+        probe.start()
+        for op in ops:
+            probe.ids.add(op["id"])
+        delivered = await _run_workers(worker, iter(chunks), concurrency)
+        probe.stop()
+    return Outcome(delivered=delivered, requests=len(chunks))
+
+
+async def _run_workers(worker: Callable[[Iterator[list[dict[str, Any]]]], Any],
+                       chunks: Iterator[list[dict[str, Any]]], concurrency: int) -> int:
+    results = await asyncio.gather(*(worker(chunks) for _ in range(concurrency)))
+    return int(sum(results))
