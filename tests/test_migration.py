@@ -64,7 +64,7 @@ async def test_track_takes_event_data_as_keyword_properties() -> None:
 async def test_keyword_properties_need_dict_data() -> None:
     """Keyword properties beside data that is not a dict: InvalidEventError naming data."""
     async with EventQueue(config(), sender=RecordingSender()) as queue:
-        with pytest.raises(InvalidEventError, match="^data"):
+        with pytest.raises(InvalidEventError, match=r"^data"):
             await queue.track("42", "ev", ["not", "a", "dict"], sku="B")  # type: ignore[arg-type]
         assert queue.statistics().enqueued == 0
 
