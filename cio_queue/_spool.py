@@ -368,6 +368,7 @@ class SpoolStore:
             return
         self._adopted_files = found.adopted_files
         opened.set_result(found)
+        work: _Batch | Callable[[_SpoolFile], None] | None = None
         try:
             while (work := self._next_work()) is not None:
                 if isinstance(work, _Batch):
@@ -375,7 +376,7 @@ class SpoolStore:
                 else:
                     work(file)
         except BaseException as exc:  # noqa: BLE001 - a bug: fail what waits, keep the file
-            self._crashed(file, exc)
+            self._crashed(file, exc, work if isinstance(work, _Batch) else None)
             return
         self._finish(file)
 
@@ -480,14 +481,16 @@ class SpoolStore:
         log.info("cio_queue.spool_closed", path=str(file.path), rows_left=left)
         self._closed.set_result(left)
 
-    def _crashed(self, file: _SpoolFile, exc: BaseException) -> None:
-        log.error("cio_queue.spool_crashed", path=str(file.path), error=repr(exc), exc_info=exc)
+    def _crashed(self, file: _SpoolFile, exc: BaseException, current: _Batch | None) -> None:
         error = SpoolError(f"the spool's thread stopped: {exc!r}")
         with self._cond:
             self._stopped = error
             batch = self._take()
             jobs, self._jobs = self._jobs, deque()
-        self._notify(batch.waiters, str(error))
+        lost = [*(current.inserts if current else ()), *batch.inserts]
+        log.error("cio_queue.spool_crashed", path=str(file.path), error=repr(exc),
+                  unwritten=len(lost), exc_info=exc)
+        self._notify([*(current.waiters if current else ()), *batch.waiters], str(error))
         file.abandon()
         for job in jobs:
             job(file)  # fails its caller: the connection is closed

@@ -15,6 +15,7 @@ import os
 import random
 import sqlite3
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,12 +24,13 @@ from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from cio_queue import SpoolError
-from cio_queue._spool import ROW_OVERHEAD, SpoolStore
+from cio_queue._spool import ROW_OVERHEAD, SpoolStore, _SpoolFile
 
 pytestmark = pytest.mark.anyio
 
@@ -67,23 +69,24 @@ def exists(*paths: Path | str) -> list[bool]:
 
 
 async def test_sync_adds_from_many_tasks_share_a_few_group_commits(tmp_path: Path) -> None:
-    """500 concurrent sync adds are made durable by a handful of shared commits."""
+    """100 tasks each adding and awaiting 5 rows in turn share commits: far fewer than rows."""
     store = await SpoolStore.open(tmp_path, durability="sync")
     keys: list[int] = []
 
-    async def add(number: int) -> None:
-        key, durable = store.add(b"row %d" % number)
-        assert durable is not None
-        await durable
-        keys.append(key)
+    async def add_in_turn(number: int) -> None:
+        for turn in range(5):
+            key, durable = store.add(b"row %d.%d" % (number, turn))
+            assert durable is not None
+            await durable
+            keys.append(key)
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
-            for number in range(500):
-                tg.start_soon(add, number)
+            for number in range(100):
+                tg.start_soon(add_in_turn, number)
     commits = store.statistics().commits
-    print(f"500 sync adds: {commits} commits")
-    assert 1 <= commits <= 10
+    print(f"500 sync adds from 100 tasks: {commits} commits")
+    assert 5 <= commits <= 50  # each turn waits for the one before it
     assert sorted(keys) == list(range(1, 501))
     assert await store.close() == 500
 
@@ -339,6 +342,89 @@ async def test_a_failed_commit_logs_an_error_keeps_the_rows_and_the_next_one_suc
     assert store.close_blocking(5.0) == 4
     with contextlib.closing(sqlite3.connect(store.path)) as db:
         assert [key for (key,) in db.execute("SELECT key FROM spool")] == [1, 3, 4, 5]
+
+
+async def test_a_failed_final_commit_makes_close_raise_and_keeps_the_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """When the last commit fails, close() raises SpoolError with the count, logged at ERROR."""
+    caplog.set_level(logging.ERROR, logger="cio_queue")
+    store = await SpoolStore.open(tmp_path, durability="sync")
+    _, durable = store.add(b"kept")
+    assert durable is not None
+    await durable
+    await store._call(lambda file: file._db.execute("PRAGMA max_page_count = 1"))
+    _, unwaited = store.add(b"x" * 20_000)
+    assert unwaited is not None
+    unwaited.cancel()  # its caller went away
+    with pytest.raises(SpoolError, match="1 rows were not written"):
+        await store.close()
+    assert any("spool_close_failed" in r.getMessage() and "lost=1" in r.getMessage()
+               for r in caplog.records)
+    reopened = await SpoolStore.open(tmp_path)
+    assert await reopened.load(0, 10) == [(1, b"kept")]
+    assert await reopened.close() == 1
+
+
+async def test_close_blocking_gives_up_waiting_but_the_close_goes_on(tmp_path: Path) -> None:
+    """close_blocking(timeout) raises SpoolError on time; the thread still closes the file."""
+    store = await SpoolStore.open(tmp_path)
+    store.add(b"row")
+    busy, release = threading.Event(), threading.Event()
+
+    def slow_disk(file: Any) -> None:
+        busy.set()
+        release.wait(10)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store._call, slow_disk)
+        await anyio.to_thread.run_sync(busy.wait, 10)
+        with pytest.raises(SpoolError, match=r"did not close within 0\.05 s"):
+            store.close_blocking(0.05)
+        release.set()
+    with anyio.fail_after(5):
+        assert await store.close() == 1
+
+
+async def test_a_cancelled_open_leaves_no_file_and_no_lock(tmp_path: Path) -> None:
+    """Cancelling open() while the thread opens the file still closes (and deletes) it."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await SpoolStore.open(tmp_path)
+    await wait_until(lambda: spool_files(tmp_path) == [])
+    store = await SpoolStore.open(tmp_path)
+    assert store.statistics().adopted_files == 0
+    assert await store.close() == 0
+
+
+async def test_a_crashed_thread_fails_what_waits_and_refuses_more(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug on the store's thread fails the waiting futures and later calls; nothing hangs."""
+    caplog.set_level(logging.ERROR, logger="cio_queue")
+    store = await SpoolStore.open(tmp_path, durability="sync")
+    _, durable = store.add(b"kept")
+    assert durable is not None
+    await durable
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(_SpoolFile, "commit", broken)
+    _, durable = store.add(b"lost")
+    assert durable is not None
+    with anyio.fail_after(5), pytest.raises(SpoolError, match="thread stopped"):
+        await durable
+    assert any("spool_crashed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(SpoolError, match="thread stopped"):
+        store.add(b"more")
+    with pytest.raises(SpoolError, match="thread stopped"):
+        await store.load(0, 10)
+    with pytest.raises(SpoolError, match="thread stopped"):
+        await store.close()
+    monkeypatch.undo()
+    reopened = await SpoolStore.open(tmp_path)  # the crashed store's lock was released
+    assert await reopened.load(0, 10) == [(1, b"kept")]
+    assert await reopened.close() == 1
 
 
 # --- the event loop ----------------------------------------------------------------------
