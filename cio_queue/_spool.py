@@ -78,6 +78,8 @@ _SUFFIX: Final = ".sqlite3"
 _CORRUPTION: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _TRIM_PAGES: Final = 256
 """Free pages (of 4 KiB) worth giving back to the file system, at the least."""
+_TRIM_STEP: Final = 1024
+"""Free pages given back after one commit at most, so no commit waits long behind it."""
 _WAL_BYTES: Final = 16 * 1024 * 1024
 """What the write-ahead log is cut back to after a checkpoint."""
 
@@ -630,7 +632,8 @@ class _SpoolFile:
         try:
             (free,) = db.execute("PRAGMA freelist_count").fetchone()
             if free >= _TRIM_PAGES and free * 4 >= db.execute("PRAGMA page_count").fetchone()[0]:
-                db.executescript("PRAGMA incremental_vacuum;")  # runs it to completion
+                # executescript steps it to the end; execute() would free one page.
+                db.executescript(f"PRAGMA incremental_vacuum({_TRIM_STEP});")
         except sqlite3.Error as exc:  # the rows are committed; only the file stays larger
             log.warning("cio_queue.spool_trim_failed", path=str(self.path), error=str(exc))
 
