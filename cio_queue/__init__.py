@@ -11,6 +11,7 @@ from ._config import (
     Overflow,
     QueueConfig,
     Region,
+    SpoolDurability,
     Transport,
 )
 from ._exceptions import (
@@ -24,6 +25,7 @@ from ._exceptions import (
     RateLimitedError,
     RejectedError,
     ServerError,
+    SpoolError,
     TransportError,
     UnauthorizedError,
 )
@@ -66,6 +68,8 @@ __all__ = [
     "RetryPolicy",
     "Sender",
     "ServerError",
+    "SpoolDurability",
+    "SpoolError",
     "Statistics",
     "Transport",
     "TransportError",

@@ -29,10 +29,12 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_SPOOL_COMMIT_INTERVAL",
     "OnOutcome",
     "Overflow",
     "QueueConfig",
     "Region",
+    "SpoolDurability",
     "Transport",
 ]
 
@@ -49,12 +51,16 @@ DEFAULT_STALLED_AFTER: Final = 30.0
 warning is logged."""
 DEFAULT_RATE_LIMITED_PAUSE: Final = 2.0
 """Seconds every sender pauses after a 429 that carries no Retry-After."""
+DEFAULT_SPOOL_COMMIT_INTERVAL: Final = 0.05
+"""Seconds between the spool's group commits: what a killed process can lose at most."""
 
 Overflow = Literal["block", "raise", "drop_newest", "drop_oldest"]
 Transport = Literal["batch", "v1"]
 _TRANSPORTS: Final = ("batch", "v1")
 OnOutcome = Callable[["Outcome"], "Awaitable[Any] | Any"]
 _OVERFLOWS: Final = ("block", "raise", "drop_newest", "drop_oldest")
+SpoolDurability = Literal["batched", "sync"]
+_SPOOL_DURABILITIES: Final = ("batched", "sync")
 
 
 class Region(enum.Enum):
@@ -116,6 +122,19 @@ class QueueConfig:
             (``cio_queue.stalled``) is logged; None turns it off.
         dead_letter_path: a JSON-lines file that receives every operation that ends
             rejected, failed or unsent at shutdown; None keeps them only in the outcome.
+        spool_path: a directory for the spool, a local store (SQLite) of every accepted,
+            unsettled operation, so that a killed process or an outage loses nothing: the
+            next process that starts with the same directory sends what is left. Every
+            worker of a server may share it (each owns a file in it). None keeps
+            operations in memory only.
+        spool_durability: ``"batched"`` commits the spool every ``spool_commit_interval``
+            (a killed process loses at most the operations of the last interval);
+            ``"sync"`` makes each enqueue call wait until its operation is fsynced (one
+            shared commit serves every waiting call).
+        spool_commit_interval: with ``"batched"``, the longest an accepted operation waits
+            before it is committed to the spool.
+        max_spool_bytes: the most the spool may hold, counted as record bytes plus a small
+            per-row overhead; beyond it the ``overflow`` policy applies. None: no limit.
         on_outcome: a sync or async callable run once per settled operation.
     """
 
@@ -139,6 +158,10 @@ class QueueConfig:
     stalled_after: float | None = DEFAULT_STALLED_AFTER
     order_per_person: bool = True
     dead_letter_path: str | os.PathLike[str] | None = None
+    spool_path: str | os.PathLike[str] | None = None
+    spool_durability: SpoolDurability = "batched"
+    spool_commit_interval: float = DEFAULT_SPOOL_COMMIT_INTERVAL
+    max_spool_bytes: int | None = None
     on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +178,11 @@ class QueueConfig:
     def dead_letter_file(self) -> Path | None:
         """``dead_letter_path`` as a Path, or None."""
         return None if self.dead_letter_path is None else Path(self.dead_letter_path)
+
+    @property
+    def spool_directory(self) -> Path | None:
+        """``spool_path`` as a Path, or None."""
+        return None if self.spool_path is None else Path(self.spool_path)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> QueueConfig:
@@ -269,10 +297,27 @@ def _check_policies(config: QueueConfig) -> None:
         raise ConfigError("dead_letter_path must be a path")
 
 
+def _check_spool(config: QueueConfig) -> None:
+    if config.spool_path is not None and not isinstance(config.spool_path, str | os.PathLike):
+        raise ConfigError("spool_path must be a path to a directory")
+    if config.spool_durability not in _SPOOL_DURABILITIES:
+        raise ConfigError("spool_durability must be 'batched' or 'sync', "
+                          f"got {config.spool_durability!r}")
+    _positive_seconds("spool_commit_interval", config.spool_commit_interval, allow_zero=False)
+    if config.max_spool_bytes is not None:
+        _positive_int("max_spool_bytes", config.max_spool_bytes)
+    # Without a spool these would silently promise a durability the queue does not have.
+    if config.spool_path is None and (config.spool_durability == "sync"
+                                      or config.max_spool_bytes is not None):
+        raise ConfigError("spool_durability='sync' and max_spool_bytes need spool_path; "
+                          "set spool_path to a directory for the spool")
+
+
 # Run in this order by QueueConfig.__post_init__; each raises ConfigError on the first
 # bad field it finds.
 _CHECKS: Final[tuple[Callable[[QueueConfig], None], ...]] = (
-    _check_credentials, _check_endpoint, _check_sizes, _check_times, _check_policies)
+    _check_credentials, _check_endpoint, _check_sizes, _check_times, _check_policies,
+    _check_spool)
 
 
 def _split_base_url(url: object, name: str) -> SplitResult:

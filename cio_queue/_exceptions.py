@@ -1,7 +1,8 @@
 """Exceptions raised by cio-queue.
 
 ``ConfigError`` comes from the configuration and the next four from intake, at the call
-site; the delivery errors are the courier's, and travel in the Outcome. The tree::
+site; ``SpoolError`` from the spool (``spool_path``), when the queue starts or when a
+commit fails; the delivery errors are the courier's, and travel in the Outcome. The tree::
 
     CioQueueError
     ├── ConfigError            (also ValueError)
@@ -9,6 +10,7 @@ site; the delivery errors are the courier's, and travel in the Outcome. The tree
     ├── QueueClosedError
     ├── QueueFullError
     ├── QueueUsageError        (also RuntimeError)
+    ├── SpoolError             the spool directory or file cannot be used or written
     └── DeliveryError          .status, .retryable
         ├── RejectedError      4xx other than 401/403/408/429, 3xx, 1xx, >= 600: never retried
         ├── UnauthorizedError  401, 403: bad credentials or region; never retried
@@ -36,6 +38,7 @@ __all__ = [
     "RateLimitedError",
     "RejectedError",
     "ServerError",
+    "SpoolError",
     "TransportError",
     "UnauthorizedError",
 ]
@@ -71,6 +74,10 @@ class QueueFullError(CioQueueError):
 
 class QueueUsageError(CioQueueError, RuntimeError):
     """Raised when a queue is used from another event loop or a forked child process."""
+
+
+class SpoolError(CioQueueError):
+    """Raised when the spool directory or a spool file cannot be used, or a commit fails."""
 
 
 class DeliveryError(CioQueueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,6 +63,15 @@ def test_config_is_frozen_and_keyword_only() -> None:
         ({"enqueue_timeout": -0.5}, "enqueue_timeout"),
         ({"retry": {"attempts": 3}}, "RetryPolicy"),
         ({"on_outcome": "print"}, "on_outcome"),
+        ({"spool_path": 42}, "spool_path"),
+        ({"spool_path": "spool", "spool_durability": "fsync"}, "spool_durability"),
+        ({"spool_path": "spool", "spool_commit_interval": 0}, "spool_commit_interval"),
+        ({"spool_path": "spool", "spool_commit_interval": float("nan")},
+         "spool_commit_interval"),
+        ({"spool_path": "spool", "max_spool_bytes": 0}, "max_spool_bytes"),
+        ({"spool_path": "spool", "max_spool_bytes": 1.5}, "max_spool_bytes"),
+        ({"spool_durability": "sync"}, "need spool_path"),
+        ({"max_spool_bytes": 1_000_000}, "need spool_path"),
     ],
 )
 def test_invalid_values_raise_config_error_naming_the_field(overrides: dict[str, Any],
@@ -72,6 +82,17 @@ def test_invalid_values_raise_config_error_naming_the_field(overrides: dict[str,
         QueueConfig(**values)
     assert isinstance(info.value, ValueError)
     assert SECRET not in str(info.value)
+
+
+def test_the_spool_is_off_by_default_and_takes_a_directory() -> None:
+    """No spool unless spool_path is set; then batched commits every 50 ms, no size limit."""
+    config = QueueConfig(site_id="site", api_key=SECRET)
+    assert config.spool_directory is None
+    assert (config.spool_durability, config.spool_commit_interval) == ("batched", 0.05)
+    spooled = QueueConfig(site_id="site", api_key=SECRET, spool_path=Path("/var/spool/cio"),
+                          spool_durability="sync", max_spool_bytes=10_000_000)
+    assert spooled.spool_directory == Path("/var/spool/cio")
+    assert spooled.max_spool_bytes == 10_000_000
 
 
 def test_from_env_reads_the_three_variables() -> None:
