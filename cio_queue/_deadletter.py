@@ -4,7 +4,10 @@ Stage: the recorder between the ledger's decision and its settling. One line per
 operation: its wire form (method, path, body), why it was not delivered, how many attempts
 it had and when; never credentials. Rejected and failed operations are written as their
 requests end, and those unsent at the shutdown deadline before ``aclose()`` returns; each
-append is fsynced before the operations it holds are reported. The file functions here are
+append is fsynced before the operations it holds are reported.
+
+Every append holds the file's lock (``PATH.lock``, an exclusive ``flock``), so appends from
+several processes never interleave or cut each other back. The file functions here are
 shared with replay.
 """
 
@@ -13,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -27,11 +32,15 @@ import anyio
 from ._log import log
 from ._operations import Operation
 
+if sys.platform != "win32":  # the package still imports there; a file's lock is a no-op
+    import fcntl
+
 if TYPE_CHECKING:
     from ._ledger import Entry
 
-__all__ = ["FORMAT", "DeadLetterWriter", "append_records", "dumps_record",
-           "operation_from_record", "record_for"]
+__all__ = ["FORMAT", "DeadLetterWriter", "append_records", "append_whole", "dumps_record",
+           "flock", "fsync_directory", "lock_path", "locked", "open_for_append", "open_new",
+           "operation_from_record", "record_for", "resolved"]
 
 FORMAT: Final = "cio-queue/dead-letter/1"
 MAX_RECORDS_PER_WRITE: Final = 10_000
@@ -204,34 +213,132 @@ def _record_of(entry: Entry, now: float) -> dict[str, Any]:
 def append_records(path: Path, records: list[dict[str, Any]]) -> None:
     """Append records as JSON lines and fsync: all of them or none.
 
-    A failed write (a full disk) is cut back to the last complete line, so the file never
-    ends in a torn line that the next record would be glued to. A new file is created
-    owner-only (it holds people's data), and its directory is fsynced so it survives a
-    crash.
+    The append holds the file's lock (``PATH.lock``, see :func:`locked`), so appends from
+    several processes never interleave or cut each other back. A failed write (a full disk)
+    is cut back to the last complete line. A torn last line (a process killed in the middle
+    of an append) gets its newline first, so it stays a line of its own instead of
+    swallowing the first record. A new file is created owner-only (it holds people's data),
+    and its directory is fsynced so it survives a crash.
     """
     data = "".join(dumps_record(r) + "\n" for r in records).encode()
+    path = resolved(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        start = os.fstat(fd).st_size
+    with locked(path):
+        fd, created = open_for_append(path)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, start)
-            raise
-    finally:
-        os.close(fd)
+            append_whole(fd, [data])
+        finally:
+            os.close(fd)
     if created:
         fsync_directory(path.parent)
 
 
+def resolved(path: Path) -> Path:
+    """The file a dead-letter path names, symlinks followed, so every user locks one file."""
+    return Path(os.path.realpath(path))
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file that guards the dead-letter file ``path``: ``PATH.lock``."""
+    return path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def locked(path: Path, *, owner: os.stat_result | None = None) -> Iterator[None]:
+    """Hold the dead-letter file's lock for the block, waiting for it as long as it takes.
+
+    The lock is an exclusive ``flock`` on ``PATH.lock``, taken by every append. It belongs
+    to an open file, so it also keeps two threads of one process apart, and the kernel
+    drops it when its process dies. Call it off the event loop. ``owner``: see :func:`open_new`.
+    """
+    fd = open_new(lock_path(path), os.O_RDWR, owner=owner, exclusive=False)
+    try:
+        flock(fd, blocking=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def flock(fd: int, *, blocking: bool) -> bool:
+    """Take an exclusive flock on ``fd``; without ``blocking``, say whether it was free."""
+    if sys.platform == "win32":  # pragma: no cover - Windows has no flock; nothing is locked
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def open_new(path: Path, flags: int, *, mode: int = 0o600,
+             owner: os.stat_result | None = None, exclusive: bool = True) -> int:
+    """Open a file, creating it with exactly ``mode`` (whatever the umask) if it is new.
+
+    A new file also gets the owner and group of ``owner`` (a file's ``os.stat()``) where
+    that is permitted, so that after a replay run as root the application can still append
+    to the dead-letter file and take its lock. With ``exclusive``, the file must be new.
+
+    Returns:
+        The file descriptor.
+    """
+    flags |= os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if exclusive:
+            raise
+        return os.open(path, flags)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            _give_to(fd, owner)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _give_to(fd: int, owner: os.stat_result) -> None:
+    mine = os.fstat(fd)
+    if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
+        with suppress(PermissionError):  # only root may give a file away; then it stays ours
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+
+
+def open_for_append(path: Path, *, mode: int = 0o600,
+                    owner: os.stat_result | None = None) -> tuple[int, bool]:
+    """Open (or create, see :func:`open_new`) a file for appending; say whether it was new."""
+    try:
+        return open_new(path, os.O_RDWR | os.O_APPEND, mode=mode, owner=owner), True
+    except FileExistsError:
+        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC), False
+
+
+def append_whole(fd: int, chunks: Iterable[bytes]) -> None:
+    """Append the chunks to ``fd`` (opened ``O_APPEND``, under the lock) and fsync: all or none.
+
+    A torn last line is ended first. On failure the file is cut back to where it ended.
+    """
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            _write_all(fd, b"\n")
+        for chunk in chunks:
+            _write_all(fd, chunk)
+        os.fsync(fd)
+    except OSError:
+        os.ftruncate(fd, start)
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def fsync_directory(directory: Path) -> None:
-    """Make a file created or renamed in ``directory`` survive a crash."""
+    """Make a file created, renamed or removed in ``directory`` survive a crash."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
