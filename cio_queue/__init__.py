@@ -23,6 +23,7 @@ from ._exceptions import (
     QueueUsageError,
     RateLimitedError,
     RejectedError,
+    ReplayInProgressError,
     ServerError,
     TransportError,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "Receipt",
     "Region",
     "RejectedError",
+    "ReplayInProgressError",
     "Request",
     "Response",
     "RetryPolicy",

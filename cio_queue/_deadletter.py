@@ -6,9 +6,10 @@ it had and when; never credentials. Rejected and failed operations are written a
 requests end, and those unsent at the shutdown deadline before ``aclose()`` returns; each
 append is fsynced before the operations it holds are reported.
 
-Every append holds the file's lock (``PATH.lock``, an exclusive ``flock``), so appends from
-several processes never interleave or cut each other back. The file functions here are
-shared with replay.
+Every append holds the file's lock (``PATH.lock``, an exclusive ``flock``), which replay
+also takes to take the file away and to put back what stays (see ``_replayfiles``), so a
+live queue and a replay, in one process or several, never lose each other's lines. The
+file functions here are shared with replay.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from ._log import log
-from ._operations import Operation
+from ._operations import Operation, to_v2
 
 if sys.platform != "win32":  # the package still imports there; a file's lock is a no-op
     import fcntl
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT", "DeadLetterWriter", "append_records", "append_whole", "dumps_record",
            "flock", "fsync_directory", "lock_path", "locked", "open_for_append", "open_new",
-           "operation_from_record", "record_for", "resolved"]
+           "operation_from_record", "record_again", "record_for", "resolved"]
 
 FORMAT: Final = "cio-queue/dead-letter/1"
 MAX_RECORDS_PER_WRITE: Final = 10_000
@@ -71,21 +72,49 @@ def record_for(op: Operation, *, reason: str, attempts: int, status: int | None,
     }
 
 
+def record_again(record: dict[str, Any], *, reason: str, attempts: int, status: int | None,
+                 error: str | None, now: float) -> dict[str, Any]:
+    """Return a replayed record that failed again: its new reason, with the attempts added."""
+    before = record.get("attempts")
+    return {**record, "reason": reason,
+            "attempts": (before if type(before) is int else 0) + attempts,
+            "status": status, "error": error if error is not None else record.get("error"),
+            "recorded_at": _iso(now)}
+
+
 def operation_from_record(record: dict[str, Any]) -> Operation:
     """Rebuild the operation a record was made from; its body bytes are the same.
 
+    The record is checked as untrusted input: the body must have what its kind needs, on
+    either transport.
+
     Raises:
-        ValueError: the record is not a cio-queue dead-letter record.
+        ValueError: the record is not a cio-queue dead-letter record, or not a valid one. The
+            message never repeats the record's data.
     """
     if record.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} record")
+    kind, body, event_id = record.get("kind"), record.get("body"), record.get("event_id")
+    customer_id = record.get("customer_id")
+    if not isinstance(body, dict):
+        raise ValueError("its body is not a JSON object")
+    if not (event_id is None or isinstance(event_id, str)):
+        raise ValueError("its event_id is not a string")
+    method, path = record.get("method"), record.get("path")
+    if not (isinstance(kind, str) and isinstance(method, str) and isinstance(path, str)):
+        raise ValueError("its kind, method or path is not a string")
     try:
         enqueued = datetime.fromisoformat(record["enqueued_at"]).timestamp()
-        return Operation(record["kind"], record["method"], record["path"], record["body"],
-                         customer_id=record.get("customer_id"), event_id=record.get("event_id"),
-                         enqueued_at=enqueued)
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"incomplete dead-letter record: {exc}") from None
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("its enqueued_at is not an ISO 8601 time") from None
+    op = Operation(kind, method, path, body, customer_id=customer_id, event_id=event_id,
+                   enqueued_at=enqueued)
+    try:
+        to_v2(op)  # reads every field the kind needs, on either transport
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ValueError(f"its body does not fit a {kind} operation "
+                         f"({type(exc).__name__})") from None
+    return op
 
 
 class DeadLetterWriter:
@@ -214,11 +243,12 @@ def append_records(path: Path, records: list[dict[str, Any]]) -> None:
     """Append records as JSON lines and fsync: all of them or none.
 
     The append holds the file's lock (``PATH.lock``, see :func:`locked`), so appends from
-    several processes never interleave or cut each other back. A failed write (a full disk)
-    is cut back to the last complete line. A torn last line (a process killed in the middle
-    of an append) gets its newline first, so it stays a line of its own instead of
-    swallowing the first record. A new file is created owner-only (it holds people's data),
-    and its directory is fsynced so it survives a crash.
+    several processes never interleave or cut each other back, and a replay never takes the
+    file away in the middle of one. A failed write (a full disk) is cut back to the last
+    complete line. A torn last line (a process killed in the middle of an append) gets its
+    newline first, so it stays a line of its own instead of swallowing the first record. A
+    new file is created owner-only (it holds people's data), and its directory is fsynced
+    so it survives a crash.
     """
     data = "".join(dumps_record(r) + "\n" for r in records).encode()
     path = resolved(path)
@@ -247,9 +277,10 @@ def lock_path(path: Path) -> Path:
 def locked(path: Path, *, owner: os.stat_result | None = None) -> Iterator[None]:
     """Hold the dead-letter file's lock for the block, waiting for it as long as it takes.
 
-    The lock is an exclusive ``flock`` on ``PATH.lock``, taken by every append. It belongs
-    to an open file, so it also keeps two threads of one process apart, and the kernel
-    drops it when its process dies. Call it off the event loop. ``owner``: see :func:`open_new`.
+    The lock is an exclusive ``flock`` on ``PATH.lock``, taken by every append and by a
+    replay while it takes the file away or puts it back. It belongs to an open file, so it
+    also keeps a writer thread and a replay in one process apart, and the kernel drops it
+    when its process dies. Call it off the event loop. ``owner``: see :func:`open_new`.
     """
     fd = open_new(lock_path(path), os.O_RDWR, owner=owner, exclusive=False)
     try:
@@ -349,31 +380,3 @@ def fsync_directory(directory: Path) -> None:
 def dumps_record(record: dict[str, Any]) -> str:
     """Return a record as one line of compact JSON (without the newline)."""
     return json.dumps(record, separators=(",", ":"))
-
-
-def read_lines(path: Path) -> list[str]:
-    """Return the file's non-blank lines (without newlines)."""
-    with path.open(encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
-
-
-def write_atomically(path: Path, lines: Iterable[str]) -> None:
-    """Replace the file's content with ``lines`` so that a crash leaves old or new, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def iter_records(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """Yield each line with its parsed record, or None when the line is not valid JSON."""
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            yield line, None
-        else:
-            yield line, record if isinstance(record, dict) else None

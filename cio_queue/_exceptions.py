@@ -8,6 +8,7 @@ The tree::
     ├── QueueClosedError
     ├── QueueFullError
     ├── QueueUsageError        (also RuntimeError)
+    ├── ReplayInProgressError
     └── DeliveryError          .status, .retryable
         ├── RejectedError      4xx other than 408/429, 3xx, 1xx, >= 600: never retried
         ├── ServerError        5xx and 408: retried
@@ -33,6 +34,7 @@ __all__ = [
     "QueueUsageError",
     "RateLimitedError",
     "RejectedError",
+    "ReplayInProgressError",
     "ServerError",
     "TransportError",
 ]
@@ -68,6 +70,10 @@ class QueueFullError(CioQueueError):
 
 class QueueUsageError(CioQueueError, RuntimeError):
     """Raised when a queue is used from another event loop or a forked child process."""
+
+
+class ReplayInProgressError(CioQueueError):
+    """Raised by ``replay()`` when another replay of the same file is running."""
 
 
 class DeliveryError(CioQueueError):
