@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -27,11 +28,14 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote, unquote
 
 import anyio
 
+from ._exceptions import InvalidEventError
 from ._log import log
 from ._operations import Operation, to_v2
+from ._validation import check_path_id
 
 if sys.platform != "win32":  # the package still imports there; a file's lock is a no-op
     import fcntl
@@ -85,8 +89,11 @@ def record_again(record: dict[str, Any], *, reason: str, attempts: int, status: 
 def operation_from_record(record: dict[str, Any]) -> Operation:
     """Rebuild the operation a record was made from; its body bytes are the same.
 
-    The record is checked as untrusted input: the body must have what its kind needs, on
-    either transport.
+    The record is checked as untrusted input, since v1 requests are rebuilt from its stored
+    method and path: the kind must be known, the method its kind's, and the path exactly
+    the one its kind builds for the record's person, percent-encoded, with no ``.`` or
+    ``..`` segment (which a server would resolve to another resource, as ``quote()`` leaves
+    dots alone and some servers decode ``%2E``); the body must have what its kind needs.
 
     Raises:
         ValueError: the record is not a cio-queue dead-letter record, or not a valid one. The
@@ -100,21 +107,70 @@ def operation_from_record(record: dict[str, Any]) -> Operation:
         raise ValueError("its body is not a JSON object")
     if not (event_id is None or isinstance(event_id, str)):
         raise ValueError("its event_id is not a string")
-    method, path = record.get("method"), record.get("path")
-    if not (isinstance(kind, str) and isinstance(method, str) and isinstance(path, str)):
-        raise ValueError("its kind, method or path is not a string")
+    _check_request(kind, record.get("method"), record.get("path"), customer_id)
     try:
         enqueued = datetime.fromisoformat(record["enqueued_at"]).timestamp()
     except (KeyError, TypeError, ValueError):
         raise ValueError("its enqueued_at is not an ISO 8601 time") from None
-    op = Operation(kind, method, path, body, customer_id=customer_id, event_id=event_id,
-                   enqueued_at=enqueued)
+    op = Operation(str(kind), str(record["method"]), str(record["path"]), body,
+                   customer_id=customer_id, event_id=event_id, enqueued_at=enqueued)
     try:
         to_v2(op)  # reads every field the kind needs, on either transport
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ValueError(f"its body does not fit a {kind} operation "
                          f"({type(exc).__name__})") from None
     return op
+
+
+# Per kind: the v1 method, and the path after ``/customers/{id}``, or the whole path for
+# the kinds that address no person.
+_REQUESTS: Final[dict[str, tuple[str, re.Pattern[str]]]] = {
+    kind: (method, re.compile(rest)) for kind, method, rest in [
+        ("identify", "PUT", ""),
+        ("delete", "DELETE", ""),
+        ("track", "POST", "/events"),
+        ("pageview", "POST", "/events"),
+        ("backfill", "POST", "/events"),
+        ("suppress", "POST", "/suppress"),
+        ("unsuppress", "POST", "/unsuppress"),
+        ("add_device", "PUT", "/devices"),
+        ("delete_device", "DELETE", "/devices/[^/]+"),
+        ("track_anonymous", "POST", "/events"),
+        ("merge_customers", "POST", "/merge_customers"),
+    ]
+}
+_NO_PERSON: Final = frozenset({"track_anonymous", "merge_customers"})
+_ENCODED_PATH: Final = re.compile(r"(?:/[A-Za-z0-9._~%-]+)+")  # what quote(safe="") leaves
+_DOT_SEGMENTS: Final = frozenset({".", ".."})
+
+
+def _check_request(kind: object, method: object, path: object, customer_id: object) -> None:
+    """Refuse a stored request that its kind would not have made for its person."""
+    if not isinstance(path, str) or not _ENCODED_PATH.fullmatch(path):
+        raise ValueError("its path is not a percent-encoded v1 path")
+    if any(unquote(segment) in _DOT_SEGMENTS for segment in path.split("/")):
+        raise ValueError("its path has a . or .. segment, which a server would resolve to "
+                         "another resource")
+    if not isinstance(kind, str) or kind not in _REQUESTS:
+        raise ValueError("its kind is not one cio-queue makes")
+    expected_method, rest = _REQUESTS[kind]
+    if method != expected_method:
+        raise ValueError(f"its method is not {expected_method}, as for every {kind}")
+    prefix = _person_path(kind, customer_id)
+    if not (path.startswith(prefix) and rest.fullmatch(path, len(prefix))):
+        raise ValueError(f"its path is not the one a {kind} operation has for its customer_id")
+
+
+def _person_path(kind: str, customer_id: object) -> str:
+    """The start of the path of a ``kind`` operation for ``customer_id``."""
+    if kind in _NO_PERSON:
+        if customer_id is not None:
+            raise ValueError(f"a {kind} operation has no customer_id")
+        return ""
+    try:
+        return "/customers/" + quote(check_path_id(customer_id, "customer_id"), safe="")
+    except InvalidEventError as exc:
+        raise ValueError(f"its {exc}") from None
 
 
 class DeadLetterWriter:

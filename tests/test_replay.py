@@ -428,9 +428,20 @@ def bad_lines(good: list[str]) -> list[tuple[str, str]]:
     by_kind = {json.loads(line)["kind"]: json.loads(line) for line in good}
     device = by_kind["add_device"]
     without_device = {**device, "body": {}}
+    remove = by_kind["delete_device"]
+    dots = {**remove, "path": "/customers/42/devices/.."}
+    encoded_dots = {**remove, "path": "/customers/42/devices/%2E%2E"}
+    climbing = {**by_kind["identify"], "path": "/customers/43/../44"}
+    elsewhere = {**by_kind["identify"], "path": "/customers/99"}
+    bad_method = {**by_kind["delete"], "method": "GET"}
     return [
         (json.dumps(without_device), "add_device without device"),
         ("{not json", "not JSON"),
+        (json.dumps(dots), "a .. segment"),
+        (json.dumps(encoded_dots), "an encoded .. segment"),
+        (json.dumps(climbing), "a .. inside the path"),
+        (json.dumps(elsewhere), "a path for another person"),
+        (json.dumps(bad_method), "a method its kind never uses"),
         (json.dumps({**by_kind["track"], "body": ["n", 1]}), "a body that is not an object"),
         ('{"format": "cio-queue/dead-letter/1", "kind": "track", "body": NaN}', "NaN"),
         (json.dumps(["a", "list"]), "not an object"),
@@ -441,7 +452,7 @@ def bad_lines(good: list[str]) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("transport", ["v1", "batch"])
 async def test_a_bad_line_is_kept_unchanged_and_reported_and_the_rest_is_replayed(
         tmp_path: Path, transport: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Lines that are no valid operation stay as they are, reported; the others go."""
+    """Lines that are no valid operation (dot segments too) stay as they are; others go."""
     path = tmp_path / "dead.jsonl"
     good = await mixed_dead_letters(path)
     bad = bad_lines(good)
