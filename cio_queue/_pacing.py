@@ -18,8 +18,7 @@ apart can never make the server see one request too many in a second."""
 
 
 class RequestPacer:
-    """Say when the next request may start, so that requests respect a rate limit and a
-    shared 429 gate.
+    """Say when the next request may start, within the rate limit and the shared 429 gate.
 
     With ``rate`` requests per second, starts are at least ``1 / rate`` seconds apart (no
     bursts that the network or the server's own queue could bunch up further), and, for
