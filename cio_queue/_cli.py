@@ -148,5 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CioQueueError as exc:
         print(f"cio-queue: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that is missing, unreadable or on a full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"cio-queue: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

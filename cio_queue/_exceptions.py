@@ -11,6 +11,7 @@ commit fails; the delivery errors are the courier's, and travel in the Outcome. 
     ├── QueueFullError
     ├── QueueUsageError        (also RuntimeError)
     ├── SpoolError             the spool directory or file cannot be used or written
+    ├── ReplayInProgressError  replay() of a file that another replay is working through
     └── DeliveryError          .status, .retryable
         ├── RejectedError      4xx other than 401/403/408/429, 3xx, 1xx, >= 600: never retried
         ├── UnauthorizedError  401, 403: bad credentials or region; never retried
@@ -37,6 +38,7 @@ __all__ = [
     "QueueUsageError",
     "RateLimitedError",
     "RejectedError",
+    "ReplayInProgressError",
     "ServerError",
     "SpoolError",
     "TransportError",
@@ -78,6 +80,10 @@ class QueueUsageError(CioQueueError, RuntimeError):
 
 class SpoolError(CioQueueError):
     """Raised when the spool directory or a spool file cannot be used, or a commit fails."""
+
+
+class ReplayInProgressError(CioQueueError):
+    """Raised by ``replay()`` when another replay of the same file is running."""
 
 
 class DeliveryError(CioQueueError):

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from cio_queue import EventQueue, QueueConfig, RetryPolicy
+from cio_queue import EventQueue, QueueConfig, RetryPolicy, replay
 from cio_queue.testing import FakeTrackAPI
 
 pytestmark = pytest.mark.anyio
@@ -63,3 +63,49 @@ async def test_replay_command_names_a_missing_variable(tmp_path: Path) -> None:
             env=env, check=False)
     assert result.returncode == 2
     assert "CUSTOMERIO_SITE_ID" in result.stderr.decode()
+
+
+async def run_replay_command(path: Path, url: str) -> tuple[int, str]:
+    env = {**os.environ, "CUSTOMERIO_SITE_ID": "fake-site", "CUSTOMERIO_API_KEY": "fake-key"}
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [sys.executable, "-m", "cio_queue", "replay", str(path), "--base-url", url],
+            env=env, check=False)
+    return result.returncode, result.stderr.decode()
+
+
+async def test_replay_command_refuses_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    """A dead-letter file that does not exist: exit 2 and one line on stderr, no traceback."""
+    async with FakeTrackAPI() as fake:
+        status, stderr = await run_replay_command(tmp_path / "missing.jsonl", fake.url)
+    assert status == 2
+    assert len(stderr.splitlines()) == 1, stderr
+    assert "missing.jsonl" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_replay_command_refuses_a_second_replay_of_the_same_file(tmp_path: Path) -> None:
+    """While a replay of the file runs, the command exits 2 with one line, sending nothing."""
+    path = tmp_path / "dead.jsonl"
+    async with FakeTrackAPI() as down:
+        url = down.url
+    config = QueueConfig(site_id="fake-site", api_key="fake-key", base_url=url,
+                         transport="v1", flush_interval=0.01, dead_letter_path=path,
+                         retry=RetryPolicy(attempts=1))
+    async with EventQueue(config) as queue:
+        for i in range(5):
+            await queue.track(i, "purchase", {"n": i})
+    async with FakeTrackAPI(latency=60) as hanging, FakeTrackAPI() as fake, \
+            anyio.create_task_group() as tg:
+        running = QueueConfig(site_id="fake-site", api_key="fake-key", base_url=hanging.url,
+                              transport="v1", max_concurrency=1, shutdown_timeout=0.2)
+        tg.start_soon(replay, path, running)
+        with anyio.fail_after(30):
+            await hanging.wait_until(lambda: hanging.in_flight >= 1)
+        status, stderr = await run_replay_command(path, fake.url)
+        tg.cancel_scope.cancel()
+        assert fake.log == []
+    assert status == 2
+    assert len(stderr.splitlines()) == 1, stderr
+    assert "already being replayed" in stderr
+    assert "Traceback" not in stderr
