@@ -31,6 +31,7 @@ from ._queue import EventQueue
 from ._replay import replay
 from ._retry import RetryPolicy
 from ._sender import HttpSender, Request, Response, Sender
+from ._sync import SyncEventQueue, SyncReceipt
 from ._version import __version__
 
 __all__ = [
@@ -64,6 +65,8 @@ __all__ = [
     "Sender",
     "ServerError",
     "Statistics",
+    "SyncEventQueue",
+    "SyncReceipt",
     "Transport",
     "TransportError",
     "__version__",
