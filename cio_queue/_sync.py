@@ -833,4 +833,11 @@ def _close_all_at_exit() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_threads_after_fork)
-atexit.register(_close_all_at_exit)
+# Close before the interpreter's shutdown stops thread pools: once it has begun (and so in
+# any atexit handler), concurrent.futures refuses new work, and the dead-letter writer's
+# pool and aiohttp's DNS lookups would fail. threading's own exit hooks run first, while
+# the main thread is finished but before non-daemon threads are joined (concurrent.futures
+# relies on the same hook); the plain atexit handler is the fallback.
+_register_exit_hook: Callable[[Callable[[], None]], None] = getattr(
+    threading, "_register_atexit", atexit.register)
+_register_exit_hook(_close_all_at_exit)

@@ -8,6 +8,7 @@ with the queue drained, and a fresh thread in a forked child.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from cio_queue import (
     SyncEventQueue,
     SyncReceipt,
 )
+from cio_queue._sync import CLOSE_MARGIN
 
 from .threaded_fake import FAST_RETRY, WAIT, ThreadedFake, threaded_fake
 
@@ -314,7 +316,11 @@ def test_close_stops_intake_and_dead_letters_what_it_cannot_send(
 
 
 def test_the_process_exit_drains_the_queue(fake: ThreadedFake) -> None:
-    """A script that never closes its queue still delivers everything when it exits."""
+    """A script that never closes its queue still delivers everything when it exits.
+
+    The URL names a host, so the drain needs a DNS lookup in a thread pool: in a plain
+    atexit handler, concurrent.futures would already refuse it.
+    """
     script = textwrap.dedent("""
         from cio_queue import QueueConfig, SyncEventQueue
 
@@ -322,9 +328,35 @@ def test_the_process_exit_drains_the_queue(fake: ThreadedFake) -> None:
         for n in range(500):
             cio.track("42", "tick", id=f"exit-{n}")
     """)
-    env = {**os.environ, **fake.env()}
+    by_name = fake.url.replace("127.0.0.1", "localhost")
+    env = {**os.environ, **fake.env(), "CUSTOMERIO_BASE_URL": by_name}
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=WAIT)
     assert fake.event_ids() == {f"exit-{n}": 1 for n in range(500)}
+
+
+def test_the_process_exit_is_bounded_when_the_api_is_down(
+        fake: ThreadedFake, tmp_path: Path) -> None:
+    """With the API down, exit waits shutdown_timeout, then dead-letters what is unsent."""
+    path = tmp_path / "dead.jsonl"
+    script = textwrap.dedent(f"""
+        from cio_queue import QueueConfig, RetryPolicy, SyncEventQueue
+
+        cio = SyncEventQueue(QueueConfig.from_env(
+            shutdown_timeout=0.5, dead_letter_path={str(path)!r},
+            retry=RetryPolicy(attempts=1000, wait_initial=0.05, wait_max=0.05)))
+        for n in range(10):
+            cio.track("42", "tick", id=f"down-{{n}}")
+    """)
+    fake.stop()
+    env = {**os.environ, **fake.env()}
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                   timeout=3 * (0.5 + CLOSE_MARGIN + 2.0))  # drain, margin, interpreter start
+    assert time.monotonic() - started >= 0.5
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(record["event_id"] for record in records) == sorted(
+        f"down-{n}" for n in range(10))
+    assert {record["reason"] for record in records} == {"shutdown_deadline"}
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
