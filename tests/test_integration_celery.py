@@ -8,6 +8,12 @@ the tasks returned exactly once.
 
 from __future__ import annotations
 
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +27,7 @@ from celery.signals import task_success
 
 from cio_queue import QueueClosedError
 
-from .recipes import loaded_recipe
+from .recipes import loaded_recipe, recipe_source
 from .threaded_fake import WAIT, ThreadedFake, threaded_fake
 
 TASKS = 10_000
@@ -83,3 +89,57 @@ def test_ten_thousand_tasks_on_eight_threads_are_delivered_once_at_worker_shutdo
     assert len(accepted) == TASKS
     assert accepted == Counter(results)
     assert set(accepted.values()) == {1}
+
+
+# The recipe's app on kombu's filesystem broker and a file result backend, so that a
+# prefork worker in another process and this test can share them.
+PREFORK_APP = textwrap.dedent("""
+    import os
+
+    import recipe_celery
+    from recipe_celery import app, signup
+
+    from cio_queue import QueueConfig
+    from cio_queue.integrations.celery import setup
+
+    # The recipe's queue, but with a flush interval no test outlasts: only a close sends.
+    recipe_celery.cio = setup(app, QueueConfig.from_env(flush_interval=600))
+    shared = os.environ["CIO_TEST_CELERY_DIR"]
+    app.conf.update(
+        broker_url="filesystem://", result_backend=f"file://{shared}/results",
+        broker_transport_options={"data_folder_in": f"{shared}/broker",
+                                  "data_folder_out": f"{shared}/broker",
+                                  "polling_interval": 0.05},
+        task_always_eager=False, worker_prefetch_multiplier=1)
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the prefork pool forks")
+def test_prefork_children_deliver_what_they_queued_when_they_stop(
+        fake: ThreadedFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefork children leave by os._exit; worker_process_shutdown still drains their queues."""
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "recipe_celery.py").write_text(recipe_source("celery"), encoding="utf-8")
+    (tmp_path / "prefork_app.py").write_text(PREFORK_APP, encoding="utf-8")
+    monkeypatch.setenv("CIO_TEST_CELERY_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "prefork_app", "worker", "--pool=prefork",
+             "--concurrency=2", "--loglevel=WARNING", "--without-heartbeat",
+             "--without-gossip", "--without-mingle"],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            prefork_app = importlib.import_module("prefork_app")
+            pending = [prefork_app.signup.delay(f"user-{n}@example.com") for n in range(20)]
+            event_ids = [result.get(timeout=WAIT, interval=0.05) for result in pending]
+        finally:
+            worker.send_signal(signal.SIGTERM)  # a warm shutdown: children finish and exit
+            code = worker.wait(timeout=WAIT)
+            for name in ("prefork_app", "recipe_celery"):
+                sys.modules.pop(name, None)
+    assert code == 0, (tmp_path / "worker.log").read_text()
+    # Fewer than a batch, long before the flush interval: only a close sent them.
+    assert fake.event_ids() == Counter(event_ids)
