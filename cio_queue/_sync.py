@@ -838,6 +838,8 @@ if hasattr(os, "register_at_fork"):
 # pool and aiohttp's DNS lookups would fail. threading's own exit hooks run first, while
 # the main thread is finished but before non-daemon threads are joined (concurrent.futures
 # relies on the same hook); the plain atexit handler is the fallback.
-_register_exit_hook: Callable[[Callable[[], None]], None] = getattr(
-    threading, "_register_atexit", atexit.register)
-_register_exit_hook(_close_all_at_exit)
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_close_all_at_exit)
+else:
+    atexit.register(_close_all_at_exit)
