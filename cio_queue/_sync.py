@@ -25,8 +25,9 @@ The EventQueue admits operations that were built elsewhere through
 :func:`_admit_built`, a stand-in for a hook the core does not have yet (see its docstring).
 
 A forked child (gunicorn ``--preload``, Celery prefork) forgets its parent's thread and
-starts its own on first use; at interpreter exit every running queue is closed (drained
-within ``shutdown_timeout``, the rest dead-lettered) by an ``atexit`` handler.
+starts its own on first use. At interpreter exit every running queue is closed (drained
+within ``shutdown_timeout``, the rest dead-lettered) from threading's exit hook, which runs
+before thread pools stop taking work; see the end of this module.
 """
 
 from __future__ import annotations
@@ -301,16 +302,15 @@ class _Runtime:
         if self.policy == "raise":
             raise QueueFullError(f"the queue holds {self.capacity} pending operations "
                                  "(overflow='raise')")
-        if self.on_own_thread():
-            raise QueueUsageError("a call from the queue's own thread (an on_outcome "
-                                  "callback) cannot wait for room in its full queue")
         if self.policy == "block":
+            self._refuse_waiting_on_own_thread()
             self._wait_for_place()
             return
         # Drop policies: the EventQueue drops when the operation reaches it. Only if the
         # queue thread has fallen a whole queue behind does the caller wait for it (not
         # for the network), so the inbox stays bounded.
         while len(self.inbox) >= self.capacity:
+            self._refuse_waiting_on_own_thread()
             self.inbox_waiters += 1
             try:
                 self.taken.wait()
@@ -319,6 +319,11 @@ class _Runtime:
             if self.state is not _RUNNING:
                 raise QueueClosedError("the SyncEventQueue closed while this call waited")
         self.held += 1
+
+    def _refuse_waiting_on_own_thread(self) -> None:
+        if self.on_own_thread():
+            raise QueueUsageError("a call from the queue's own thread (an on_outcome "
+                                  "callback) cannot wait for room in its full queue")
 
     def _wait_for_place(self) -> None:
         """Wait (lock held) for a place, first come first served, within enqueue_timeout."""
@@ -582,8 +587,8 @@ class SyncEventQueue:
     with its own event loop, started on first use; any number of threads may call at once.
 
     Use it as a context manager, or create it once at import time and let the process's
-    exit close it: an ``atexit`` handler drains every running queue within
-    ``shutdown_timeout`` and dead-letters the rest. A forked child (gunicorn ``--preload``,
+    exit close it: when the interpreter exits, every running queue is drained within
+    ``shutdown_timeout`` and the rest dead-lettered. A forked child (gunicorn ``--preload``,
     Celery prefork) starts a thread of its own on first use; the parent's operations stay
     the parent's.
     """

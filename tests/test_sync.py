@@ -316,11 +316,9 @@ def test_close_stops_intake_and_dead_letters_what_it_cannot_send(
 
 
 def test_the_process_exit_drains_the_queue(fake: ThreadedFake) -> None:
-    """A script that never closes its queue still delivers everything when it exits.
-
-    The URL names a host, so the drain needs a DNS lookup in a thread pool: in a plain
-    atexit handler, concurrent.futures would already refuse it.
-    """
+    """A script that never closes its queue delivers everything at exit, DNS lookup included."""
+    # The URL names a host, so the drain needs a lookup in a thread pool, which a plain
+    # atexit handler could no longer get: concurrent.futures refuses work by then.
     script = textwrap.dedent("""
         from cio_queue import QueueConfig, SyncEventQueue
 
