@@ -34,6 +34,7 @@ from cio_queue import (
 )
 from cio_queue._sync import CLOSE_MARGIN
 
+from .recipes import loaded_recipe
 from .threaded_fake import FAST_RETRY, WAIT, ThreadedFake, threaded_fake
 
 THREADS = 8
@@ -107,6 +108,18 @@ def test_every_method_is_delivered_without_await(fake: ThreadedFake) -> None:
     events = fake.event_ids()
     assert {r.event_id for r in receipts if r.event_id is not None} == set(events)
     assert len(fake.operations()) == len(receipts)
+
+
+def test_the_readme_recipe_runs_from_threads(
+        fake: ThreadedFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Sync apps block, run as written, delivers what its function queues."""
+    for name, value in fake.env().items():
+        monkeypatch.setenv(name, value)
+    with loaded_recipe("sync", tmp_path) as recipe:
+        run_threads(lambda n: recipe.on_signup(f"user-{n}@example.com"))
+        stats = recipe.cio.close()
+    assert (stats.enqueued, stats.delivered) == (2 * THREADS, 2 * THREADS)
+    assert len(fake.event_ids()) == THREADS
 
 
 def test_invalid_input_raises_in_the_calling_thread_and_enqueues_nothing(
