@@ -5,24 +5,30 @@ pipeline, :class:`~cio_queue.EventQueue`; a SyncEventQueue runs one on a backgro
 with its own event loop (the *queue thread*) and feeds it from any number of caller
 threads::
 
-    caller thread: validate + serialise (_operations) -> take a place -> inbox.append
-                   (the call that finds the inbox empty wakes the loop: one
-                   call_soon_threadsafe per batch, never a round trip per call)
+    caller thread: EventQueue's own method body (read the arguments, validate, build,
+                   serialise) -> take a place -> inbox.append; the call that finds the
+                   inbox empty wakes the loop: one call_soon_threadsafe per batch,
+                   never a round trip per call
     queue thread:  take the whole inbox -> admit each into the EventQueue -> ...
                    on_outcome -> give the places back (once per loop iteration)
 
-So a call costs what ``await EventQueue.track(...)`` costs plus a lock, and an invalid
-argument raises InvalidEventError in the caller's own stack. The overflow policy is decided
-in the caller's thread too: the places (``max_queue_size``) are counted here, over the
-operations in the inbox and those pending in the EventQueue, so ``"raise"`` raises
-QueueFullError at the call and ``"block"`` blocks the calling thread (first come, first
-served, at most ``enqueue_timeout``). The drop policies never make a caller wait for the
-network: a call that finds the queue full hands its operation over anyway and the
-EventQueue drops the newest or the oldest when it arrives, exactly as it would for an
-``await``-ing caller.
+Each SyncEventQueue method runs the EventQueue method of the same name in the calling
+thread, on an :class:`_Intake`: a stand-in whose ``_ready()`` and ``_submit()`` hand the
+operation over instead of queueing it on a loop, so the method's coroutine finishes in its
+first step. The arguments are thus read exactly as EventQueue reads them, by the same code,
+and an invalid one raises InvalidEventError in the caller's own stack.
 
-The EventQueue admits operations that were built elsewhere through
-:func:`_admit_built`, a stand-in for a hook the core does not have yet (see its docstring).
+The overflow policy is decided in the caller's thread too: the places (``max_queue_size``)
+are counted here, over the operations in the inbox and those pending in the EventQueue, so
+``"raise"`` raises QueueFullError at the call and ``"block"`` blocks the calling thread
+(first come, first served, at most ``enqueue_timeout``). The drop policies never make a
+caller wait for the network: a call that finds the queue full hands its operation over
+anyway and the EventQueue drops the newest or the oldest when it arrives, exactly as it
+would for an ``await``-ing caller.
+
+Two private seams of EventQueue stand in for hooks the core does not have yet: the intake
+hooks ``_ready()``/``_submit()`` that :class:`_Intake` overrides, and the admission of an
+operation built elsewhere, :func:`_admit_built`.
 
 A forked child (gunicorn ``--preload``, Celery prefork) forgets its parent's thread and
 starts its own on first use. At interpreter exit every running queue is closed (drained
@@ -37,6 +43,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import dataclasses
+import inspect
 import os
 import threading
 import time
@@ -44,9 +51,8 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Concatenate, Final, ParamSpec
 
-from . import _operations as ops
 from ._config import OnOutcome, QueueConfig
 from ._exceptions import QueueClosedError, QueueFullError, QueueUsageError
 from ._log import log
@@ -93,21 +99,20 @@ def _admit_built(queue: EventQueue, op: Operation) -> Receipt:
     raise RuntimeError("EventQueue._submit waited; a SyncEventQueue never lets it block")
 
 
-class SyncReceipt:
+class SyncReceipt(Receipt):
     """Returned by every SyncEventQueue call; ``result()`` blocks for the final Outcome.
 
     Waiting is optional: the operation is delivered (or its failure recorded) whether or
-    not anybody waits. ``kind`` and ``event_id`` are known at once.
+    not anybody waits. ``kind`` and ``event_id`` are known at once. It is a Receipt, so
+    async code may ``await receipt.wait()`` too (the wait runs in a worker thread).
     """
 
-    __slots__ = ("_core", "_outcome", "_runtime", "event_id", "kind")
+    __slots__ = ("_core", "_runtime")
 
     def __init__(self, kind: str, event_id: str | None, runtime: _Runtime) -> None:
-        self.kind = kind
-        self.event_id = event_id
+        super().__init__(kind, event_id)
         self._runtime = runtime
         self._core: Receipt | None = None  # the EventQueue's receipt, once admitted there
-        self._outcome: Outcome | None = None  # set here only if it never reached the queue
 
     def __repr__(self) -> str:
         outcome = self.outcome
@@ -117,7 +122,7 @@ class SyncReceipt:
     @property
     def outcome(self) -> Outcome | None:
         """The Outcome once settled, else None."""
-        if self._outcome is not None:
+        if self._outcome is not None:  # set here only if it never reached the EventQueue
             return self._outcome
         core = self._core
         return None if core is None else core.outcome
@@ -143,6 +148,13 @@ class SyncReceipt:
         if outcome is not None:
             return outcome
         return self._runtime.wait_for(self, timeout)
+
+    async def wait(self) -> Outcome:
+        """Wait, from async code, until the operation settles; see :meth:`result`."""
+        outcome = self.outcome
+        if outcome is not None:
+            return outcome
+        return await asyncio.to_thread(self.result)
 
 
 class _Waiter:
@@ -174,6 +186,7 @@ class _Runtime:
         self.pid = os.getpid()
         self.capacity = config.max_queue_size
         self.policy = config.overflow
+        self.batch_transport = config.transport == "batch"
         self.lock = threading.Lock()
         self.state = _RUNNING
         self.inbox: deque[_Item] = deque()
@@ -572,6 +585,58 @@ def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(loop.shutdown_asyncgens())
 
 
+class _Intake(EventQueue):
+    """Runs an EventQueue method's body in the calling thread, for one call.
+
+    EventQueue's public methods check the queue (``_ready()``), build the operation with
+    the ``_operations`` builders, and ``await self._submit(op)``. On an _Intake, those two
+    hooks take a place in the SyncEventQueue and hand the operation over instead, and
+    never suspend, so the method's coroutine finishes in its first step: the arguments are
+    read and validated exactly as EventQueue reads them, in the caller's stack, by the
+    same code. (Not EventQueue.__init__: an _Intake has no pipeline, sender or config.)
+
+    Stand-in for a core hook: that contract (public methods touch nothing but
+    ``_ready()``, the builders and ``_submit()``) made explicit and kept by the core.
+    """
+
+    def __init__(self, owner: SyncEventQueue) -> None:
+        self._owner = owner
+        self._runtime: _Runtime | None = None
+
+    def _ready(self) -> None:
+        self._runtime = self._owner._running()
+
+    async def _submit(self, op: Operation) -> Receipt:
+        runtime = self._runtime
+        assert runtime is not None, "EventQueue methods call _ready() before _submit()"
+        return runtime.put(op.seal(batch=runtime.batch_transport))
+
+
+P = ParamSpec("P")
+
+
+def _without_await(method: Callable[Concatenate[EventQueue, P], Coroutine[Any, Any, Receipt]]
+                   ) -> Callable[Concatenate[SyncEventQueue, P], SyncReceipt]:
+    """Make a SyncEventQueue method out of an EventQueue one: same arguments, no await."""
+
+    def call(self: SyncEventQueue, /, *args: P.args, **kwargs: P.kwargs) -> SyncReceipt:
+        running = method(_Intake(self), *args, **kwargs)
+        try:
+            running.send(None)
+        except StopIteration as finished:
+            receipt = finished.value
+            assert isinstance(receipt, SyncReceipt)
+            return receipt
+        running.close()
+        raise RuntimeError(f"EventQueue.{method.__name__} waited; _Intake never suspends")
+
+    call.__name__ = call.__qualname__ = method.__name__
+    call.__doc__ = method.__doc__
+    call.__signature__ = inspect.signature(method).replace(  # type: ignore[attr-defined]
+        return_annotation="SyncReceipt")
+    return call
+
+
 # Queues alive in this process: a fork makes the child forget their threads, and the
 # interpreter's exit closes them.
 _live_queues: weakref.WeakSet[SyncEventQueue] = weakref.WeakSet()
@@ -611,7 +676,6 @@ class SyncEventQueue:
         self._config = config
         self._on_outcome = on_outcome if on_outcome is not None else config.on_outcome
         self._sender = sender
-        self._batch_transport = config.transport == "batch"
         self._runtime: _Runtime | None = None
         self._closed = False
         self._start_lock = threading.Lock()
@@ -730,91 +794,21 @@ class SyncEventQueue:
         self._runtime = None
         self._start_lock = threading.Lock()
 
-    # --- the public operations, shaped like customerio.CustomerIO ------------------------
+    # --- the public operations: EventQueue's own, without await -------------------------
+    # (The ignores: EventQueue's `self` is not positional-only, so next to **kwargs mypy
+    # cannot rule out a keyword named "self"; the signatures it infers are still exact.)
 
-    def identify(self, id: str | int, **attributes: Any) -> SyncReceipt:
-        """Create or update a person (v1 ``PUT /customers/{id}``, v2 ``identify``).
-
-        Raises:
-            InvalidEventError: a blank or wrong-typed id, or a bad attribute.
-            QueueClosedError, QueueFullError: see the class docs and ``overflow``.
-        """
-        runtime = self._running()
-        return runtime.put(ops.identify(id, attributes).seal(batch=self._batch_transport))
-
-    def track(self, customer_id: str | int, name: str, data: dict[str, Any] | None = None,
-              id: str | None = None, timestamp: Any = None) -> SyncReceipt:
-        """Track an event for a person (v1 ``POST /customers/{id}/events``, v2 ``event``).
-
-        Args:
-            customer_id: the person's id, email or ``cio_``-prefixed cio_id.
-            name: the event name (at most 100 bytes).
-            data: event data (at most 100,000 bytes of JSON).
-            id: a dedupe id; a ULID is assigned when None and reused on every retry.
-            timestamp: unix seconds or a datetime (naive means UTC).
-        """
-        runtime = self._running()
-        op = ops.track(customer_id, name, data, id, timestamp)
-        return runtime.put(op.seal(batch=self._batch_transport))
-
-    def track_anonymous(self, anonymous_id: str | int | None, name: str,
-                        data: dict[str, Any] | None = None, id: str | None = None,
-                        timestamp: Any = None) -> SyncReceipt:
-        """Track an event for an anonymous visitor (``POST /api/v1/events`` on both transports).
-
-        A blank ``anonymous_id`` makes an invite event, which needs ``data["recipient"]``.
-        """
-        runtime = self._running()
-        op = ops.track_anonymous(anonymous_id, name, data, id, timestamp)
-        return runtime.put(op.seal(batch=self._batch_transport))
-
-    def pageview(self, customer_id: str | int, page: str, **data: Any) -> SyncReceipt:
-        """Track a page view (an event of type ``page`` named after the page)."""
-        runtime = self._running()
-        return runtime.put(ops.pageview(customer_id, page, data)
-                           .seal(batch=self._batch_transport))
-
-    def backfill(self, customer_id: str | int, name: str, timestamp: Any,
-                 **data: Any) -> SyncReceipt:
-        """Track a past event with its required timestamp."""
-        runtime = self._running()
-        return runtime.put(ops.backfill(customer_id, name, timestamp, data)
-                           .seal(batch=self._batch_transport))
-
-    def delete(self, customer_id: str | int) -> SyncReceipt:
-        """Delete a person."""
-        runtime = self._running()
-        return runtime.put(ops.delete(customer_id).seal(batch=self._batch_transport))
-
-    def add_device(self, customer_id: str | int, device_id: str, platform: str,
-                   **data: Any) -> SyncReceipt:
-        """Add or update a device; extra keyword arguments go into the device object."""
-        runtime = self._running()
-        return runtime.put(ops.add_device(customer_id, device_id, platform, data)
-                           .seal(batch=self._batch_transport))
-
-    def delete_device(self, customer_id: str | int, device_id: str) -> SyncReceipt:
-        """Delete a person's device."""
-        runtime = self._running()
-        return runtime.put(ops.delete_device(customer_id, device_id)
-                           .seal(batch=self._batch_transport))
-
-    def suppress(self, customer_id: str | int) -> SyncReceipt:
-        """Suppress a person: delete the profile and block the id from coming back."""
-        runtime = self._running()
-        return runtime.put(ops.suppress(customer_id).seal(batch=self._batch_transport))
-
-    def unsuppress(self, customer_id: str | int) -> SyncReceipt:
-        """Lift a person's suppression."""
-        runtime = self._running()
-        return runtime.put(ops.unsuppress(customer_id).seal(batch=self._batch_transport))
-
-    def merge_customers(self, primary_id_type: str, primary_id: str | int,
-                        secondary_id_type: str, secondary_id: str | int) -> SyncReceipt:
-        """Merge the secondary person into the primary; id types are id, email, cio_id."""
-        runtime = self._running()
-        op = ops.merge_customers(primary_id_type, primary_id, secondary_id_type, secondary_id)
-        return runtime.put(op.seal(batch=self._batch_transport))
+    identify = _without_await(EventQueue.identify)  # type: ignore[arg-type]
+    track = _without_await(EventQueue.track)
+    track_anonymous = _without_await(EventQueue.track_anonymous)
+    pageview = _without_await(EventQueue.pageview)  # type: ignore[arg-type]
+    backfill = _without_await(EventQueue.backfill)  # type: ignore[arg-type]
+    delete = _without_await(EventQueue.delete)
+    add_device = _without_await(EventQueue.add_device)  # type: ignore[arg-type]
+    delete_device = _without_await(EventQueue.delete_device)
+    suppress = _without_await(EventQueue.suppress)
+    unsuppress = _without_await(EventQueue.unsuppress)
+    merge_customers = _without_await(EventQueue.merge_customers)
 
 
 def _forget_threads_after_fork() -> None:
