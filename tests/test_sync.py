@@ -8,6 +8,8 @@ with the queue drained, and a fresh thread in a forked child.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import subprocess
@@ -22,12 +24,14 @@ from typing import Any
 import pytest
 
 from cio_queue import (
+    EventQueue,
     InvalidEventError,
     Outcome,
     OutcomeStatus,
     QueueClosedError,
     QueueFullError,
     QueueUsageError,
+    Receipt,
     Statistics,
     SyncEventQueue,
     SyncReceipt,
@@ -120,6 +124,26 @@ def test_the_readme_recipe_runs_from_threads(
         stats = recipe.cio.close()
     assert (stats.enqueued, stats.delivered) == (2 * THREADS, 2 * THREADS)
     assert len(fake.event_ids()) == THREADS
+
+
+def test_the_methods_take_exactly_event_queue_arguments() -> None:
+    """Each of the eleven methods has EventQueue's parameters, and returns a SyncReceipt."""
+    names = ["identify", "track", "track_anonymous", "pageview", "backfill", "delete",
+             "add_device", "delete_device", "suppress", "unsuppress", "merge_customers"]
+    for name in names:
+        ours = inspect.signature(getattr(SyncEventQueue, name))
+        theirs = inspect.signature(getattr(EventQueue, name))
+        assert ours.parameters == theirs.parameters, name
+        assert ours.return_annotation == "SyncReceipt", name
+
+
+def test_async_code_can_await_a_sync_receipt(fake: ThreadedFake) -> None:
+    """A SyncReceipt is a Receipt: `await receipt.wait()` works from an event loop."""
+    with SyncEventQueue(fake.config()) as cio:
+        receipt = cio.track("42", "purchase")
+        assert isinstance(receipt, Receipt)
+        outcome = asyncio.run(receipt.wait())
+    assert outcome.status is OutcomeStatus.DELIVERED
 
 
 def test_invalid_input_raises_in_the_calling_thread_and_enqueues_nothing(
