@@ -795,20 +795,21 @@ class SyncEventQueue:
         self._start_lock = threading.Lock()
 
     # --- the public operations: EventQueue's own, without await -------------------------
-    # (The ignores: EventQueue's `self` is not positional-only, so next to **kwargs mypy
-    # cannot rule out a keyword named "self"; the signatures it infers are still exact.)
+    # The ignores: EventQueue's `self` is not positional-only, so where a method takes
+    # **kwargs mypy cannot rule out a keyword named "self" (arg-type); the signatures it
+    # infers are exact all the same. Every line has one, as any method may gain **kwargs.
 
-    identify = _without_await(EventQueue.identify)  # type: ignore[arg-type]
-    track = _without_await(EventQueue.track)
-    track_anonymous = _without_await(EventQueue.track_anonymous)
-    pageview = _without_await(EventQueue.pageview)  # type: ignore[arg-type]
-    backfill = _without_await(EventQueue.backfill)  # type: ignore[arg-type]
-    delete = _without_await(EventQueue.delete)
-    add_device = _without_await(EventQueue.add_device)  # type: ignore[arg-type]
-    delete_device = _without_await(EventQueue.delete_device)
-    suppress = _without_await(EventQueue.suppress)
-    unsuppress = _without_await(EventQueue.unsuppress)
-    merge_customers = _without_await(EventQueue.merge_customers)
+    identify = _without_await(EventQueue.identify)  # type: ignore[arg-type,unused-ignore]
+    track = _without_await(EventQueue.track)  # type: ignore[arg-type,unused-ignore]
+    track_anonymous = _without_await(EventQueue.track_anonymous)  # type: ignore[arg-type,unused-ignore]
+    pageview = _without_await(EventQueue.pageview)  # type: ignore[arg-type,unused-ignore]
+    backfill = _without_await(EventQueue.backfill)  # type: ignore[arg-type,unused-ignore]
+    delete = _without_await(EventQueue.delete)  # type: ignore[arg-type,unused-ignore]
+    add_device = _without_await(EventQueue.add_device)  # type: ignore[arg-type,unused-ignore]
+    delete_device = _without_await(EventQueue.delete_device)  # type: ignore[arg-type,unused-ignore]
+    suppress = _without_await(EventQueue.suppress)  # type: ignore[arg-type,unused-ignore]
+    unsuppress = _without_await(EventQueue.unsuppress)  # type: ignore[arg-type,unused-ignore]
+    merge_customers = _without_await(EventQueue.merge_customers)  # type: ignore[arg-type,unused-ignore]
 
 
 def _forget_threads_after_fork() -> None:
