@@ -48,7 +48,7 @@ def get_queue() -> SyncEventQueue:
     if queue is not None:
         return queue
     from django.conf import settings  # noqa: PLC0415 - Django is optional
-    from django.test.signals import setting_changed  # noqa: PLC0415
+    from django.core.signals import setting_changed  # noqa: PLC0415
 
     with _lock:
         if _queue is None:
