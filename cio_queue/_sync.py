@@ -671,8 +671,6 @@ class SyncEventQueue:
                 sender passed here is used from the queue's thread (and, after a fork, by
                 the child's).
         """
-        if not isinstance(config, QueueConfig):
-            raise TypeError(f"config must be a QueueConfig, not {type(config).__name__}")
         self._config = config
         self._on_outcome = on_outcome if on_outcome is not None else config.on_outcome
         self._sender = sender
