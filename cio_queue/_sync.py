@@ -762,6 +762,9 @@ class SyncEventQueue:
         Raises:
             QueueUsageError: called on the queue's own thread (in an on_outcome callback).
         """
+        current = self._runtime
+        if current is not None and current.on_own_thread():
+            raise QueueUsageError("close() on the queue's own thread would wait forever")
         with self._start_lock:
             runtime = self._runtime
             if runtime is None and self._sender is not None and not self._closed:
@@ -773,8 +776,6 @@ class SyncEventQueue:
             self._closed = True
         if runtime is None:
             return Statistics()
-        if runtime.on_own_thread():
-            raise QueueUsageError("close() on the queue's own thread would wait forever")
         runtime.begin_close(timeout)
         return runtime.wait_closed(timeout)
 
