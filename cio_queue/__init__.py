@@ -36,6 +36,7 @@ from ._region import AccountRegion
 from ._replay import replay
 from ._retry import RetryPolicy
 from ._sender import HttpSender, Request, Response, Sender
+from ._sync import SyncEventQueue, SyncReceipt
 from ._version import __version__
 
 __all__ = [
@@ -73,6 +74,8 @@ __all__ = [
     "SpoolDurability",
     "SpoolError",
     "Statistics",
+    "SyncEventQueue",
+    "SyncReceipt",
     "Transport",
     "TransportError",
     "UnauthorizedError",
