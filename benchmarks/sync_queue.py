@@ -13,7 +13,7 @@ Two figures per variant: wall time per call (all threads' calls over the elapsed
 with the GIL, the CPU a call costs) and the time one call holds up its thread. Only
 ratios measured in the same run carry over to another machine. From the repository root::
 
-    PYTHONPATH=. python benchmarks/bench_sync.py [--help]
+    python -m benchmarks.sync_queue [--help]
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from fake_server import Server, server_process
-
 from cio_queue import EventQueue, QueueConfig, SyncEventQueue
+
+from ._server import ServerHandle as Server
+from ._server import server_process
 
 THREADS: Final = 8
 """Caller threads, as a WSGI server or a Celery worker would have."""
@@ -54,7 +55,7 @@ class Timing:
 
 
 def _config(server: Server, capacity: int) -> QueueConfig:
-    return QueueConfig(site_id=server.site_id, api_key=server.api_key, base_url=server.url,
+    return QueueConfig(site_id=server.site_id, api_key=server.api_key, base_url=server.track_url,
                        max_queue_size=capacity, batch_size=capacity, flush_interval=3600.0,
                        rate_limit=None, shutdown_timeout=60.0)
 
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         "await EventQueue.track, on the loop": lambda s: time_await_in_loop(s, calls),
     }
     results: dict[str, Timing] = {}
-    with server_process(latency=0.0) as server:
+    with server_process() as server:
+        server.configure(latency=0.0)
         for name, measure in variants.items():
             results[name] = median([measure(server) for _ in range(repeats)])
     print(f"Python {sys.version.split()[0]}, {THREADS} threads x {calls} calls, "

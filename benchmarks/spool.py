@@ -18,7 +18,7 @@ commits are as far apart as ``commit_interval`` allows and carry thousands of ro
 Only the ratio to the baseline carries over to another machine. Run from the repository
 root::
 
-    PYTHONPATH=. python benchmarks/bench_spool.py [--help]
+    python -m benchmarks.spool [--help]
 """
 
 from __future__ import annotations
