@@ -27,12 +27,14 @@ from ._exceptions import (
     TransportError,
     UnauthorizedError,
 )
+from ._operations import Timestamp
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
 from ._queue import EventQueue
 from ._region import AccountRegion
 from ._replay import replay
 from ._retry import RetryPolicy
 from ._sender import HttpSender, Request, Response, Sender
+from ._typed import DeclaredEvent, Event, EventCatalog, TypedEventQueue
 from ._version import __version__
 
 __all__ = [
@@ -46,7 +48,10 @@ __all__ = [
     "AccountRegion",
     "CioQueueError",
     "ConfigError",
+    "DeclaredEvent",
     "DeliveryError",
+    "Event",
+    "EventCatalog",
     "EventQueue",
     "HttpSender",
     "InvalidEventError",
@@ -67,8 +72,10 @@ __all__ = [
     "Sender",
     "ServerError",
     "Statistics",
+    "Timestamp",
     "Transport",
     "TransportError",
+    "TypedEventQueue",
     "UnauthorizedError",
     "__version__",
     "replay",
