@@ -98,6 +98,26 @@ _SCALARS: Final[dict[object, Check]] = {
 }
 
 
+def exact_types(annotation: Any) -> frozenset[type]:
+    """Return types whose every instance fits ``annotation`` (without a subclass's quirks).
+
+    Containers test ``type(value) in`` these before calling a value's check, so a str or
+    a number costs a set lookup and never an exception (a union's failed branches would).
+    """
+    annotation = strip(annotation)
+    if annotation is None or annotation is types.NoneType:
+        return frozenset({types.NoneType})
+    if annotation is float:
+        return frozenset({float, int})
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return frozenset[type]().union(*map(exact_types, typing.get_args(annotation)))
+    if (origin is None and isinstance(annotation, type) and annotation is not Any
+            and not typing.is_typeddict(annotation)):
+        return frozenset({annotation})
+    return frozenset()
+
+
 def _literal(args: tuple[Any, ...], compile_arg: Callable[[Any], Check]) -> Check:
     # By type as well as value: Literal[1] must not take True, nor Literal[True] take 1.
     allowed = frozenset((type(arg), arg) for arg in args)
@@ -117,8 +137,11 @@ def _union(args: tuple[Any, ...], compile_arg: Callable[[Any], Check]) -> Check:
     branches = [compile_arg(arg) for arg in args]
     shown = " | ".join("None" if arg is types.NoneType else getattr(arg, "__name__", repr(arg))
                        for arg in args)
+    quick = frozenset[type]().union(*map(exact_types, args))
 
     def check(value: object) -> None:
+        if type(value) in quick:
+            return
         deepest: MismatchError | None = None
         for branch in branches:
             try:
@@ -132,11 +155,17 @@ def _union(args: tuple[Any, ...], compile_arg: Callable[[Any], Check]) -> Check:
     return check
 
 
-def _items(kinds: type | tuple[type, ...], noun: str, item: Check) -> Check:
+def _items(kinds: type | tuple[type, ...], noun: str, args: tuple[Any, ...],
+           compile_arg: Callable[[Any], Check]) -> Check:
+    item = compile_arg(args[0]) if args else _anything
+    quick = exact_types(args[0]) if args else frozenset()
+
     def check(value: object) -> None:
         if not isinstance(value, kinds):
             raise MismatchError("", f"must be {noun}, not {describe(value)}")
         for index, element in enumerate(cast("Iterable[object]", value)):
+            if type(element) in quick:
+                continue
             try:
                 item(element)
             except MismatchError as exc:
@@ -145,16 +174,16 @@ def _items(kinds: type | tuple[type, ...], noun: str, item: Check) -> Check:
 
 
 def _list(args: tuple[Any, ...], compile_arg: Callable[[Any], Check]) -> Check:
-    return _items(list, "a list", compile_arg(args[0]) if args else _anything)
+    return _items(list, "a list", args, compile_arg)
 
 
 def _sequence(args: tuple[Any, ...], compile_arg: Callable[[Any], Check]) -> Check:
-    return _items((list, tuple), "a list", compile_arg(args[0]) if args else _anything)
+    return _items((list, tuple), "a list", args, compile_arg)
 
 
 def _tuple(args: tuple[Any, ...], compile_arg: Callable[[Any], Check]) -> Check:
     if not args or (len(args) == 2 and args[1] is Ellipsis):
-        return _items(tuple, "a tuple", compile_arg(args[0]) if args else _anything)
+        return _items(tuple, "a tuple", args[:1], compile_arg)
     fixed = [compile_arg(arg) for arg in args]
 
     def check(value: object) -> None:
@@ -170,13 +199,16 @@ def _tuple(args: tuple[Any, ...], compile_arg: Callable[[Any], Check]) -> Check:
 
 def _mapping(args: tuple[Any, ...], compile_arg: Callable[[Any], Check]) -> Check:
     item = compile_arg(args[1]) if args else _anything
+    quick = exact_types(args[1]) if args else frozenset()
 
     def check(value: object) -> None:
         if not isinstance(value, dict):
             raise MismatchError("", f"must be a dict, not {describe(value)}")
         for key, element in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise MismatchError("", f"must have str keys, not {describe(key)}")
+            if type(element) in quick:
+                continue
             try:
                 item(element)
             except MismatchError as exc:
@@ -197,11 +229,12 @@ class _TypedDictCheck:
     Filled in after it is registered, so that a TypedDict that contains itself compiles.
     """
 
-    __slots__ = ("fields", "name", "required")
+    __slots__ = ("fields", "name", "quick", "required")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.fields: dict[str, Check] = {}
+        self.quick: dict[str, frozenset[type]] = {}
         self.required: frozenset[str] = frozenset()
 
     def __call__(self, value: object) -> None:
@@ -210,13 +243,15 @@ class _TypedDictCheck:
         if not self.required <= value.keys():
             missing = min(self.required - value.keys())
             raise MismatchError(f".{missing}", f"is required by {self.name}")
-        fields = self.fields
+        quick = self.quick
         for key, element in value.items():
-            field = fields.get(key)
-            if field is None:
+            exact = quick.get(key)
+            if exact is None:
                 raise MismatchError(f".{key}", f"is not declared in {self.name}")
+            if type(element) in exact:
+                continue
             try:
-                field(element)
+                self.fields[key](element)
             except MismatchError as exc:
                 raise _prefixed(exc, f".{key}") from None
 
@@ -272,6 +307,7 @@ class _Compiler:
         for key, value in hints.items():
             self.where = f"{typeddict.__name__}.{key}"
             check.fields[key] = self.compile(value)
+            check.quick[key] = exact_types(value)
         self.where = outer
         check.required = frozenset(key for key, value in hints.items()
                                    if _required(typeddict, key, value))

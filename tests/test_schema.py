@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal, NewType, NotRequired, Required, TypedDict, TypeVar
 
 import pytest
@@ -12,6 +13,18 @@ from typing_extensions import ReadOnly
 from cio_queue._schema import MismatchError, compile_check
 
 UserId = NewType("UserId", str)
+
+
+class Color(StrEnum):
+    """A str subclass."""
+
+    RED = "red"
+
+
+class Size(IntEnum):
+    """An int subclass."""
+
+    BIG = 3
 T = TypeVar("T")
 
 
@@ -83,6 +96,8 @@ def refusal(annotation: Any, value: object) -> tuple[str, str]:
     (Profile, {"email": "a@b.c"}), (Tree, {"name": "a", "children": [{"name": "b",
                                                                       "children": []}]}),
     (Sale | Refund, {"kind": "refund", "reason": "late"}),
+    (str | None, Color.RED), (Sequence[str], [Color.RED]), (int, Size.BIG),  # subclasses
+    (dict, {1: 2}), (dict[str, float], {"a": 1, "b": 2.5}),
 ])
 def test_values_that_fit_pass(annotation: Any, value: object) -> None:
     """Each supported form accepts the values a checker accepts."""
@@ -98,6 +113,8 @@ def test_values_that_fit_pass(annotation: Any, value: object) -> None:
     (Literal[1], True, "", "must be one of 1, not True"),
     (Literal["a"], ["a"], "", "must be one of 'a', not list"),
     (int | None, "1", "", "must be int | None, not '1'"),
+    (float | None, True, "", "must be float | None, not True"),
+    (list[float], [1, True], "[1]", "must be a float, not True"),
     (list[int], (1,), "", "must be a list, not tuple"),
     (list[int], [1, "2"], "[1]", "must be an int, not '2'"),
     (tuple[int, str], (1, 2), "[1]", "must be str, not 2"),
