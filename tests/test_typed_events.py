@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
 import pytest
@@ -22,6 +25,9 @@ from cio_queue import (
 from .recording import RecordingSender
 
 pytestmark = pytest.mark.anyio
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+EXAMPLE_TIMEOUT = 60.0
 
 
 class Item(TypedDict):
@@ -337,3 +343,20 @@ def test_validate_events_refuses_declarations_it_cannot_check(
     with pytest.raises(TypeError, match=message):
         TypedEventQueue(config(), events=events, person=person, validate_events=True,
                         sender=RecordingSender())
+
+
+# --- the README ----------------------------------------------------------------------------
+
+def readme_example() -> str:
+    """Return the first Python block of the README's "Typed events" section."""
+    section = README.read_text().split("\n## Typed events\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_runs(tmp_path: Path) -> None:
+    """The README's example, run as it stands, delivers its four operations."""
+    script = tmp_path / "typed_events_example.py"
+    script.write_text(readme_example())
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=EXAMPLE_TIMEOUT, check=False)
+    assert (result.returncode, result.stdout) == (0, "4 operations delivered\n"), result.stderr
