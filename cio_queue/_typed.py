@@ -37,9 +37,10 @@ Why this shape (checked with mypy 2.4 and pyright 1.1.414, neither with a plugin
   places.
 * Rejected: ``@overload``s per event on ``Literal`` names (Segment Typewriter's
   generated code), which keeps ``track("42", "purchase", ...)`` but needs a generated
-  file kept in step with the declarations and reports bad data as "no overload
-  matches"; a mypy plugin, which pyright would not run; ``**data: Unpack[...]``, since
-  PEP 692 allows no TypeVar there (and a TypedDict per event would need overloads again).
+  file kept in step with the declarations, and for bad data mypy says only "No overload
+  variant matches", naming no key; a mypy plugin, which pyright would not run;
+  ``**data: Unpack[...]``, since PEP 692 allows no TypeVar there (and a TypedDict per
+  event would need overloads again).
 * People: a TypedDict cannot become the keyword parameters of a generic method (no
   ``Unpack[TypeVar]``, and pyright types a TypedDict's constructor as two overloads, which
   no ParamSpec captures). The typed ``identify`` therefore takes the attributes as one
