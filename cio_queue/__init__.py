@@ -30,6 +30,7 @@ from ._exceptions import (
     TransportError,
     UnauthorizedError,
 )
+from ._operations import Timestamp
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
 from ._queue import EventQueue
 from ._region import AccountRegion
@@ -37,6 +38,7 @@ from ._replay import replay
 from ._retry import RetryPolicy
 from ._sender import HttpSender, Request, Response, Sender
 from ._sync import SyncEventQueue, SyncReceipt
+from ._typed import DeclaredEvent, Event, EventCatalog, TypedEventQueue
 from ._version import __version__
 
 __all__ = [
@@ -50,7 +52,10 @@ __all__ = [
     "AccountRegion",
     "CioQueueError",
     "ConfigError",
+    "DeclaredEvent",
     "DeliveryError",
+    "Event",
+    "EventCatalog",
     "EventQueue",
     "HttpSender",
     "InvalidEventError",
@@ -76,8 +81,10 @@ __all__ = [
     "Statistics",
     "SyncEventQueue",
     "SyncReceipt",
+    "Timestamp",
     "Transport",
     "TransportError",
+    "TypedEventQueue",
     "UnauthorizedError",
     "__version__",
     "replay",

@@ -15,7 +15,8 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, TypeAlias
 from urllib.parse import quote, unquote
 
 import orjson
@@ -37,8 +38,15 @@ from ._validation import (
     describe,
 )
 
-__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "new_ulid", "person_identifiers",
-           "to_v2"]
+__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "Timestamp", "new_ulid",
+           "person_identifiers", "to_v2"]
+
+Timestamp: TypeAlias = int | float | datetime
+"""When an event happened: unix seconds (a float is truncated), or a datetime (naive is UTC).
+
+The run time also takes a string of digits, as the official SDK passes it on, but the type
+leaves str out so that a checker flags a str that was never meant to be a time.
+"""
 
 # What requests does for json=: default separators, ASCII, no NaN, so that v1 bodies are
 # the official SDK's byte for byte. Made once (json.dumps with any non-default option builds

@@ -19,7 +19,7 @@ from ._config import OnOutcome, QueueConfig
 from ._exceptions import InvalidEventError, QueueClosedError, QueueFullError, QueueUsageError
 from ._ledger import Entry, Verdict
 from ._log import log
-from ._operations import Operation
+from ._operations import Operation, Timestamp
 from ._outcome import OutcomeStatus, Receipt, Statistics
 from ._pipeline import Pipeline, wait_regardless
 from ._region import AccountRegion, check_account
@@ -217,7 +217,7 @@ class EventQueue:
 
     async def track_anonymous(self, anonymous_id: str | int | None, name: str,
                               data: dict[str, Any] | None = None, id: str | None = None,
-                              timestamp: Any = None, **properties: Any) -> Receipt:
+                              timestamp: Timestamp | None = None, **properties: Any) -> Receipt:
         """Track an event for an anonymous visitor (``POST /api/v1/events`` on both transports).
 
         A blank ``anonymous_id`` makes an invite event, which needs ``data["recipient"]``;
@@ -232,7 +232,7 @@ class EventQueue:
         self._ready()
         return await self._submit(ops.pageview(customer_id, page, data))
 
-    async def backfill(self, customer_id: str | int, name: str, timestamp: Any,
+    async def backfill(self, customer_id: str | int, name: str, timestamp: Timestamp,
                        **data: Any) -> Receipt:
         """Track a past event with its required timestamp."""
         self._ready()
