@@ -69,9 +69,8 @@ class EventQueue:
         self._born = _forks[0]
 
     def __repr__(self) -> str:
-        stats = self.statistics()
-        return (f"<EventQueue {self._state} site_id={self._config.site_id!r} "
-                f"pending={stats.pending} delivered={stats.delivered}>")
+        s = self.statistics()
+        return f"<EventQueue {self._state} site_id={self._config.site_id!r} pending={s.pending}>"
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -199,7 +198,8 @@ class EventQueue:
         return await self._submit(ops.identify(id, attributes))
 
     async def track(self, customer_id: str | int, name: str, data: dict[str, Any] | None = None,
-                    id: str | None = None, timestamp: Any = None, **properties: Any) -> Receipt:
+                    id: str | None = None, timestamp: Timestamp | None = None,
+                    **properties: Any) -> Receipt:
         """Track an event for a person (v1 ``POST /customers/{id}/events``, v2 ``event``).
 
         Args:
