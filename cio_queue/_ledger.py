@@ -60,14 +60,16 @@ _RECORDED_STATUSES: Final = frozenset({OutcomeStatus.REJECTED, OutcomeStatus.FAI
 class Entry:
     """An accepted operation, its receipt, and its state in the ledger."""
 
-    __slots__ = ("attempts", "op", "receipt", "seq", "state", "verdict")
+    __slots__ = ("attempts", "key", "op", "receipt", "seq", "state", "verdict")
 
-    def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop | None = None,
+                 receipt: Receipt | None = None) -> None:
         self.op = op
-        self.receipt = Receipt(op.kind, op.event_id, loop)
+        self.receipt = receipt if receipt is not None else Receipt(op.kind, op.event_id, loop)
         self.state = State.QUEUED
         self.attempts = 0
         self.seq = 0
+        self.key: int | None = None  # its row in the spool, if any
         self.verdict: Verdict | None = None
 
     def __repr__(self) -> str:
@@ -89,12 +91,17 @@ class Ledger:
     """
 
     def __init__(self, capacity: int, *, recorder: Recorder | None,
-                 on_settled: Callable[[Outcome], None]) -> None:
+                 on_settled: Callable[[Outcome], None],
+                 unspool: Callable[[int], None] | None = None) -> None:
         self.room = anyio.Semaphore(capacity, max_value=capacity, fast_acquire=True)
         self.recorder = recorder
+        # With a spool: settling removes an operation's row, and what is stranded stays
+        # there (settled spooled) for the next start instead of going to the recorder.
+        self._unspool = unspool
         self._on_settled = on_settled
         self._live: dict[Entry, None] = {}  # admitted, not settled; in admission order
         self.enqueued = 0
+        self._seq = 0
         self.queued = 0
         self._in_flight = 0
         self.settled = dict.fromkeys(OutcomeStatus, 0)
@@ -121,10 +128,15 @@ class Ledger:
 
     # --- transitions -----------------------------------------------------------------
 
-    def admit(self, entry: Entry) -> None:
-        """Record an accepted operation; its caller holds a place taken from ``room``."""
-        self.enqueued += 1
-        entry.seq = self.enqueued
+    def admit(self, entry: Entry, *, counted: bool = True) -> None:
+        """Record an accepted operation; its caller holds a place taken from ``room``.
+
+        ``counted=False`` for one loaded back from the spool, already counted as enqueued.
+        """
+        if counted:
+            self.enqueued += 1
+        self._seq += 1
+        entry.seq = self._seq
         self._live[entry] = None
         self.queued += 1
         self._decided.clear()
@@ -132,7 +144,6 @@ class Ledger:
     def refuse(self, entry: Entry, verdict: Verdict) -> None:
         """Count an operation that was accepted and dropped at once, without a place."""
         self.enqueued += 1
-        entry.seq = self.enqueued
         entry.state = State.SETTLED
         self._finish(entry, verdict)
 
@@ -166,8 +177,9 @@ class Ledger:
     def strand(self, entries: Iterable[Entry], reason: str) -> int:
         """End the delivery of queued or in-flight operations that will not be sent.
 
-        With a dead-letter file they wait for their record and settle ``dead_lettered``;
-        without one they settle ``failed`` at once. Returns how many were stranded.
+        With a spool they stay there and settle ``spooled``; else, with a dead-letter file,
+        they wait for their record and settle ``dead_lettered``; else they settle
+        ``failed`` at once. Returns how many were stranded.
         """
         count = 0
         for entry in entries:
@@ -178,7 +190,9 @@ class Ledger:
             else:
                 continue
             count += 1
-            if self.recorder is None:
+            if self._unspool is not None:
+                self._settle(entry, Verdict(OutcomeStatus.SPOOLED, reason))
+            elif self.recorder is None:
                 self._settle(entry, Verdict(OutcomeStatus.FAILED, reason))
             else:
                 entry.state = State.STRANDED
@@ -218,6 +232,9 @@ class Ledger:
         entry.verdict = None
         del self._live[entry]
         self.room.release()
+        if entry.key is not None and verdict.status is not OutcomeStatus.SPOOLED:
+            assert self._unspool is not None
+            self._unspool(entry.key)
         self._finish(entry, verdict)
 
     def _finish(self, entry: Entry, verdict: Verdict) -> None:

@@ -29,6 +29,8 @@ class OutcomeStatus(enum.Enum):
     """The overflow policy dropped it from a full queue."""
     DEAD_LETTERED = "dead_lettered"
     """It was unsent at the shutdown deadline and was written to the dead-letter file."""
+    SPOOLED = "spooled"
+    """It was unsent when the queue stopped and stays in the spool for the next start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class Receipt:
     whether or not anybody waits.
     """
 
-    __slots__ = ("_loop", "_outcome", "_waiter", "event_id", "kind")
+    __slots__ = ("__weakref__", "_loop", "_outcome", "_waiter", "event_id", "kind")
 
     def __init__(self, kind: str, event_id: str | None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -120,8 +122,8 @@ class Receipt:
 class Statistics:
     """A snapshot of a queue's counters.
 
-    ``enqueued == delivered + rejected + failed + dropped + dead_lettered + pending``
-    holds in every snapshot.
+    ``enqueued == delivered + rejected + failed + dropped + dead_lettered + spooled +
+    pending`` holds in every snapshot.
 
     Attributes:
         enqueued: operations accepted by an enqueue call (including any later dropped).
@@ -130,7 +132,11 @@ class Statistics:
         failed: operations given up after retries, or unsent at shutdown with no file.
         dropped: operations dropped by the overflow policy.
         dead_lettered: operations unsent at shutdown and written to the dead-letter file.
-        pending: operations accepted and not yet settled (queued, in flight or retrying).
+        spooled: with a spool, operations on disk only: accepted while memory was full and
+            not loaded back yet, or left in the spool when the queue stopped (and, after a
+            restart, counted here until loaded). Operations recovered from the spool at
+            start count as enqueued.
+        pending: operations in memory and not yet settled (queued, in flight, retrying).
         queued: of the pending, those still waiting for the flusher.
         batches: batches the flusher has handed to the sender.
         requests: HTTP requests started (attempts, including retries).
@@ -145,6 +151,7 @@ class Statistics:
     failed: int = 0
     dropped: int = 0
     dead_lettered: int = 0
+    spooled: int = 0
     pending: int = 0
     queued: int = 0
     batches: int = 0

@@ -34,10 +34,12 @@ from ._config import OnOutcome, QueueConfig
 from ._courier import Closing, Courier
 from ._deadletter import DeadLetterWriter
 from ._dispatch import SHUTDOWN_REASON, Dispatcher
+from ._exceptions import SpoolError
 from ._ledger import Entry, Ledger
 from ._log import log
 from ._outcome import Outcome, OutcomeStatus, Statistics
 from ._sender import Sender
+from ._spooled import Spooler
 
 __all__ = ["CLOSE_MARGIN", "Pipeline", "wait_regardless"]
 
@@ -65,11 +67,15 @@ class Pipeline:
         self._on_stopped = on_stopped
         path = config.dead_letter_file
         self.writer = DeadLetterWriter(path, self._written) if path is not None else None
+        spooled = config.spool_path is not None
         self.ledger = Ledger(config.max_queue_size, recorder=self.writer,
-                             on_settled=self._settled)
+                             on_settled=self._settled,
+                             unspool=self._unspool if spooled else None)
         closing = Closing()
         self.dispatcher = Dispatcher(config, self.ledger, Courier(config, sender, closing),
                                      closing)
+        self.spooler = (Spooler(config, self.ledger, self.dispatcher, self.loop)
+                        if spooled else None)
         self.blocked: set[anyio.CancelScope] = set()  # callers waiting for room
         self._tasks: list[asyncio.Task[None]] = []
         self._callbacks: set[asyncio.Task[Any]] = set()
@@ -87,6 +93,9 @@ class Pipeline:
             self._spawn(dispatcher.run_worker(), f"cio_queue.worker-{number}")
         if self.writer is not None:
             self._spawn(self.writer.run(), "cio_queue.dead_letters")
+        if self.spooler is not None:
+            self._spawn(self._open_spool(), "cio_queue.spool_open", forever=False)
+            self._spawn(self.spooler.run_loader(), "cio_queue.spool_loader")
         log.info("cio_queue.started", transport=self._config.transport,
                  max_concurrency=dispatcher.workers,
                  dead_letter_path=str(self.writer.path) if self.writer else None)
@@ -96,15 +105,30 @@ class Pipeline:
         self.ledger.admit(entry)
         self.dispatcher.submit(entry)
 
+    async def _open_spool(self) -> None:
+        """Open the spool; an unusable one stops the queue (intake then raises SpoolError)."""
+        assert self.spooler is not None
+        try:
+            await self.spooler.open()
+        except SpoolError as exc:
+            log.error("cio_queue.spool_unusable", error=str(exc))
+            self.abandon("spool_unusable", announce=False)
+
+    def _unspool(self, key: int) -> None:
+        assert self.spooler is not None
+        self.spooler.store_remove(key)
+
     def statistics(self) -> Statistics:
         """A snapshot of the counters."""
         ledger, dispatcher = self.ledger, self.dispatcher
         settled = ledger.settled
+        disk_only = self.spooler.disk_only if self.spooler is not None else 0
         return Statistics(
             enqueued=ledger.enqueued, delivered=settled[OutcomeStatus.DELIVERED],
             rejected=settled[OutcomeStatus.REJECTED], failed=settled[OutcomeStatus.FAILED],
             dropped=settled[OutcomeStatus.DROPPED],
-            dead_lettered=settled[OutcomeStatus.DEAD_LETTERED], pending=ledger.pending,
+            dead_lettered=settled[OutcomeStatus.DEAD_LETTERED],
+            spooled=settled[OutcomeStatus.SPOOLED] + disk_only, pending=ledger.pending,
             queued=ledger.queued, batches=dispatcher.batches, requests=dispatcher.requests,
             retries=dispatcher.retries, rate_limited=dispatcher.rate_limited,
             unauthorized=dispatcher.unauthorized)
@@ -159,9 +183,13 @@ class Pipeline:
             task.cancel()
         await asyncio.wait(runners, timeout=max(_MIN_CLOSE_STEP, hard_deadline - time.monotonic()))
         stranded = self.ledger.strand_all(SHUTDOWN_REASON)
+        if self.spooler is not None:
+            stranded += self.spooler.strand_disk_only(SHUTDOWN_REASON)
         if stranded:
-            where = str(self.writer.path) if self.writer else None
-            log.warning("cio_queue.unsent_at_shutdown", count=stranded, dead_letter_path=where)
+            where = self.writer.path if self.writer and not self.spooler else None
+            log.warning("cio_queue.unsent_at_shutdown", count=stranded,
+                        dead_letter_path=str(where) if where else None,
+                        kept_in_spool=self.spooler is not None)
 
     async def _record(self, hard_deadline: float) -> None:
         """Phase 3: wait for the dead-letter writer, within the margin."""
@@ -188,8 +216,11 @@ class Pipeline:
                 await self._sender.aclose()
         except Exception:  # noqa: BLE001 - closing must finish whatever the sender does
             log.exception("cio_queue.sender_close_failed")
+        if self.spooler is not None:
+            await self.spooler.close()
 
-    def abandon(self, reason: str, error: BaseException | None = None) -> None:
+    def abandon(self, reason: str, error: BaseException | None = None, *,
+                announce: bool = True) -> None:
         """Stop at once, synchronously: strand and record everything pending, log once.
 
         Used when a task of the pipeline crashed or was cancelled from outside: no
@@ -197,6 +228,17 @@ class Pipeline:
         """
         if self.closed:
             return
+        self._stop_everything()
+        unsent = self._spill_blocking(reason)
+        if announce or error is not None or unsent:
+            _announce_abandoned(unsent, error)
+        closing = self.loop.create_task(self._sender.aclose(), name="cio_queue.close_sender")
+        _closing_senders.add(closing)
+        closing.add_done_callback(_closing_senders.discard)
+        self._finish(None)
+
+    def _stop_everything(self) -> None:
+        """Cancel every task of the pipeline but the current one, and release the blocked."""
         self._stopping = True
         current = asyncio.current_task()
         for task in [*self._tasks, self._closer]:
@@ -204,21 +246,18 @@ class Pipeline:
                 task.cancel()
         for scope in self.blocked:
             scope.cancel()
+
+    def _spill_blocking(self, reason: str) -> int:
+        """Strand everything pending, keep or record it by blocking; return how many."""
         unsent = self.ledger.strand_all(reason)
+        if self.spooler is not None:
+            unsent += self.spooler.strand_disk_only(reason)
+            self.spooler.close_blocking(CLOSE_MARGIN)
         if self.writer is not None:
             late = self.writer.finish_blocking(CLOSE_MARGIN)
             self.ledger.recorded(late, written=False, reason="dead_letter_timeout")
             self.writer.close()
-        if error is not None:
-            log.error("cio_queue.crashed", unsent=unsent, error=repr(error), exc_info=error)
-        elif unsent:
-            log.error("cio_queue.abandoned", count=unsent, hint=_ABANDONED_HINT)
-        else:
-            log.warning("cio_queue.abandoned", count=0, hint=_ABANDONED_HINT)
-        closing = self.loop.create_task(self._sender.aclose(), name="cio_queue.close_sender")
-        _closing_senders.add(closing)
-        closing.add_done_callback(_closing_senders.discard)
-        self._finish(None)
+        return unsent
 
     def _finish(self, event: str | None) -> None:
         self.closed = True
@@ -226,14 +265,17 @@ class Pipeline:
         if event is not None:
             log.info(event, delivered=stats.delivered, rejected=stats.rejected,
                      failed=stats.failed, dropped=stats.dropped,
-                     dead_lettered=stats.dead_lettered, pending=stats.pending)
+                     dead_lettered=stats.dead_lettered, spooled=stats.spooled,
+                     pending=stats.pending)
         self._on_stopped(stats)
 
     # --- supervision and callbacks ---------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, *,
+               forever: bool = True) -> None:
+        """Start a supervised task; ``forever`` ones must not end while the queue runs."""
         task = self.loop.create_task(coro, name=name)
-        task.add_done_callback(self._task_ended)
+        task.add_done_callback(self._task_ended if forever else self._step_ended)
         self._tasks.append(task)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
@@ -244,6 +286,10 @@ class Pipeline:
         else:
             self.abandon("internal_error", task.exception()
                          or RuntimeError(f"{task.get_name()} stopped"))
+
+    def _step_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._task_ended(task)
 
     def _written(self, entries: list[Entry], written: bool) -> None:
         self.ledger.recorded(entries, written=written)
@@ -266,6 +312,16 @@ class Pipeline:
         self._callbacks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("cio_queue.on_outcome_failed", exc_info=task.exception())
+
+
+def _announce_abandoned(unsent: int, error: BaseException | None) -> None:
+    """The one log line of an abandoned pipeline."""
+    if error is not None:
+        log.error("cio_queue.crashed", unsent=unsent, error=repr(error), exc_info=error)
+    elif unsent:
+        log.error("cio_queue.abandoned", count=unsent, hint=_ABANDONED_HINT)
+    else:
+        log.warning("cio_queue.abandoned", count=0, hint=_ABANDONED_HINT)
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

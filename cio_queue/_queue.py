@@ -19,7 +19,6 @@ from ._config import OnOutcome, QueueConfig
 from ._exceptions import InvalidEventError, QueueClosedError, QueueFullError, QueueUsageError
 from ._ledger import Entry, Verdict
 from ._log import log
-from ._operations import Operation, Timestamp
 from ._outcome import OutcomeStatus, Receipt, Statistics
 from ._pipeline import Pipeline, wait_regardless
 from ._region import AccountRegion, check_account
@@ -87,8 +86,11 @@ class EventQueue:
         Raises:
             QueueClosedError: the queue was closed.
             QueueUsageError: another event loop or a forked child.
+            SpoolError: the spool directory or file cannot be used.
         """
         self._start()
+        if self._run is not None and self._run.spooler is not None:
+            await self._run.spooler.ready()  # an unusable spool raises here
 
     def _start(self) -> None:
         self._check_context()
@@ -164,15 +166,11 @@ class EventQueue:
     async def check(self) -> AccountRegion:
         """Ask the Track API where these credentials belong, and check the config against it.
 
-        Sends ``GET /api/v1/accounts/region`` (no operation is sent; the queue need not be
-        started), e.g. in an app's lifespan before it serves traffic.
-
-        Returns:
-            The workspace's region and Track API host.
+        Sends ``GET /api/v1/accounts/region`` (no operation; the queue need not be started).
 
         Raises:
-            ConfigError: the API refused the credentials (401/403), or the workspace is
-                in another region than ``region`` says (the message names the right one).
+            ConfigError: refused credentials (401/403), or the workspace is in another
+                region than ``region`` says (the message names the right one).
             DeliveryError: no usable answer: the API is unreachable or failing.
         """
         return await check_account(self._sender, self._config)
@@ -198,7 +196,7 @@ class EventQueue:
         return await self._submit(ops.identify(id, attributes))
 
     async def track(self, customer_id: str | int, name: str, data: dict[str, Any] | None = None,
-                    id: str | None = None, timestamp: Timestamp | None = None,
+                    id: str | None = None, timestamp: ops.Timestamp | None = None,
                     **properties: Any) -> Receipt:
         """Track an event for a person (v1 ``POST /customers/{id}/events``, v2 ``event``).
 
@@ -217,7 +215,7 @@ class EventQueue:
 
     async def track_anonymous(self, anonymous_id: str | int | None, name: str,
                               data: dict[str, Any] | None = None, id: str | None = None,
-                              timestamp: Timestamp | None = None, **properties: Any) -> Receipt:
+                              timestamp: ops.Timestamp | None = None, **properties: Any) -> Receipt:
         """Track an event for an anonymous visitor (``POST /api/v1/events`` on both transports).
 
         A blank ``anonymous_id`` makes an invite event, which needs ``data["recipient"]``;
@@ -232,7 +230,7 @@ class EventQueue:
         self._ready()
         return await self._submit(ops.pageview(customer_id, page, data))
 
-    async def backfill(self, customer_id: str | int, name: str, timestamp: Timestamp,
+    async def backfill(self, customer_id: str | int, name: str, timestamp: ops.Timestamp,
                        **data: Any) -> Receipt:
         """Track a past event with its required timestamp."""
         self._ready()
@@ -274,8 +272,8 @@ class EventQueue:
     async def batch(self, operations: list[dict[str, Any]]) -> list[Receipt]:
         """Enqueue operations given in their v2 form, like the official SDK's ``batch()``.
 
-        Each is a ``/api/v2/batch`` element (``type``, ``action``, ``identifiers``...), sent
-        by the batch endpoint whatever the transport; all are checked before any is queued.
+        Each is a ``/api/v2/batch`` element, sent by that endpoint whatever the transport;
+        all are checked before any is queued.
 
         Raises:
             InvalidEventError: not a list of dicts, or one lacks its type or action.
@@ -299,10 +297,12 @@ class EventQueue:
         if self._born != _forks[0] or asyncio.get_running_loop() is not run.loop:
             self._check_context()
 
-    async def _submit(self, op: Operation) -> Receipt:
+    async def _submit(self, op: ops.Operation) -> Receipt:
         run = self._run
         assert run is not None
         entry = Entry(op.seal(batch=self._batch_transport), run.loop)
+        if run.spooler is not None and await run.spooler.admit(entry):
+            return entry.receipt
         try:
             run.ledger.room.acquire_nowait()
         except anyio.WouldBlock:

@@ -341,15 +341,10 @@ class _Runtime:
     def _wait_for_place(self) -> None:
         """Wait (lock held) for a place, first come first served, within enqueue_timeout."""
         timeout = self.config.enqueue_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
         waiter = _Waiter(self.lock)
         self.waiters.append(waiter)
         try:
-            while not waiter.granted and self.state is _RUNNING:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                waiter.cond.wait(remaining)
+            self._wait_granted(waiter, None if timeout is None else time.monotonic() + timeout)
         finally:
             if not waiter.granted:
                 self.waiters.remove(waiter)
@@ -360,6 +355,14 @@ class _Runtime:
         if not waiter.granted:
             raise QueueFullError(f"no room in the queue within enqueue_timeout={timeout}s "
                                  "(overflow='block')")
+
+    def _wait_granted(self, waiter: _Waiter, deadline: float | None) -> None:
+        """Sleep on the waiter's condition until granted, closed, or the deadline."""
+        while not waiter.granted and self.state is _RUNNING:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            waiter.cond.wait(remaining)
 
     def _wake(self) -> None:
         assert self.loop is not None

@@ -1,0 +1,196 @@
+"""Spooling: every accepted operation on local disk too, until it settles.
+
+Stage: beside intake and the ledger, with ``spool_path``. Intake packs each accepted
+operation into the :class:`~cio_queue._spool.SpoolStore` (a group commit on a thread of
+its own; with ``spool_durability="sync"`` the call returns once the row is durable) and
+then admits it in memory as usual, or, while memory is full or older operations still
+wait on disk, keeps it on disk only: handlers neither fail nor wait during an outage.
+The loader task brings disk-only operations back, oldest first, as places free up in
+memory. Settling an operation removes its row; at shutdown (or after a crash, or a kill)
+whatever is unsent stays in the spool, and the next queue to open the directory sends it
+first: at least once, with the same event ids, so Customer.io deduplicates the events,
+and identify, delete and the device operations are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from typing import Final
+
+import anyio
+
+from ._config import QueueConfig
+from ._dispatch import Dispatcher
+from ._exceptions import SpoolError
+from ._ledger import Entry, Ledger
+from ._log import log
+from ._operations import Operation
+from ._outcome import Outcome, OutcomeStatus, Receipt
+from ._spool import SpoolStore
+
+__all__ = ["Spooler"]
+
+LOAD_CHUNK: Final = 500
+"""Disk-only operations read back from the spool at a time."""
+
+
+class Spooler:
+    """Keep the spool in step with intake and the ledger, and load the backlog back."""
+
+    def __init__(self, config: QueueConfig, ledger: Ledger, dispatcher: Dispatcher,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._config = config
+        self._ledger = ledger
+        self._dispatcher = dispatcher
+        self._loop = loop
+        self._batch = config.transport == "batch"
+        self.store: SpoolStore | None = None
+        self._opened = asyncio.Event()
+        self._error: SpoolError | None = None
+        self.disk_only = 0  # accepted, on disk only, not loaded back yet
+        self._loaded = 0  # the key of the last row loaded back
+        self._backlog = asyncio.Event()
+        # The receipts of disk-only operations, while their callers keep them.
+        self._receipts: weakref.WeakValueDictionary[int, Receipt] = (
+            weakref.WeakValueDictionary())
+
+    async def open(self) -> None:
+        """Open (or adopt) the spool; what it already holds is the backlog, sent first."""
+        assert self._config.spool_path is not None
+        try:
+            self.store = await SpoolStore.open(
+                self._config.spool_path, durability=self._config.spool_durability,
+                commit_interval=self._config.spool_commit_interval,
+                max_bytes=self._config.max_spool_bytes)
+        except SpoolError as exc:
+            self._error = exc
+            raise
+        finally:
+            self._opened.set()
+        backlog = self.store.backlog
+        if backlog:
+            self.disk_only = len(backlog)
+            self._loaded = backlog.start - 1
+            self._ledger.enqueued += len(backlog)
+            self._backlog.set()
+            log.info("cio_queue.spool_recovered", count=len(backlog),
+                     path=str(self.store.path))
+
+    async def ready(self) -> SpoolStore:
+        """The open store; raises the error that kept it from opening."""
+        if not self._opened.is_set():
+            await self._opened.wait()
+        if self.store is None:
+            raise self._error or SpoolError("the spool is not open")
+        return self.store
+
+    async def admit(self, entry: Entry) -> bool:
+        """Put an accepted operation in the spool, then in memory or on disk only.
+
+        Returns False when the spool is full: the caller applies the overflow policy.
+
+        Raises:
+            SpoolError: the spool could not be opened, or (``"sync"``) the commit failed.
+        """
+        store = await self.ready()
+        record = entry.op.pack()
+        if store.full(len(record)):
+            return False
+        key, committed = store.add(record)
+        if committed is not None:
+            try:
+                await committed
+            except SpoolError:
+                store.remove(key)
+                raise
+        entry.key = key
+        ledger = self._ledger
+        if not self.disk_only:
+            try:
+                ledger.room.acquire_nowait()
+            except anyio.WouldBlock:
+                pass  # memory is full: this one waits on disk
+            else:
+                ledger.admit(entry)
+                self._dispatcher.submit(entry)
+                return True
+        ledger.enqueued += 1
+        if not self.disk_only:
+            self._loaded = key - 1  # disk-only rows are the keys from this one on
+        self.disk_only += 1
+        self._receipts[key] = entry.receipt
+        self._backlog.set()
+        return True
+
+    async def run_loader(self) -> None:
+        """Bring disk-only operations back into memory, oldest first, as room frees."""
+        store = await self.ready()
+        rows: deque[tuple[int, bytes]] = deque()
+        room = self._ledger.room
+        while True:
+            if not rows:
+                if not self.disk_only:
+                    self._backlog.clear()
+                    await self._backlog.wait()
+                    continue
+                rows.extend(await store.load(self._loaded, LOAD_CHUNK))
+                if not rows:  # keys ran out before the count: trust the store
+                    self.disk_only = 0
+                    continue
+                self._loaded = rows[-1][0]
+            await room.acquire()
+            self._bring_back(*rows.popleft())
+
+    def _bring_back(self, key: int, record: bytes) -> None:
+        """Admit one disk-only operation in memory; its caller holds a place."""
+        self.disk_only -= 1
+        try:
+            op = Operation.unpack(record, batch=self._batch)
+        except ValueError as exc:
+            self._ledger.room.release()
+            self.store_remove(key)
+            log.error("cio_queue.spool_unreadable", key=key, error=str(exc))
+            return
+        entry = Entry(op, self._loop, self._receipts.pop(key, None))
+        entry.key = key
+        self._ledger.admit(entry, counted=False)
+        self._dispatcher.submit(entry)
+
+    def store_remove(self, key: int) -> None:
+        """Remove a settled operation's row (the ledger's hook)."""
+        if self.store is not None:
+            self.store.remove(key)
+
+    def strand_disk_only(self, reason: str) -> int:
+        """At the end: the disk-only operations stay in the spool; settle their receipts."""
+        left = self.disk_only
+        for key, receipt in list(self._receipts.items()):
+            del self._receipts[key]
+            receipt._settle(Outcome(OutcomeStatus.SPOOLED, receipt.kind, None,
+                                    receipt.event_id, 0, reason))
+        self._ledger.settled[OutcomeStatus.SPOOLED] += left
+        self.disk_only = 0
+        return left
+
+    async def close(self) -> int:
+        """Commit and close the store; return the rows left for the next start."""
+        if self.store is None:
+            return 0
+        try:
+            return await self.store.close()
+        except SpoolError as exc:
+            log.error("cio_queue.spool_close_failed", error=str(exc))
+            return self.store.rows
+
+    def close_blocking(self, timeout: float) -> int:
+        """The same from a dying loop."""
+        if self.store is None:
+            return 0
+        try:
+            return self.store.close_blocking(timeout)
+        except SpoolError as exc:
+            log.error("cio_queue.spool_close_failed", error=str(exc))
+            return self.store.rows
+

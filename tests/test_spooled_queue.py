@@ -1,0 +1,84 @@
+"""A queue with a spool: an outage costs no failure and no wait, a restart resends the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from cio_queue import EventQueue, OutcomeStatus, QueueConfig, RetryPolicy, SpoolError, Statistics
+from cio_queue.testing import FakeTrackAPI, refused_url
+
+from .recording import RecordingSender
+
+pytestmark = pytest.mark.anyio
+
+
+def config(spool: Path, **overrides: Any) -> QueueConfig:
+    values: dict[str, Any] = {
+        "site_id": "fake-site", "api_key": "fake-key", "base_url": "http://127.0.0.1:9",
+        "flush_interval": 0.01, "rate_limit": None, "shutdown_timeout": 0.5,
+        "retry": RetryPolicy(attempts=100, wait_initial=0.01, wait_max=0.05, wait_jitter=0,
+                             timeout=60),
+        "spool_path": spool, "max_queue_size": 10, "batch_size": 5,
+    }
+    values.update(overrides)
+    return QueueConfig(**values)
+
+
+def settled_sum(stats: Statistics) -> int:
+    return (stats.delivered + stats.rejected + stats.failed + stats.dropped
+            + stats.dead_lettered + stats.spooled + stats.pending)
+
+
+async def test_a_full_memory_spills_to_disk_and_loads_back_in_order(tmp_path: Path) -> None:
+    """Beyond max_queue_size, operations wait on disk (no error, no wait) and come back FIFO."""
+    sender = RecordingSender()
+    sender.hold.clear()
+    async with EventQueue(config(tmp_path / "spool"), sender=sender) as queue:
+        receipts = [await queue.track(f"c{i:03}", "ev") for i in range(100)]
+        stats = queue.statistics()
+        assert (stats.enqueued, stats.pending, stats.spooled) == (100, 10, 90)
+        assert stats.enqueued == settled_sum(stats)
+        sender.hold.set()
+        with anyio.fail_after(20):
+            outcomes = [await r.wait() for r in receipts]
+        stats = queue.statistics()
+    assert {o.status for o in outcomes} == {OutcomeStatus.DELIVERED}
+    assert (stats.delivered, stats.pending, stats.spooled) == (100, 0, 0)
+    people = [b.decode() for r in sender.requests for b in [r.body]]
+    order = [int(p.split('"c')[1][:3]) for body in people for p in body.split('"id":')[1:]
+             if '"c' in p[:4]]
+    assert order == sorted(order)  # first in, first out, through the disk and back
+
+
+async def test_what_aclose_cannot_send_stays_in_the_spool_for_the_next_start(
+        tmp_path: Path) -> None:
+    """API down at close: everything stays spooled; the next queue on it delivers it all."""
+    spool = tmp_path / "spool"
+    with refused_url() as down:
+        async with EventQueue(config(spool, base_url=down)) as first:
+            receipts = [await first.track(f"c{i}", "ev") for i in range(50)]
+        stats = first.statistics()
+    assert (stats.spooled, stats.pending, stats.failed) == (50, 0, 0)
+    assert {r.outcome.status for r in receipts if r.outcome} == {OutcomeStatus.SPOOLED}
+    async with FakeTrackAPI() as fake:
+        async with EventQueue(config(spool, base_url=fake.url)) as second:
+            with anyio.fail_after(20):
+                await fake.wait_for_operations(50)
+        stats = second.statistics()
+        ids = sorted(e["id"] for e in fake.accepted_events())
+    assert (stats.enqueued, stats.delivered, stats.spooled) == (50, 50, 0)
+    assert ids == sorted(r.event_id or "" for r in receipts)
+
+
+async def test_an_unusable_spool_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    """A spool_path under a file cannot be used: start() raises SpoolError naming it."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    queue = EventQueue(config(blocker / "spool"), sender=RecordingSender())
+    with anyio.fail_after(10), pytest.raises(SpoolError):
+        await queue.start()
+    await queue.aclose()
