@@ -1,5 +1,6 @@
 """cio-queue: a non-blocking, batching asyncio client for the Customer.io Track API."""
 
+from ._before_send import OperationView
 from ._config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FLUSH_INTERVAL,
@@ -59,6 +60,7 @@ __all__ = [
     "EventQueue",
     "HttpSender",
     "InvalidEventError",
+    "OperationView",
     "Outcome",
     "OutcomeStatus",
     "Overflow",

@@ -19,6 +19,7 @@ from ._exceptions import ConfigError
 from ._retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from ._before_send import OperationView
     from ._outcome import Outcome
 
 __all__ = [
@@ -58,6 +59,7 @@ Overflow = Literal["block", "raise", "drop_newest", "drop_oldest"]
 Transport = Literal["batch", "v1"]
 _TRANSPORTS: Final = ("batch", "v1")
 OnOutcome = Callable[["Outcome"], "Awaitable[Any] | Any"]
+BeforeSend = Callable[["OperationView"], "OperationView | None"]
 _OVERFLOWS: Final = ("block", "raise", "drop_newest", "drop_oldest")
 SpoolDurability = Literal["batched", "sync"]
 _SPOOL_DURABILITIES: Final = ("batched", "sync")
@@ -136,6 +138,10 @@ class QueueConfig:
         max_spool_bytes: the most the spool may hold, counted as record bytes plus a small
             per-row overhead; beyond it the ``overflow`` policy applies. None: no limit.
         on_outcome: a sync or async callable run once per settled operation.
+        before_send: a sync callable given an ``OperationView`` of every operation at
+            enqueue, in the caller's stack, returning it (changed with
+            ``dataclasses.replace``, or as it is) or None to drop it (counted as
+            ``filtered``). An exception in it is an ``InvalidEventError`` naming the hook.
     """
 
     site_id: str
@@ -163,6 +169,7 @@ class QueueConfig:
     spool_commit_interval: float = DEFAULT_SPOOL_COMMIT_INTERVAL
     max_spool_bytes: int | None = None
     on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
+    before_send: BeforeSend | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -290,8 +297,9 @@ def _check_policies(config: QueueConfig) -> None:
                           f"got {config.overflow!r}")
     if not isinstance(config.retry, RetryPolicy):
         raise ConfigError("retry must be a RetryPolicy")
-    if config.on_outcome is not None and not callable(config.on_outcome):
-        raise ConfigError("on_outcome must be callable")
+    for name in ("on_outcome", "before_send"):
+        if getattr(config, name) is not None and not callable(getattr(config, name)):
+            raise ConfigError(f"{name} must be callable")
     if config.dead_letter_path is not None and not isinstance(config.dead_letter_path,
                                                                str | os.PathLike):
         raise ConfigError("dead_letter_path must be a path")

@@ -157,6 +157,8 @@ class Operation:
         Raises:
             InvalidEventError: event data over 100,000 bytes, or a v2 element over 32 KB.
         """
+        if self.v2 is not None or (not batch and self._body is not None):
+            return self  # sealed already (a SyncEventQueue seals in the caller's thread)
         form = to_v2(self) if batch or self.kind == RAW_KIND else None
         if form is not None:
             self.v2 = orjson.dumps(form)
@@ -168,11 +170,15 @@ class Operation:
             size = len(self.body)
         # The wire bytes contain the data, so a small message proves small data cheaply.
         if self.kind in EVENT_KINDS and size > MAX_EVENT_DATA_BYTES:
-            data_size = len(json.dumps(self.payload["data"], separators=(",", ":")).encode())
-            if data_size > MAX_EVENT_DATA_BYTES:
-                raise InvalidEventError("data", f"is {data_size} bytes of JSON; the limit is "
-                                                f"{MAX_EVENT_DATA_BYTES}")
+            self._check_data_size()
         return self
+
+    def _check_data_size(self) -> None:
+        """Refuse event data over 100,000 bytes of compact JSON."""
+        data_size = len(json.dumps(self.payload["data"], separators=(",", ":")).encode())
+        if data_size > MAX_EVENT_DATA_BYTES:
+            raise InvalidEventError("data", f"is {data_size} bytes of JSON; the limit is "
+                                            f"{MAX_EVENT_DATA_BYTES}")
 
 
 def person_identifiers(customer_id: object) -> dict[str, str]:
@@ -262,9 +268,14 @@ def _v2_add_device(op: Operation) -> dict[str, Any] | None:
     return element
 
 
+def device_token(op: Operation) -> str:
+    """The device token of a ``delete_device`` operation (the last segment of its path)."""
+    return unquote(op.path.rsplit("/", 1)[1])
+
+
 def _v2_delete_device(op: Operation) -> dict[str, Any]:
     element = _person(op, "delete_device")
-    element["device"] = {"token": unquote(op.path.rsplit("/", 1)[1])}
+    element["device"] = {"token": device_token(op)}
     return element
 
 
@@ -388,9 +399,10 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
     return Operation("track_anonymous", "POST", "/events", payload, event_id=eid)
 
 
-def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operation:
+def pageview(customer_id: object, page: object, data: dict[str, Any],
+             event_id: object = None) -> Operation:
     check_path_id(customer_id, "customer_id")
-    eid = new_ulid()
+    eid = check_event_id(event_id)
     payload: dict[str, Any] = {"type": "page", "name": check_event_name(page, "page"),
                                "data": clean_mapping(data, "data"), "id": eid}
     return Operation("pageview", "POST", None, payload, customer_id=customer_id, event_id=eid,
@@ -398,9 +410,9 @@ def pageview(customer_id: object, page: object, data: dict[str, Any]) -> Operati
 
 
 def backfill(customer_id: object, name: object, timestamp: object,
-             data: dict[str, Any]) -> Operation:
+             data: dict[str, Any], event_id: object = None) -> Operation:
     check_path_id(customer_id, "customer_id")
-    eid = new_ulid()
+    eid = check_event_id(event_id)
     payload: dict[str, Any] = {"name": check_event_name(name),
                                "data": clean_mapping(data, "data"),
                                "timestamp": check_timestamp(timestamp), "id": eid}

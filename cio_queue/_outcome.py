@@ -29,6 +29,8 @@ class OutcomeStatus(enum.Enum):
     """The overflow policy dropped it from a full queue."""
     DEAD_LETTERED = "dead_lettered"
     """It was unsent at the shutdown deadline and was written to the dead-letter file."""
+    FILTERED = "filtered"
+    """The application's ``before_send`` hook dropped it at enqueue."""
     SPOOLED = "spooled"
     """It was unsent when the queue stopped and stays in the spool for the next start."""
 
@@ -122,8 +124,8 @@ class Receipt:
 class Statistics:
     """A snapshot of a queue's counters.
 
-    ``enqueued == delivered + rejected + failed + dropped + dead_lettered + spooled +
-    pending`` holds in every snapshot.
+    ``enqueued == delivered + rejected + failed + dropped + filtered + dead_lettered +
+    spooled + pending`` holds in every snapshot.
 
     Attributes:
         enqueued: operations accepted by an enqueue call (including any later dropped).
@@ -131,6 +133,7 @@ class Statistics:
         rejected: operations the API refused with a non-retryable status.
         failed: operations given up after retries, or unsent at shutdown with no file.
         dropped: operations dropped by the overflow policy.
+        filtered: operations the ``before_send`` hook dropped.
         dead_lettered: operations unsent at shutdown and written to the dead-letter file.
         spooled: with a spool, operations on disk only: accepted while memory was full and
             not loaded back yet, or left in the spool when the queue stopped (and, after a
@@ -150,6 +153,7 @@ class Statistics:
     rejected: int = 0
     failed: int = 0
     dropped: int = 0
+    filtered: int = 0
     dead_lettered: int = 0
     spooled: int = 0
     pending: int = 0

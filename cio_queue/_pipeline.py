@@ -100,6 +100,11 @@ class Pipeline:
                  max_concurrency=dispatcher.workers,
                  dead_letter_path=str(self.writer.path) if self.writer else None)
 
+    @property
+    def accepting(self) -> bool:
+        """Whether intake is open: no shutdown has begun."""
+        return self._closer is None and not self.closed
+
     def admit(self, entry: Entry) -> None:
         """Accept an operation whose caller holds a place from ``ledger.room``."""
         self.ledger.admit(entry)
@@ -126,7 +131,7 @@ class Pipeline:
         return Statistics(
             enqueued=ledger.enqueued, delivered=settled[OutcomeStatus.DELIVERED],
             rejected=settled[OutcomeStatus.REJECTED], failed=settled[OutcomeStatus.FAILED],
-            dropped=settled[OutcomeStatus.DROPPED],
+            dropped=settled[OutcomeStatus.DROPPED], filtered=settled[OutcomeStatus.FILTERED],
             dead_lettered=settled[OutcomeStatus.DEAD_LETTERED],
             spooled=settled[OutcomeStatus.SPOOLED] + disk_only, pending=ledger.pending,
             queued=ledger.queued, batches=dispatcher.batches, requests=dispatcher.requests,

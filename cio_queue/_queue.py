@@ -12,21 +12,16 @@ import asyncio
 import os
 from typing import Any
 
-import anyio
-
 from . import _operations as ops
 from ._config import OnOutcome, QueueConfig
-from ._exceptions import InvalidEventError, QueueClosedError, QueueFullError, QueueUsageError
-from ._ledger import Entry, Verdict
-from ._log import log
-from ._outcome import OutcomeStatus, Receipt, Statistics
+from ._exceptions import InvalidEventError, QueueClosedError, QueueUsageError
+from ._intake import Intake
+from ._outcome import Receipt, Statistics
 from ._pipeline import Pipeline, wait_regardless
 from ._region import AccountRegion, check_account
 from ._sender import HttpSender, Sender
 
 __all__ = ["EventQueue"]
-
-_QUEUE_FULL = Verdict(OutcomeStatus.DROPPED, "queue_full")
 
 # Forks of this process so far (in this process's line): a queue made before a fork
 # must not be used by the child, which shares its parent's connections.
@@ -61,7 +56,7 @@ class EventQueue:
         self._config = config
         self._on_outcome = on_outcome if on_outcome is not None else config.on_outcome
         self._sender: Sender = sender if sender is not None else HttpSender(config)
-        self._batch_transport = config.transport == "batch"
+        self._intake = Intake(config, config.before_send)
         self._state = "new"  # new -> running -> closing -> closed
         self._run: Pipeline | None = None
         self._final = Statistics()
@@ -300,51 +295,4 @@ class EventQueue:
     async def _submit(self, op: ops.Operation) -> Receipt:
         run = self._run
         assert run is not None
-        entry = Entry(op.seal(batch=self._batch_transport), run.loop)
-        if run.spooler is not None and await run.spooler.admit(entry):
-            return entry.receipt
-        try:
-            run.ledger.room.acquire_nowait()
-        except anyio.WouldBlock:
-            if not await self._overflow(run, entry):
-                return entry.receipt
-        run.admit(entry)
-        return entry.receipt
-
-    async def _overflow(self, run: Pipeline, entry: Entry) -> bool:
-        """Apply the overflow policy to a full queue; return whether ``entry`` got a place."""
-        policy = self._config.overflow
-        if policy == "raise":
-            raise QueueFullError(f"the queue holds {self._config.max_queue_size} pending "
-                                 "operations (overflow='raise')")
-        if policy == "block":
-            await self._wait_for_room(run)
-            return True
-        victim = run.dispatcher.take_oldest() if policy == "drop_oldest" else None
-        if victim is not None:
-            run.ledger.drop(victim, _QUEUE_FULL)  # frees the place the new one takes
-            run.ledger.room.acquire_nowait()
-        else:
-            run.ledger.refuse(entry, _QUEUE_FULL)
-        log.warning("cio_queue.dropped", reason="queue_full", policy=policy,
-                    kind=(victim or entry).op.kind, max_queue_size=self._config.max_queue_size)
-        return victim is not None
-
-    async def _wait_for_room(self, run: Pipeline) -> None:
-        """Wait for a place, first come first served, within one ``enqueue_timeout``."""
-        with anyio.CancelScope() as closed:
-            run.blocked.add(closed)
-            try:
-                with anyio.fail_after(self._config.enqueue_timeout):
-                    await run.ledger.room.acquire()
-            except TimeoutError:
-                raise QueueFullError(
-                    f"no room in the queue within enqueue_timeout="
-                    f"{self._config.enqueue_timeout}s (overflow='block')") from None
-            finally:
-                run.blocked.discard(closed)
-        if closed.cancelled_caught or self._state != "running":
-            if not closed.cancelled_caught:
-                run.ledger.room.release()
-            raise QueueClosedError("the EventQueue closed while this call waited")
-
+        return await self._intake.submit(run, op)

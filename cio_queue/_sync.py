@@ -53,6 +53,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec
 
+from ._before_send import apply_before_send
 from ._config import OnOutcome, QueueConfig
 from ._exceptions import QueueClosedError, QueueFullError, QueueUsageError
 from ._log import log
@@ -187,6 +188,7 @@ class _Runtime:
         self.capacity = config.max_queue_size
         self.policy = config.overflow
         self.batch_transport = config.transport == "batch"
+        self.filtered_here = 0  # dropped by before_send in a caller's thread
         self.lock = threading.Lock()
         self.state = _RUNNING
         self.inbox: deque[_Item] = deque()
@@ -252,6 +254,8 @@ class _Runtime:
             # Places are counted by the callers, so the EventQueue always has room for an
             # operation that took one; it must never block the loop if it had not.
             inner = dataclasses.replace(inner, overflow="drop_newest")
+        # before_send runs in the caller's thread (_Intake), not again on this one.
+        inner = dataclasses.replace(inner, before_send=None)
         queue = EventQueue(inner, on_outcome=self._settled, sender=self.sender)
         self.queue = queue
         await queue.start()
@@ -394,13 +398,27 @@ class _Runtime:
                 log.exception("cio_queue.sync_admit_failed", kind=op.kind)
                 self._settle_here(op, receipt, "internal_error")
 
+    def filter(self, op: Operation) -> SyncReceipt:
+        """Settle an operation the before_send hook dropped (in the caller's thread)."""
+        receipt = SyncReceipt(op.kind, op.event_id, self)
+        outcome = Outcome(OutcomeStatus.FILTERED, op.kind, op.customer_id, op.event_id,
+                          reason="before_send")
+        receipt._outcome = outcome
+        with self.lock:
+            self.filtered_here += 1
+        if self.on_outcome is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._report, receipt, outcome)  # on its thread
+        return receipt
+
     def _settle_here(self, op: Operation, receipt: SyncReceipt, reason: str) -> None:
         """Fail an operation that never reached the EventQueue, and report it."""
-        outcome = Outcome(OutcomeStatus.FAILED, op.kind, op.customer_id, op.event_id,
-                          reason=reason)
-        receipt._outcome = outcome
         self.failed_here += 1
         self._free_place()
+        self._report(receipt, Outcome(OutcomeStatus.FAILED, op.kind, op.customer_id,
+                                      op.event_id, reason=reason))
+
+    def _report(self, receipt: SyncReceipt, outcome: Outcome) -> None:
+        receipt._outcome = outcome
         callback = self.on_outcome
         if callback is None:
             return
@@ -459,9 +477,11 @@ class _Runtime:
         core = queue.statistics() if queue is not None else Statistics()
         with self.lock:
             transit = len(self.inbox)
+            filtered = self.filtered_here
         here = self.failed_here
         return dataclasses.replace(
-            core, enqueued=core.enqueued + transit + here, failed=core.failed + here,
+            core, enqueued=core.enqueued + transit + here + filtered,
+            failed=core.failed + here, filtered=core.filtered + filtered,
             pending=core.pending + transit, queued=core.queued + transit)
 
     # --- requests from other threads ------------------------------------------------------
@@ -612,6 +632,12 @@ class _Intake(EventQueue):
     async def _submit(self, op: Operation) -> Receipt:
         runtime = self._runtime
         assert runtime is not None, "EventQueue methods call _ready() before _submit()"
+        hook = runtime.config.before_send
+        if hook is not None:
+            changed = apply_before_send(hook, op)
+            if changed is None:
+                return runtime.filter(op)
+            op = changed
         return runtime.put(op.seal(batch=runtime.batch_transport))
 
 

@@ -1,0 +1,95 @@
+"""Intake: from a built operation to an accepted one, in the caller's stack.
+
+Stage: intake, the facade's second half. :meth:`Intake.submit` runs the application's
+``before_send`` hook, seals the operation (its one serialisation), and takes a place for
+it: in the spool and memory with ``spool_path``, else in memory, where a full queue
+applies the ``overflow`` policy (raise, block first come first served within one
+``enqueue_timeout``, or drop). The accepted operation goes to the running pipeline; a
+dropped or filtered one settles at once. Nothing here sends.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import anyio
+
+from ._before_send import BeforeSend, apply_before_send
+from ._config import QueueConfig
+from ._exceptions import QueueClosedError, QueueFullError
+from ._ledger import Entry, Verdict
+from ._log import log
+from ._operations import Operation
+from ._outcome import OutcomeStatus, Receipt
+from ._pipeline import Pipeline
+
+__all__ = ["Intake"]
+
+_QUEUE_FULL: Final = Verdict(OutcomeStatus.DROPPED, "queue_full")
+_FILTERED: Final = Verdict(OutcomeStatus.FILTERED, "before_send")
+
+
+class Intake:
+    """Accept operations into a running pipeline."""
+
+    def __init__(self, config: QueueConfig, before_send: BeforeSend | None) -> None:
+        self._config = config
+        self._before_send = before_send
+        self._batch = config.transport == "batch"
+
+    async def submit(self, run: Pipeline, op: Operation) -> Receipt:
+        """Accept ``op`` (or drop it by policy, or filter it by before_send)."""
+        if self._before_send is not None:
+            changed = apply_before_send(self._before_send, op)
+            if changed is None:
+                entry = Entry(op, run.loop)
+                run.ledger.refuse(entry, _FILTERED)
+                return entry.receipt
+            op = changed
+        entry = Entry(op.seal(batch=self._batch), run.loop)
+        if run.spooler is not None and await run.spooler.admit(entry):
+            return entry.receipt
+        try:
+            run.ledger.room.acquire_nowait()
+        except anyio.WouldBlock:
+            if not await self._overflow(run, entry):
+                return entry.receipt
+        run.admit(entry)
+        return entry.receipt
+
+    async def _overflow(self, run: Pipeline, entry: Entry) -> bool:
+        """Apply the overflow policy to a full queue; return whether ``entry`` got a place."""
+        policy = self._config.overflow
+        if policy == "raise":
+            raise QueueFullError(f"the queue holds {self._config.max_queue_size} pending "
+                                 "operations (overflow='raise')")
+        if policy == "block":
+            await self._wait_for_room(run)
+            return True
+        victim = run.dispatcher.take_oldest() if policy == "drop_oldest" else None
+        if victim is not None:
+            run.ledger.drop(victim, _QUEUE_FULL)  # frees the place the new one takes
+            run.ledger.room.acquire_nowait()
+        else:
+            run.ledger.refuse(entry, _QUEUE_FULL)
+        log.warning("cio_queue.dropped", reason="queue_full", policy=policy,
+                    kind=(victim or entry).op.kind, max_queue_size=self._config.max_queue_size)
+        return victim is not None
+
+    async def _wait_for_room(self, run: Pipeline) -> None:
+        """Wait for a place, first come first served, within one ``enqueue_timeout``."""
+        timeout = self._config.enqueue_timeout
+        with anyio.CancelScope() as closed:
+            run.blocked.add(closed)
+            try:
+                with anyio.fail_after(timeout):
+                    await run.ledger.room.acquire()
+            except TimeoutError:
+                raise QueueFullError(f"no room in the queue within enqueue_timeout="
+                                     f"{timeout}s (overflow='block')") from None
+            finally:
+                run.blocked.discard(closed)
+        if closed.cancelled_caught or not run.accepting:
+            if not closed.cancelled_caught:
+                run.ledger.room.release()
+            raise QueueClosedError("the EventQueue closed while this call waited")
