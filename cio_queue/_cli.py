@@ -1,6 +1,6 @@
-"""The ``cio-queue`` command line: ``demo`` and ``replay``.
+"""The cio-queue command line: demo and replay.
 
-Outside the pipeline: it drives an EventQueue (and the fake Track API) like an app would.
+demo tries the queue against a fake Track API, and replay sends a dead-letter file again.
 """
 
 from __future__ import annotations
@@ -8,17 +8,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
-
-import structlog
 
 from ._config import QueueConfig
 from ._exceptions import CioQueueError
+from ._log import LOGGER_NAME
 from ._queue import EventQueue
 from ._replay import replay
 from ._version import __version__
@@ -115,34 +115,72 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0 if stats.delivered == stats.enqueued else 1
 
 
+def _number(kind: Callable[[str], float], minimum: float,
+            maximum: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) from ``minimum`` to ``maximum``."""
+    noun = "an integer" if kind is int else "a number"
+    bounds = f">= {minimum:g}" if maximum == math.inf else f"from {minimum:g} to {maximum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        # An int needs no isfinite(), which would overflow on a huge one.
+        if not (minimum <= value <= maximum and (kind is int or math.isfinite(value))):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
+    # The module docstring is the description --help shows: plain text, no markup.
     parser = argparse.ArgumentParser(prog="cio-queue", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cio-queue {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the library's logs")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show the library's INFO logs (-vv: DEBUG too)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="push mixed operations through a local fake Track API")
-    demo.add_argument("--operations", type=int, default=10_000)
-    demo.add_argument("--tasks", type=int, default=100, help="concurrent handler tasks")
-    demo.add_argument("--concurrency", type=int, default=20, help="requests in flight")
-    demo.add_argument("--latency", type=float, default=0.02, help="fake server seconds")
+    demo.set_defaults(run=_demo)
+    demo.add_argument("--operations", type=_number(int, 1), default=10_000)
+    demo.add_argument("--tasks", type=_number(int, 1), default=100,
+                      help="concurrent handler tasks")
+    demo.add_argument("--concurrency", type=_number(int, 1), default=20,
+                      help="requests in flight")
+    demo.add_argument("--latency", type=_number(float, 0), default=0.02,
+                      help="fake server seconds")
     demo.add_argument("--transport", choices=("batch", "v1"), default="batch")
-    demo.add_argument("--rate-limit", type=float, default=100.0,
+    demo.add_argument("--rate-limit", type=_number(float, 0), default=100.0,
                       help="requests per second, 0 for none")
     rep = sub.add_parser("replay", help="re-send a dead-letter file (credentials from "
                                         "CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY / "
-                                        "CUSTOMERIO_REGION)")
+                                        "CUSTOMERIO_REGION / CUSTOMERIO_BASE_URL)")
+    rep.set_defaults(run=_replay)
     rep.add_argument("path")
     rep.add_argument("--base-url", help="Track API scheme://host[:port], overriding the region")
     return parser
 
 
+def _configure_logging(verbosity: int) -> None:
+    """Show logs on stderr: WARNING and above, and the library's INFO (-v) or DEBUG (-vv).
+
+    The command line is an application, so it sets up logging (the library never does);
+    ``basicConfig`` leaves alone a process that already has handlers, such as a program
+    that calls ``main()`` after setting up logging its own way.
+    """
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbosity:
+        level = logging.INFO if verbosity == 1 else logging.DEBUG
+        logging.getLogger(LOGGER_NAME).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
-    # An application may configure structlog; the library itself never does.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
-    command = _demo if args.command == "demo" else _replay
+    """Run the command line; return the exit status (2 for bad input, with one line)."""
+    args = _parser().parse_args(argv)  # exits 2 with argparse's message on bad arguments
+    _configure_logging(args.verbose)
+    command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
     try:
         return asyncio.run(command(args))
     except CioQueueError as exc:
