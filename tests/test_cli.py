@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import Process
 
-from cio_queue import EventQueue, QueueConfig, RetryPolicy, replay
+from cio_queue import EventQueue, OutcomeStatus, QueueConfig, RetryPolicy, replay
 from cio_queue._cli import main
 from cio_queue.testing import FakeTrackAPI
 
@@ -164,6 +166,10 @@ async def test_the_apps_logging_level_decides_what_the_library_shows(
     (["demo", "--latency", "-0.5"], "argument --latency: must be a number >= 0, got '-0.5'"),
     (["demo", "--latency", "nan"], "argument --latency: must be a number >= 0, got 'nan'"),
     (["demo", "--rate-limit", "-1"], "argument --rate-limit: must be a number >= 0"),
+    (["fake-server", "--port", "70000"], "argument --port: must be an integer from 0 to 65535"),
+    (["fake-server", "--latency", "-1"], "argument --latency: must be a number >= 0"),
+    (["fake-server", "--fault-rate", "typo=0.1"], "expected NAME=P with NAME one of"),
+    (["fake-server", "--fault-rate", "slow=2"], "slow's probability must be within 0..1"),
 ])
 def test_bad_arguments_exit_2_with_a_one_line_error(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,3 +180,52 @@ def test_bad_arguments_exit_2_with_a_one_line_error(
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith(f"cio-queue {argv[0]}: error: ")
     assert message in last
+
+
+async def test_fault_rates_that_sum_above_one_exit_2_in_one_line() -> None:
+    """Rates valid one by one but above 1 together: one line on stderr, no traceback."""
+    status, stdout, stderr = await run_cli("fake-server", "--fault-rate", "server_error=0.6",
+                                           "--fault-rate", "slow=0.6")
+    assert (status, stdout) == (2, "")
+    assert stderr == "cio-queue: --fault-rate: fault probabilities must sum to at most 1\n"
+
+
+async def read_exports(process: Process) -> dict[str, str]:
+    """Read the three ``export NAME=VALUE`` lines fake-server prints when it is up."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    buffered = b""
+    with anyio.fail_after(30):
+        async for chunk in process.stdout:
+            buffered += chunk
+            lines = buffered.decode().splitlines()
+            if len(lines) >= 3 and buffered.endswith(b"\n"):
+                break
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    assert sorted(exports) == ["CUSTOMERIO_API_KEY", "CUSTOMERIO_BASE_URL",
+                               "CUSTOMERIO_SITE_ID"], lines
+    return exports
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+async def test_fake_server_serves_what_it_prints_until_a_signal(stop: signal.Signals) -> None:
+    """The printed variables configure a queue that delivers; SIGTERM or Ctrl-C exits 0."""
+    async with await anyio.open_process(
+            [sys.executable, "-m", "cio_queue", "fake-server", "--site-id", "site-1",
+             "--api-key", "key-1", "--latency", "0.01"]) as process:
+        exports = await read_exports(process)
+        config = QueueConfig.from_env(exports, rate_limit=None, flush_interval=0.01)
+        assert (config.site_id, config.api_key) == ("site-1", "key-1")
+        async with EventQueue(config) as queue:
+            receipts = [await queue.track("42", "purchase"), await queue.identify("42")]
+            with anyio.fail_after(30):
+                outcomes = [await receipt.wait() for receipt in receipts]
+        assert [outcome.status for outcome in outcomes] == [OutcomeStatus.DELIVERED] * 2
+        process.send_signal(stop)
+        assert process.stderr is not None
+        with anyio.fail_after(30):
+            status = await process.wait()
+            stderr = b"".join([chunk async for chunk in process.stderr]).decode()
+    assert status == 0, stderr
+    assert "Traceback" not in stderr
+    assert "2 operations accepted" in stderr.splitlines()[-1]
