@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from .recipes import recipe_source
+
 pytest_plugins = ["pytester"]
 
 SUITE_TIMEOUT = 120.0  # seconds one user suite may take, Python start-up included
@@ -95,3 +97,9 @@ def test_the_fixtures_serve_sync_anyio_and_asyncio_run_tests(pytester: pytest.Py
     """)
     result.assert_outcomes(passed=4)
 
+
+
+def test_the_readmes_fastapi_example_passes(pytester: pytest.Pytester) -> None:
+    """The README's pytest example, as written: a TestClient test and an anyio test pass."""
+    result = run_suite(pytester, recipe_source("pytest-fastapi"))
+    result.assert_outcomes(passed=2)
