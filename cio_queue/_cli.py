@@ -1,27 +1,35 @@
-"""The ``cio-queue`` command line: ``demo`` and ``replay``.
+"""The cio-queue command line: demo, replay and fake-server.
 
-Outside the pipeline: it drives an EventQueue (and the fake Track API) like an app would.
+demo tries the queue against a fake Track API, replay sends a dead-letter file again, and
+fake-server serves the fake Track API for local development.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import math
 import random
+import shlex
+import signal
 import statistics
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
-
-import structlog
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._config import QueueConfig
-from ._exceptions import CioQueueError
+from ._exceptions import CioQueueError, ConfigError
+from ._log import LOGGER_NAME
 from ._queue import EventQueue
 from ._replay import replay
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .testing import FaultRates
 
 __all__ = ["main"]
 
@@ -115,40 +123,180 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0 if stats.delivered == stats.enqueued else 1
 
 
+async def _fake_server(args: argparse.Namespace) -> int:
+    from .testing import FakeTrackAPI  # noqa: PLC0415 - only these commands need the server
+
+    fake = FakeTrackAPI(site_id=args.site_id, api_key=args.api_key, host=args.host,
+                        port=args.port, latency=args.latency, seed=args.seed,
+                        faults=_fault_rates(args.fault_rate), region=args.region)
+    stop = asyncio.Event()
+    async with fake:
+        for name, value in (("CUSTOMERIO_SITE_ID", fake.site_id),
+                            ("CUSTOMERIO_API_KEY", fake.api_key),
+                            ("CUSTOMERIO_BASE_URL", _reachable_url(args.host, fake.port))):
+            print(f"export {name}={shlex.quote(value)}")
+        faults = ", ".join(f"{name} {rate:g}" for name, rate in args.fault_rate) or "none"
+        print(f"cio-queue fake-server: a fake Track API on {args.host}:{fake.port} "
+              f"(latency {args.latency:g} s, faults: {faults}); Ctrl-C or SIGTERM stops it",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        with _stopping_on_signals(stop):
+            await stop.wait()
+    print(f"cio-queue fake-server: stopped; {len(fake.requests):,} requests and "
+          f"{len(fake.operations):,} operations accepted", file=sys.stderr)
+    return 0
+
+
+@contextlib.contextmanager
+def _stopping_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM (docker stop) while the block runs.
+
+    Where the loop cannot watch signals (Windows), Ctrl-C raises KeyboardInterrupt instead.
+    """
+    loop = asyncio.get_running_loop()
+    watched: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+            watched.append(signum)
+    try:
+        yield
+    finally:
+        for signum in watched:
+            loop.remove_signal_handler(signum)
+
+
+def _fault_rates(pairs: Sequence[tuple[str, float]]) -> FaultRates | None:
+    """Build the fake's FaultRates from ``--fault-rate NAME=P`` pairs (None: no faults)."""
+    from .testing import FaultRates  # noqa: PLC0415 - only fake-server needs it
+
+    if not pairs:
+        return None
+    try:
+        return FaultRates(**dict(pairs))
+    except ValueError as exc:
+        raise ConfigError(f"--fault-rate: {exc}") from None
+
+
+def _reachable_url(host: str, port: int) -> str:
+    """The base URL to reach a server listening on ``host``: loopback for a wildcard."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - naming the wildcard, not binding to it
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _fault_rate(text: str) -> tuple[str, float]:
+    """Parse ``NAME=P`` for ``--fault-rate``: a fault of FaultRates and a probability."""
+    from .testing import Fault  # noqa: PLC0415 - only fake-server needs it
+
+    name, sep, value = text.partition("=")
+    names = [fault.value for fault in Fault]
+    if not sep or name not in names:
+        raise argparse.ArgumentTypeError(f"expected NAME=P with NAME one of {', '.join(names)}; "
+                                         f"got {text!r}")
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not 0.0 <= rate <= 1.0:
+        raise argparse.ArgumentTypeError(f"{name}'s probability must be within 0..1, "
+                                         f"got {value!r}")
+    return name, rate
+
+
+def _number(kind: Callable[[str], float], minimum: float,
+            maximum: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) from ``minimum`` to ``maximum``."""
+    noun = "an integer" if kind is int else "a number"
+    bounds = f">= {minimum:g}" if maximum == math.inf else f"from {minimum:g} to {maximum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        # An int needs no isfinite(), which would overflow on a huge one.
+        if not (minimum <= value <= maximum and (kind is int or math.isfinite(value))):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
+    # The module docstring is the description --help shows: plain text, no markup.
     parser = argparse.ArgumentParser(prog="cio-queue", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cio-queue {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the library's logs")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show the library's INFO logs (-vv: DEBUG too)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="push mixed operations through a local fake Track API")
-    demo.add_argument("--operations", type=int, default=10_000)
-    demo.add_argument("--tasks", type=int, default=100, help="concurrent handler tasks")
-    demo.add_argument("--concurrency", type=int, default=20, help="requests in flight")
-    demo.add_argument("--latency", type=float, default=0.02, help="fake server seconds")
+    demo.set_defaults(run=_demo)
+    demo.add_argument("--operations", type=_number(int, 1), default=10_000)
+    demo.add_argument("--tasks", type=_number(int, 1), default=100,
+                      help="concurrent handler tasks")
+    demo.add_argument("--concurrency", type=_number(int, 1), default=20,
+                      help="requests in flight")
+    demo.add_argument("--latency", type=_number(float, 0), default=0.02,
+                      help="fake server seconds")
     demo.add_argument("--transport", choices=("batch", "v1"), default="batch")
-    demo.add_argument("--rate-limit", type=float, default=100.0,
+    demo.add_argument("--rate-limit", type=_number(float, 0), default=100.0,
                       help="requests per second, 0 for none")
     rep = sub.add_parser("replay", help="re-send a dead-letter file (credentials from "
                                         "CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY / "
-                                        "CUSTOMERIO_REGION)")
+                                        "CUSTOMERIO_REGION / CUSTOMERIO_BASE_URL)")
+    rep.set_defaults(run=_replay)
     rep.add_argument("path")
     rep.add_argument("--base-url", help="Track API scheme://host[:port], overriding the region")
+    fake = sub.add_parser("fake-server", help="run the fake Track API until Ctrl-C or SIGTERM, "
+                                              "printing the CUSTOMERIO_* variables to export")
+    fake.set_defaults(run=_fake_server)
+    fake.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (0.0.0.0 to serve other containers)")
+    fake.add_argument("--port", type=_number(int, 0, 65_535), default=0, help="0 for a free port")
+    fake.add_argument("--latency", type=_number(float, 0), default=0.0,
+                      help="seconds before each answer")
+    fake.add_argument("--fault-rate", type=_fault_rate, action="append", default=[],
+                      metavar="NAME=P", help="answer this share of requests with a fault, "
+                      "e.g. server_error=0.1 (repeatable)")
+    fake.add_argument("--seed", type=int, default=0, help="seed of the random faults")
+    fake.add_argument("--site-id", default="fake-site", help="the site id it accepts")
+    fake.add_argument("--api-key", default="fake-key", help="the API key it accepts")
+    fake.add_argument("--region", choices=("us", "eu"), default="us",
+                      help="the region GET /api/v1/accounts/region names")
     return parser
 
 
+def _configure_logging(verbosity: int) -> None:
+    """Show logs on stderr: WARNING and above, and the library's INFO (-v) or DEBUG (-vv).
+
+    The command line is an application, so it sets up logging (the library never does);
+    ``basicConfig`` leaves alone a process that already has handlers, such as a program
+    that calls ``main()`` after setting up logging its own way.
+    """
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbosity:
+        level = logging.INFO if verbosity == 1 else logging.DEBUG
+        logging.getLogger(LOGGER_NAME).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
-    # An application may configure structlog; the library itself never does.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
-    command = _demo if args.command == "demo" else _replay
+    """Run the command line; return the exit status (2 for bad input, with one line)."""
+    args = _parser().parse_args(argv)  # exits 2 with argparse's message on bad arguments
+    _configure_logging(args.verbose)
+    command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
     try:
         return asyncio.run(command(args))
     except CioQueueError as exc:
         print(f"cio-queue: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a file that is missing, unreadable or on a full disk
+    except OSError as exc:  # a file that is missing or unreadable, a disk full, a port taken
         where = f": {exc.filename}" if exc.filename else ""
         print(f"cio-queue: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2

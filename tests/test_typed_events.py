@@ -22,11 +22,11 @@ from cio_queue import (
     TypedEventQueue,
 )
 
+from .recipes import recipe_source
 from .recording import RecordingSender
 
 pytestmark = pytest.mark.anyio
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 EXAMPLE_TIMEOUT = 60.0
 
 
@@ -348,9 +348,8 @@ def test_validate_events_refuses_declarations_it_cannot_check(
 # --- the README ----------------------------------------------------------------------------
 
 def readme_example() -> str:
-    """Return the first Python block of the README's "Typed events" section."""
-    section = README.read_text().split("\n## Typed events\n", 1)[1].split("\n## ", 1)[0]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+    """Return the README's "Typed events" example."""
+    return recipe_source("typed-events")
 
 
 def test_the_readme_example_runs(tmp_path: Path) -> None:

@@ -13,12 +13,17 @@ Typical use::
         ...
         await fake.wait_for_requests(10)
         assert [op.op for op in fake.operations] == [...]
+
+For code without an event loop, `serve_in_thread()` runs the fake on a thread of its own,
+and `wait_for_operations_blocking(n, timeout)` waits from any thread. The pytest plugin
+(`_cio_queue_pytest_plugin`, loaded by pytest itself) gives tests both as fixtures.
 """
 
 from ._faults import Fault, FaultRates
 from ._ports import refused_url, reserved_port
 from ._records import AcceptedOperation, RecordedRequest
 from ._server import FakeTrackAPI
+from ._thread import serve_in_thread
 from ._validation import validate_request
 
 __all__ = [
@@ -29,5 +34,6 @@ __all__ = [
     "RecordedRequest",
     "refused_url",
     "reserved_port",
+    "serve_in_thread",
     "validate_request",
 ]

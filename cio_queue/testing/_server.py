@@ -11,8 +11,10 @@ import asyncio
 import base64
 import binascii
 import bisect
+import contextlib
 import hmac
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -44,6 +46,10 @@ class FakeTrackAPI:
     `requests`, and every delivered operation goes to `operations`. Faults come first from
     `script()`, then at random from `faults`; they are decided on arrival, before auth and
     validation, because a real outage does not look at the request.
+
+    The server may run on another thread than the test (`serve_in_thread`): reading what it
+    recorded is safe from any thread, `await wait_until(...)` works from any event loop,
+    and the ``*_blocking`` waits serve code that has no event loop at all.
     """
 
     def __init__(
@@ -85,7 +91,11 @@ class FakeTrackAPI:
         self._listener: socket.socket | None = None
         # Closes the port reservation once: on close(), or when the fake is collected.
         self._release_port: weakref.finalize[[], FakeTrackAPI] | None = None
-        self._changed = asyncio.Event()
+        # Waiters on any thread: blocking ones on the condition, async ones as a future of
+        # their own loop, woken by _notify (thread-safely when the loop is another one's).
+        self._changed = threading.Condition()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.requests: list[RecordedRequest] = []
         self.log: list[RecordedRequest] = []
         self.operations: list[AcceptedOperation] = []
@@ -101,6 +111,7 @@ class FakeTrackAPI:
         """
         if self._runner is not None:
             raise RuntimeError("FakeTrackAPI is already running")
+        self._loop = asyncio.get_running_loop()
         self._notify()  # wake waiters of a previous run; they re-wait on a fresh event
         self._reserve_port()
         listener = listening_socket(self._host, self._port)
@@ -243,10 +254,17 @@ class FakeTrackAPI:
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds, re-checking whenever a request starts or finishes.
 
-        There is no timeout here on purpose: callers bound it (e.g. `anyio.fail_after`).
+        Works from any event loop, also one on another thread than the server's. There is
+        no timeout here on purpose: callers bound it (e.g. `anyio.fail_after`).
         """
-        while not predicate():
-            await self._changed.wait()
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._changed:  # checked under the lock, so no change slips in unseen
+                if predicate():
+                    return
+                woken: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(woken)
+            await woken
 
     async def wait_for_requests(self, n: int) -> None:
         """Wait until at least `n` requests have been accepted."""
@@ -255,6 +273,44 @@ class FakeTrackAPI:
     async def wait_for_operations(self, n: int) -> None:
         """Wait until at least `n` operations (v1 requests or v2 ops) have been accepted."""
         await self.wait_until(lambda: len(self.operations) >= n)
+
+    def wait_until_blocking(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Block the calling thread until `predicate()` holds, for code without an event loop.
+
+        For a server on another thread (`serve_in_thread`), e.g. in a test of a sync app.
+
+        Args:
+            predicate: re-checked whenever a request starts or finishes.
+            timeout: the most seconds to wait.
+
+        Raises:
+            TimeoutError: `predicate()` still fails after `timeout` seconds.
+            RuntimeError: called on the server's own event loop, which it would block.
+        """
+        if self._loop is not None and _running_loop() is self._loop:
+            raise RuntimeError("wait_until_blocking() would block the FakeTrackAPI's own event "
+                               "loop; use `await wait_until(...)` there")
+        with self._changed:
+            if not self._changed.wait_for(predicate, timeout):
+                raise TimeoutError(f"FakeTrackAPI: condition not met within {timeout:g} s")
+
+    def wait_for_requests_blocking(self, n: int, timeout: float) -> None:
+        """Block until at least `n` requests have been accepted (TimeoutError after `timeout`)."""
+        self._wait_for_count(self.requests, n, "requests", timeout)
+
+    def wait_for_operations_blocking(self, n: int, timeout: float) -> None:
+        """Block until at least `n` operations have been accepted (TimeoutError after `timeout`).
+
+        Operations are v1 requests or v2 ops, as in `operations`.
+        """
+        self._wait_for_count(self.operations, n, "operations", timeout)
+
+    def _wait_for_count(self, records: list[Any], n: int, what: str, timeout: float) -> None:
+        try:
+            self.wait_until_blocking(lambda: len(records) >= n, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"FakeTrackAPI accepted {len(records)} {what} within "
+                               f"{timeout:g} s, not {n}") from None
 
     def accepted_events(self) -> list[dict[str, Any]]:
         """List the accepted events (v1 track/page/anonymous, v2 event/page/screen), in order.
@@ -268,9 +324,18 @@ class FakeTrackAPI:
     # -- request handling ----------------------------------------------------------------------
 
     def _notify(self) -> None:
-        """Wake every `wait_until` caller so it re-checks its condition."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Wake every waiter, on any thread or loop, so it re-checks its condition."""
+        with self._changed:
+            waiters, self._waiters = self._waiters, []
+            self._changed.notify_all()
+        here = _running_loop()
+        for woken in waiters:
+            loop = woken.get_loop()
+            if loop is here:
+                _wake(woken)
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_wake, woken)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Handle any request: apply latency and faults, then route, authorise and process."""
@@ -432,3 +497,17 @@ class FakeTrackAPI:
             return
         if any(isinstance(op, dict) and self.malformed_op(op) for op in batch):
             raise ValidationError("batch", "malformed operation", "parse_error")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """Return the event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    """Complete a waiter's future unless it was cancelled meanwhile."""
+    if not woken.done():
+        woken.set_result(None)
