@@ -12,7 +12,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from ._exceptions import ConfigError
@@ -60,9 +60,20 @@ Transport = Literal["batch", "v1"]
 _TRANSPORTS: Final = ("batch", "v1")
 OnOutcome = Callable[["Outcome"], "Awaitable[Any] | Any"]
 BeforeSend = Callable[["OperationView"], "OperationView | None"]
+_BOOLEANS: Final = {"1": True, "true": True, "yes": True, "0": False, "false": False,
+                    "no": False}
 _OVERFLOWS: Final = ("block", "raise", "drop_newest", "drop_oldest")
 SpoolDurability = Literal["batched", "sync"]
 _SPOOL_DURABILITIES: Final = ("batched", "sync")
+
+
+class RegionName(Protocol):
+    """Anything named after a region, such as the official SDK's ``customerio.Regions.US``."""
+
+    @property
+    def name(self) -> str:
+        """``"us"`` or ``"eu"``, in any case."""
+        ...
 
 
 class Region(enum.Enum):
@@ -146,7 +157,7 @@ class QueueConfig:
 
     site_id: str
     api_key: str = field(repr=False)
-    region: Region | Literal["auto"] = Region.US
+    region: Region | Literal["us", "eu", "auto"] | RegionName = Region.US
     base_url: str | None = None
     allow_insecure_http: bool = False
     transport: Transport = "batch"
@@ -178,8 +189,13 @@ class QueueConfig:
     @property
     def track_url(self) -> str:
         """The scheme, host and port requests go to, without a trailing slash."""
-        region = Region.US if self.region == "auto" else self.region
-        return (self.base_url or region.value).rstrip("/")
+        region = self.data_centre
+        return (self.base_url or (Region.US if region == "auto" else region).value).rstrip("/")
+
+    @property
+    def data_centre(self) -> Region | Literal["auto"]:
+        """``region`` as a Region, or ``"auto"`` (whatever form it was given in)."""
+        return region_of(self.region)
 
     @property
     def dead_letter_file(self) -> Path | None:
@@ -195,10 +211,11 @@ class QueueConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> QueueConfig:
         """Build a config from the environment.
 
-        Reads ``CUSTOMERIO_SITE_ID``, ``CUSTOMERIO_API_KEY``, ``CUSTOMERIO_REGION`` (``us``
-        or ``eu``, default ``us``) and the optional ``CUSTOMERIO_BASE_URL``, which follows
-        the rules of ``base_url`` (pass ``allow_insecure_http=True`` to allow plain http to
-        a remote host); keyword arguments override or add fields.
+        Reads ``CUSTOMERIO_SITE_ID``, ``CUSTOMERIO_API_KEY``, ``CUSTOMERIO_REGION`` (``us``,
+        ``eu`` or ``auto``, default ``us``), the optional ``CUSTOMERIO_BASE_URL``, which
+        follows the rules of ``base_url``, and ``CUSTOMERIO_ALLOW_INSECURE_HTTP`` (``true``
+        to allow plain http to a remote host, such as a fake server in another
+        container); keyword arguments override or add fields.
 
         Args:
             environ: the variables to read; defaults to ``os.environ``.
@@ -209,28 +226,44 @@ class QueueConfig:
                 value is invalid.
         """
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, var in (("site_id", "CUSTOMERIO_SITE_ID"), ("api_key", "CUSTOMERIO_API_KEY")):
-            if name in overrides:
-                continue
-            value = env.get(var, "").strip()
-            if not value:
-                raise ConfigError(f"environment variable {var} is not set")
-            values[name] = value
-        region = env.get("CUSTOMERIO_REGION", "").strip().lower()
-        if region:
-            if region not in ("us", "eu", "auto"):
-                raise ConfigError(f"CUSTOMERIO_REGION must be 'us', 'eu' or 'auto', not "
-                                  f"{region!r}")
-            values["region"] = region
-        base_url = "" if "base_url" in overrides else env.get("CUSTOMERIO_BASE_URL", "").strip()
-        if base_url:
-            # Checked here too, so the error names the variable (and never repeats it).
-            _check_base_url(base_url, name="CUSTOMERIO_BASE_URL",
-                            allow_insecure_http=overrides.get("allow_insecure_http") is True)
-            values["base_url"] = base_url
+        values = _credentials_from(env, overrides)
+        values.update(_endpoint_from(env, overrides))
         values.update(overrides)
         return cls(**values)
+
+
+def _credentials_from(env: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, var in (("site_id", "CUSTOMERIO_SITE_ID"), ("api_key", "CUSTOMERIO_API_KEY")):
+        if name in overrides:
+            continue
+        value = env.get(var, "").strip()
+        if not value:
+            raise ConfigError(f"environment variable {var} is not set")
+        values[name] = value
+    return values
+
+
+def _endpoint_from(env: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The region, base URL and http permission the environment gives."""
+    values: dict[str, Any] = {}
+    region = env.get("CUSTOMERIO_REGION", "").strip().lower()
+    if region:
+        if region not in ("us", "eu", "auto"):
+            raise ConfigError(f"CUSTOMERIO_REGION must be 'us', 'eu' or 'auto', not {region!r}")
+        values["region"] = region
+    insecure = env.get("CUSTOMERIO_ALLOW_INSECURE_HTTP", "").strip().lower()
+    if insecure:
+        if insecure not in _BOOLEANS:
+            raise ConfigError("CUSTOMERIO_ALLOW_INSECURE_HTTP must be true or false")
+        values["allow_insecure_http"] = _BOOLEANS[insecure]
+    base_url = "" if "base_url" in overrides else env.get("CUSTOMERIO_BASE_URL", "").strip()
+    if base_url:
+        # Checked here too, so the error names the variable (and never repeats it).
+        allowed = overrides.get("allow_insecure_http", values.get("allow_insecure_http"))
+        _check_base_url(base_url, name="CUSTOMERIO_BASE_URL", allow_insecure_http=allowed is True)
+        values["base_url"] = base_url
+    return values
 
 
 def region_of(value: object) -> Region | Literal["auto"]:

@@ -139,7 +139,7 @@ class Courier:
         self._closing = closing
         self._clock = clock
         self.pacer = RequestPacer(config.rate_limit)
-        self._routed = config.region != "auto"
+        self._routed = config.data_centre != "auto"
         self._routing = asyncio.Lock()
 
     async def attempt(self, parcel: Parcel) -> Step:

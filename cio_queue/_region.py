@@ -67,7 +67,7 @@ async def check_account(sender: Sender, config: QueueConfig) -> AccountRegion:
     if error is not None:
         raise error
     account = read_region(response)
-    region = config.region
+    region = config.data_centre
     if region != "auto" and account.region is not region:
         right = account.region.name
         raise ConfigError(f"this workspace is in the {right} region, but region is "

@@ -51,7 +51,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Concatenate, Final, ParamSpec
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from ._before_send import apply_before_send
 from ._config import OnOutcome, QueueConfig
@@ -60,6 +60,7 @@ from ._log import log
 from ._operations import Operation
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
 from ._queue import EventQueue
+from ._region import AccountRegion
 from ._sender import Sender
 
 __all__ = ["CLOSE_MARGIN", "SyncEventQueue", "SyncReceipt"]
@@ -642,6 +643,18 @@ class _Intake(EventQueue):
 
 
 P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _drive(running: Coroutine[Any, Any, T]) -> T:
+    """Run an EventQueue method's body on an _Intake, which never suspends, to its end."""
+    try:
+        running.send(None)
+    except StopIteration as finished:
+        result: T = finished.value
+        return result
+    running.close()
+    raise RuntimeError("an EventQueue method waited; _Intake never suspends")
 
 
 def _without_await(method: Callable[Concatenate[EventQueue, P], Coroutine[Any, Any, Receipt]]
@@ -649,15 +662,9 @@ def _without_await(method: Callable[Concatenate[EventQueue, P], Coroutine[Any, A
     """Make a SyncEventQueue method out of an EventQueue one: same arguments, no await."""
 
     def call(self: SyncEventQueue, /, *args: P.args, **kwargs: P.kwargs) -> SyncReceipt:
-        running = method(_Intake(self), *args, **kwargs)
-        try:
-            running.send(None)
-        except StopIteration as finished:
-            receipt = finished.value
-            assert isinstance(receipt, SyncReceipt)
-            return receipt
-        running.close()
-        raise RuntimeError(f"EventQueue.{method.__name__} waited; _Intake never suspends")
+        receipt = _drive(method(_Intake(self), *args, **kwargs))
+        assert isinstance(receipt, SyncReceipt)
+        return receipt
 
     call.__name__ = call.__qualname__ = method.__name__
     call.__doc__ = method.__doc__
@@ -749,6 +756,30 @@ class SyncEventQueue:
                 runtime.start()
                 self._runtime = runtime
             return runtime
+
+    def batch(self, operations: list[dict[str, Any]]) -> list[SyncReceipt]:
+        """Enqueue operations in their v2 form, like ``EventQueue.batch`` (no await).
+
+        Raises:
+            InvalidEventError: not a list of dicts, or one lacks its type or action.
+        """
+        receipts = _drive(EventQueue.batch(_Intake(self), operations))
+        return [receipt for receipt in receipts if isinstance(receipt, SyncReceipt)]
+
+    def check(self, timeout: float | None = None) -> AccountRegion:
+        """Ask the Track API where the credentials belong, like ``EventQueue.check``.
+
+        Raises:
+            ConfigError: refused credentials, or the workspace is in another region.
+            DeliveryError: no usable answer. TimeoutError: none within ``timeout``.
+        """
+        runtime = self._running()
+        if runtime.on_own_thread():
+            raise QueueUsageError("check() on the queue's own thread would wait forever")
+        queue, loop = runtime.queue, runtime.loop
+        assert queue is not None
+        assert loop is not None
+        return asyncio.run_coroutine_threadsafe(queue.check(), loop).result(timeout)
 
     def flush(self, timeout: float | None = None) -> Statistics:
         """Send everything queued now and wait until it, and all in flight, has settled.

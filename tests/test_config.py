@@ -216,3 +216,15 @@ def test_from_env_applies_the_same_base_url_rules() -> None:
 def test_base_url_with_whitespace_or_control_characters_is_refused(url: str) -> None:
     """The URL checked must be the URL used: urlsplit drops tabs and newlines, HTTP does not."""
     assert "base_url" in _refusal(base_url=url).splitlines()[-1]
+
+
+def test_from_env_may_allow_plain_http_to_a_remote_fake() -> None:
+    """CUSTOMERIO_ALLOW_INSECURE_HTTP=true lets a compose file point at a fake container."""
+    env = {"CUSTOMERIO_SITE_ID": "s", "CUSTOMERIO_API_KEY": "k",
+           "CUSTOMERIO_BASE_URL": "http://fake-track-api:8080"}
+    with pytest.raises(ConfigError, match="plain http"):
+        QueueConfig.from_env(env)
+    config = QueueConfig.from_env({**env, "CUSTOMERIO_ALLOW_INSECURE_HTTP": "true"})
+    assert (config.base_url, config.allow_insecure_http) == ("http://fake-track-api:8080", True)
+    with pytest.raises(ConfigError, match="CUSTOMERIO_ALLOW_INSECURE_HTTP"):
+        QueueConfig.from_env({**env, "CUSTOMERIO_ALLOW_INSECURE_HTTP": "maybe"})

@@ -24,19 +24,23 @@ from typing import Any
 import pytest
 
 from cio_queue import (
+    AccountRegion,
     EventQueue,
     InvalidEventError,
     Outcome,
     OutcomeStatus,
     QueueClosedError,
+    QueueConfig,
     QueueFullError,
     QueueUsageError,
     Receipt,
+    Region,
     Statistics,
     SyncEventQueue,
     SyncReceipt,
 )
 from cio_queue._sync import CLOSE_MARGIN
+from cio_queue.testing import FakeTrackAPI, serve_in_thread
 
 from .recipes import loaded_recipe
 from .threaded_fake import FAST_RETRY, WAIT, ThreadedFake, threaded_fake
@@ -430,3 +434,15 @@ def test_a_forked_child_starts_its_own_thread(fake: ThreadedFake) -> None:
         is OutcomeStatus.DELIVERED
     assert cio.close().enqueued == 3
     assert set(fake.event_ids()) == {"parent-1", "parent-2", "child-1", "parent-3"}
+
+
+def test_a_sync_queue_sends_raw_v2_operations_and_checks_the_region() -> None:
+    """SyncEventQueue.batch() and check() work as EventQueue's, without await."""
+    with serve_in_thread(FakeTrackAPI(region="eu")) as fake:
+        config = QueueConfig(site_id=fake.site_id, api_key=fake.api_key, base_url=fake.url,
+                             region="eu", rate_limit=None, flush_interval=0.01)
+        with SyncEventQueue(config) as queue:
+            assert queue.check(timeout=10) == AccountRegion(Region.EU, Region.EU.value, 1)
+            (receipt,) = queue.batch([{"type": "person", "identifiers": {"id": "42"},
+                                       "action": "identify", "attributes": {"plan": "pro"}}])
+            assert receipt.result(timeout=10).status is OutcomeStatus.DELIVERED
