@@ -77,7 +77,8 @@ class Parcel:
         first_sent: when the first attempt started (monotonic seconds), or None.
     """
 
-    __slots__ = ("batch", "entries", "failures", "first_sent", "sent", "throttles", "v2")
+    __slots__ = ("batch", "elapsed", "entries", "failures", "first_sent", "sent", "status",
+                 "throttles", "v2")
 
     def __init__(self, entries: list[Entry], *, v2: bool, batch: Any) -> None:
         self.entries = entries
@@ -86,6 +87,8 @@ class Parcel:
         self.sent = 0
         self.failures = 0
         self.throttles = 0
+        self.elapsed = 0.0  # how long the last attempt took, in seconds
+        self.status: int | None = None  # the last attempt's HTTP status, None: no answer
         self.first_sent: float | None = None
 
     @property
@@ -150,17 +153,20 @@ class Courier:
         if parcel.first_sent is None:
             parcel.first_sent = now
         parcel.sent += 1
+        parcel.status = None
         try:
             if not self._routed and (refused := await self._discover_region()) is not None:
                 return self._judge_error(parcel, refused)
             response = await self._sender.send(self._request(parcel))
         except TransportError as exc:
+            parcel.elapsed = self._clock() - now
             return self._judge_error(parcel, exc)
         except Exception as exc:  # noqa: BLE001 - a broken Sender must not stop the queue
             log.error("cio_queue.sender_failed", operations=len(parcel.entries),
                       error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             failure = DeliveryError(f"the sender raised {type(exc).__name__}: {exc}")
             return _all(parcel, Verdict(OutcomeStatus.FAILED, "sender_error", failure), failure)
+        parcel.elapsed, parcel.status = self._clock() - now, response.status
         error = classify(response)
         if error is None:
             return self._accepted(parcel, response)

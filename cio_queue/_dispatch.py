@@ -38,6 +38,7 @@ from ._log import log
 from ._operations import order_keys
 from ._outcome import OutcomeStatus
 from ._packing import pack
+from ._telemetry import Telemetry
 
 __all__ = ["SHUTDOWN_REASON", "Dispatcher"]
 
@@ -82,7 +83,8 @@ class Dispatcher:
     """Run the flusher and the workers between the accumulator and the courier."""
 
     def __init__(self, config: QueueConfig, ledger: Ledger, courier: Courier,
-                 closing: Closing, clock: Callable[[], float] = time.monotonic) -> None:
+                 closing: Closing, *, clock: Callable[[], float] = time.monotonic,
+                 telemetry: Telemetry | None = None) -> None:
         self.acc: BatchAccumulator[Entry] = BatchAccumulator(config.batch_size,
                                                               config.flush_interval)
         self.workers = config.max_concurrency
@@ -99,6 +101,8 @@ class Dispatcher:
         self._released: list[Entry] = []  # came to the head of their lines: go next
         self._wake = asyncio.Event()
         self.batches = self.requests = self.retries = self.rate_limited = 0
+        self.in_flight = 0  # attempts being made now
+        self._telemetry = telemetry
         self.unauthorized = 0
         self._said_unauthorized = False  # one error per spell of refused credentials
         self._stalled_after = config.stalled_after
@@ -278,7 +282,11 @@ class Dispatcher:
             _, parcel = await ready.get()
             if len(self.acc) and ready.qsize() < self._ready_limit:
                 self._wake.set()
-            step = await self._courier.attempt(parcel)
+            self.in_flight += 1
+            try:
+                step = await self._courier.attempt(parcel)
+            finally:
+                self.in_flight -= 1
             self._apply(parcel, step)
 
     def _apply(self, parcel: Parcel, step: Step) -> None:
@@ -289,7 +297,9 @@ class Dispatcher:
             case Done():
                 self._last_answer, self._said_stalled = self._clock(), False
                 self._decide(parcel, step)
-            case Retry(delay=delay):
+            case Retry(delay=delay, error=error):
+                if self._telemetry is not None and isinstance(error, RateLimitedError):
+                    self._telemetry.throttled(delay)
                 self._retry_later(parcel, self._clock() + delay)
             case Split(parts=parts, error=error):
                 log.debug("cio_queue.batch_split", status=error.status,
@@ -310,6 +320,8 @@ class Dispatcher:
             entry.attempts += 1
         if step.error is not None:
             self._last_error = str(step.error)
+        if self._telemetry is not None:
+            self._report(parcel, step)
         if isinstance(step.error, UnauthorizedError):
             self.unauthorized += 1
             if not self._said_unauthorized:
@@ -320,6 +332,15 @@ class Dispatcher:
                                "the operations are kept as failed (dead-lettered) for a replay")
         elif step.error is None:
             self._said_unauthorized = False
+
+    def _report(self, parcel: Parcel, step: Done | Retry | Split) -> None:
+        telemetry = self._telemetry
+        assert telemetry is not None
+        method = "POST" if parcel.v2 else parcel.entries[0].op.method
+        telemetry.request(parcel.elapsed, method, parcel.status,
+                          type(step.error).__name__ if step.error is not None else None)
+        if parcel.sent > 1:
+            telemetry.retry()
 
     def _decide(self, parcel: Parcel, step: Done) -> None:
         batch: _Batch = parcel.batch

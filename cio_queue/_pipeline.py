@@ -40,6 +40,7 @@ from ._log import log
 from ._outcome import Outcome, OutcomeStatus, Statistics
 from ._sender import Sender
 from ._spooled import Spooler
+from ._telemetry import Telemetry
 
 __all__ = ["CLOSE_MARGIN", "Pipeline", "wait_regardless"]
 
@@ -59,7 +60,8 @@ class Pipeline:
     """The running pipeline of one EventQueue."""
 
     def __init__(self, config: QueueConfig, sender: Sender, on_outcome: OnOutcome | None,
-                 on_stopped: Callable[[Statistics], None]) -> None:
+                 on_stopped: Callable[[Statistics], None],
+                 telemetry: Telemetry | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self._config = config
         self._sender = sender
@@ -72,8 +74,9 @@ class Pipeline:
                              on_settled=self._settled,
                              unspool=self._unspool if spooled else None)
         closing = Closing()
+        self._telemetry = telemetry
         self.dispatcher = Dispatcher(config, self.ledger, Courier(config, sender, closing),
-                                     closing)
+                                     closing, telemetry=telemetry)
         self.spooler = (Spooler(config, self.ledger, self.dispatcher, self.loop)
                         if spooled else None)
         self.blocked: set[anyio.CancelScope] = set()  # callers waiting for room
@@ -96,6 +99,8 @@ class Pipeline:
         if self.spooler is not None:
             self._spawn(self._open_spool(), "cio_queue.spool_open", forever=False)
             self._spawn(self.spooler.run_loader(), "cio_queue.spool_loader")
+        if self._telemetry is not None:
+            self._telemetry.attach(self)
         log.info("cio_queue.started", transport=self._config.transport,
                  max_concurrency=dispatcher.workers,
                  dead_letter_path=str(self.writer.path) if self.writer else None)
@@ -122,6 +127,10 @@ class Pipeline:
     def _unspool(self, key: int) -> None:
         assert self.spooler is not None
         self.spooler.store_remove(key)
+
+    def requests_in_flight(self) -> int:
+        """HTTP requests being sent now."""
+        return self.dispatcher.in_flight
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters."""
@@ -267,6 +276,8 @@ class Pipeline:
     def _finish(self, event: str | None) -> None:
         self.closed = True
         stats = self.statistics()
+        if self._telemetry is not None:
+            self._telemetry.detach()
         if event is not None:
             log.info(event, delivered=stats.delivered, rejected=stats.rejected,
                      failed=stats.failed, dropped=stats.dropped,
@@ -300,6 +311,8 @@ class Pipeline:
         self.ledger.recorded(entries, written=written)
 
     def _settled(self, outcome: Outcome) -> None:
+        if self._telemetry is not None:
+            self._telemetry.settled(outcome)
         callback = self._on_outcome
         if callback is None:
             return
