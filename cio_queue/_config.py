@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from ._exceptions import ConfigError
+from ._otel import metrics_api_available
 from ._retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_METRICS_NAME",
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
@@ -54,6 +56,9 @@ DEFAULT_RATE_LIMITED_PAUSE: Final = 2.0
 """Seconds every sender pauses after a 429 that carries no Retry-After."""
 DEFAULT_SPOOL_COMMIT_INTERVAL: Final = 0.05
 """Seconds between the spool's group commits: what a killed process can lose at most."""
+DEFAULT_METRICS_NAME: Final = "default"
+"""The ``cio_queue.name`` attribute of a queue's metrics when ``metrics_name`` is not set."""
+_MAX_METRICS_NAME: Final = 64
 
 Overflow = Literal["block", "raise", "drop_newest", "drop_oldest"]
 Transport = Literal["batch", "v1"]
@@ -153,6 +158,14 @@ class QueueConfig:
             enqueue, in the caller's stack, returning it (changed with
             ``dataclasses.replace``, or as it is) or None to drop it (counted as
             ``filtered``). An exception in it is an ``InvalidEventError`` naming the hook.
+        metrics: record OpenTelemetry metrics (see the README's "Metrics" section):
+            None records them when ``opentelemetry-api`` is installed (the ``otel``
+            extra), True insists (ConfigError without it), False never records.
+        metrics_name: the ``cio_queue.name`` attribute on every metric of this queue,
+            e.g. ``"backfill"``; queues of one process that share a name are summed.
+        meter_provider: the OpenTelemetry ``MeterProvider`` to record through; None uses
+            the global one (``opentelemetry.metrics.get_meter_provider()``) as the
+            queue starts.
     """
 
     site_id: str
@@ -181,6 +194,9 @@ class QueueConfig:
     max_spool_bytes: int | None = None
     on_outcome: OnOutcome | None = field(default=None, repr=False, compare=False)
     before_send: BeforeSend | None = field(default=None, repr=False, compare=False)
+    metrics: bool | None = None
+    metrics_name: str = DEFAULT_METRICS_NAME
+    meter_provider: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -354,11 +370,32 @@ def _check_spool(config: QueueConfig) -> None:
                           "set spool_path to a directory for the spool")
 
 
+def _check_metrics(config: QueueConfig) -> None:
+    if config.metrics is not None and not isinstance(config.metrics, bool):
+        raise ConfigError("metrics must be True, False or None (None: record when "
+                          "opentelemetry-api is installed)")
+    _check_metrics_name(config.metrics_name)
+    if config.meter_provider is not None and not callable(
+            getattr(config.meter_provider, "get_meter", None)):
+        raise ConfigError("meter_provider must be an OpenTelemetry MeterProvider (an object "
+                          "with get_meter()), or None for the global one")
+    if config.metrics is True and not metrics_api_available():
+        raise ConfigError("metrics=True needs the OpenTelemetry API: install the otel extra "
+                          "(pip install 'cio-queue[otel]'), or leave metrics=None")
+
+
+def _check_metrics_name(name: object) -> None:
+    if not (isinstance(name, str) and name.strip() and name.isprintable()
+            and len(name) <= _MAX_METRICS_NAME):
+        raise ConfigError("metrics_name must be a short printable name such as 'default' or "
+                          f"'backfill', at most {_MAX_METRICS_NAME} characters")
+
+
 # Run in this order by QueueConfig.__post_init__; each raises ConfigError on the first
 # bad field it finds.
 _CHECKS: Final[tuple[Callable[[QueueConfig], None], ...]] = (
     _check_credentials, _check_endpoint, _check_sizes, _check_times, _check_policies,
-    _check_spool)
+    _check_spool, _check_metrics)
 
 
 def _split_base_url(url: object, name: str) -> SplitResult:

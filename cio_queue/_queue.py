@@ -16,6 +16,7 @@ from . import _operations as ops
 from ._config import OnOutcome, QueueConfig
 from ._exceptions import InvalidEventError, QueueClosedError, QueueUsageError
 from ._intake import Intake
+from ._otel import metrics_for
 from ._outcome import Receipt, Statistics
 from ._pipeline import Pipeline, wait_regardless
 from ._region import AccountRegion, check_account
@@ -93,7 +94,8 @@ class EventQueue:
             return
         if self._state != "new":
             raise QueueClosedError("this EventQueue is closed; create a new one")
-        run = Pipeline(self._config, self._sender, self._on_outcome, self._stopped)
+        run = Pipeline(self._config, self._sender, self._on_outcome, self._stopped,
+                       telemetry=metrics_for(self._config))
         self._run, self._state = run, "running"
         run.start()
 
