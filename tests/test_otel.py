@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -350,3 +351,14 @@ def test_the_meter_provider_is_kept_out_of_repr_and_equality() -> None:
     assert config == QueueConfig(site_id="site", api_key="key")
     assert "metrics_name='default'" in repr(config)
     assert QueueConfig(site_id="site", api_key="key", metrics=True).metrics is True
+
+
+def test_the_cost_benchmark_runs() -> None:
+    """`python -m benchmarks.otel_cost` at its smallest: a smoke test, not a timing test."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.otel_cost", "--operations", "500", "--rounds", "1",
+         "--calls", "1000"], cwd=root, capture_output=True, text=True, timeout=120,
+        check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "SDK MeterProvider, in-memory reader" in result.stdout
