@@ -1,8 +1,8 @@
 """Metrics through OpenTelemetry: a :class:`~cio_queue._telemetry.Telemetry` that records.
 
 Stage: beside the pipeline, fed by its telemetry hooks. ``opentelemetry-api`` is optional
-(the ``otel`` extra): nothing here imports it until a queue with metrics starts, so
-``import cio_queue`` never does.
+(the ``otel`` extra): it is imported when a queue with metrics starts, or when a
+QueueConfig with ``metrics=True`` checks that it is there; ``import cio_queue`` never does.
 
 The instruments (the README's "Metrics" table is the user-facing list):
 
