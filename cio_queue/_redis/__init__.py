@@ -32,12 +32,16 @@ from .._exceptions import ConfigError
 
 if TYPE_CHECKING:
     from ._errors import BacklogFullError, ProducerClosedError, RedisUnavailableError
+    from ._producer import Producer, ProducerStatistics, Unwritten
     from ._streams import connect, partition_of
 
 __all__ = [
     "BacklogFullError",
+    "Producer",
     "ProducerClosedError",
+    "ProducerStatistics",
     "RedisUnavailableError",
+    "Unwritten",
     "connect",
     "partition_of",
     "require_redis",
@@ -50,6 +54,9 @@ _HOMES: Final = {
     "BacklogFullError": "._errors",
     "ProducerClosedError": "._errors",
     "RedisUnavailableError": "._errors",
+    "Producer": "._producer",
+    "ProducerStatistics": "._producer",
+    "Unwritten": "._producer",
     "connect": "._streams",
     "partition_of": "._streams",
 }
