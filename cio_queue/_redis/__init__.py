@@ -31,12 +31,16 @@ from typing import TYPE_CHECKING, Any, Final
 from .._exceptions import ConfigError
 
 if TYPE_CHECKING:
+    from ._consumer import Consumer, ConsumerStatistics, Delivery
     from ._errors import BacklogFullError, ProducerClosedError, RedisUnavailableError
     from ._producer import Producer, ProducerStatistics, Unwritten
     from ._streams import connect, partition_of
 
 __all__ = [
     "BacklogFullError",
+    "Consumer",
+    "ConsumerStatistics",
+    "Delivery",
     "Producer",
     "ProducerClosedError",
     "ProducerStatistics",
@@ -54,6 +58,9 @@ _HOMES: Final = {
     "BacklogFullError": "._errors",
     "ProducerClosedError": "._errors",
     "RedisUnavailableError": "._errors",
+    "Consumer": "._consumer",
+    "ConsumerStatistics": "._consumer",
+    "Delivery": "._consumer",
     "Producer": "._producer",
     "ProducerStatistics": "._producer",
     "Unwritten": "._producer",

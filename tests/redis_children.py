@@ -1,0 +1,49 @@
+"""Child processes for the Redis tests (started with multiprocessing's spawn method).
+
+Each function is a process's whole life: it talks to the parent through the queues and
+events it is given, and every wait in it is bounded, so a broken test never leaves a
+process behind for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from multiprocessing.queues import Queue
+from typing import Any, Final
+
+from cio_queue._redis import Consumer, Delivery, connect
+
+CHILD_LIFETIME: Final = 60.0
+"""Seconds after which a child gives up waiting for the parent and exits."""
+
+
+def consume_then_hang(url: str, stream: str, group: str, name: str, partitions: int,
+                      lease: float, take: int, ack: int, report: Queue[Any]) -> None:
+    """Join, wait for ``take`` deliveries, ack the first ``ack``, report, then hang.
+
+    The parent kills this process while it hangs: the rest stays pending, unacknowledged.
+    """
+    asyncio.run(_consume_then_hang(url, stream, group, name, partitions, lease, take, ack,
+                                   report))
+
+
+async def _consume_then_hang(url: str, stream: str, group: str, name: str, partitions: int,
+                             lease: float, take: int, ack: int, report: Queue[Any]) -> None:
+    redis = connect(url)
+    consumer = await Consumer.join(redis, stream, group, name, partitions=partitions,
+                                   lease=lease)
+    report.put({"joined": True})
+    deliveries: list[Delivery] = []
+    end = time.monotonic() + CHILD_LIFETIME
+    while len(deliveries) < take and time.monotonic() < end:
+        deliveries.extend(await consumer.fetch(count=take - len(deliveries), wait=0.2))
+    for delivery in deliveries[:ack]:
+        await consumer.ack(delivery.partition, delivery.entry_id)
+    report.put({
+        "partitions": list(consumer.partitions),
+        "delivered": [(d.entry_id, d.partition, json.loads(d.record)) for d in deliveries],
+        "acked": [(d.partition, d.entry_id) for d in deliveries[:ack]],
+    })
+    await asyncio.sleep(CHILD_LIFETIME)  # killed here
