@@ -11,12 +11,48 @@ import asyncio
 import json
 import time
 from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from typing import Any, Final
 
-from cio_queue._redis import Consumer, Delivery, connect
+from cio_queue._redis import Consumer, Delivery, FleetPacer, connect
 
 CHILD_LIFETIME: Final = 60.0
 """Seconds after which a child gives up waiting for the parent and exits."""
+
+
+def pace(url: str, name: str, rate: float, go: Event, results: Queue[Any], *,
+         seconds: float, gate_at: float | None = None, gate_seconds: float = 0.0) -> None:
+    """Ask for starts as fast as grants come for ``seconds``; report their Redis times.
+
+    With ``gate_at``, close the gate for ``gate_seconds`` that many seconds in, and report
+    when it was closed and until when, by Redis' clock.
+    """
+    asyncio.run(_pace(url, name, rate, go, results, seconds, gate_at, gate_seconds))
+
+
+async def _pace(url: str, name: str, rate: float, go: Event, results: Queue[Any],
+                seconds: float, gate_at: float | None, gate_seconds: float) -> None:
+    redis = connect(url)
+    pacer = FleetPacer(redis, name, rate)
+    await pacer.gate_remaining()  # connected and the scripts compiled before the start
+    if not go.wait(CHILD_LIFETIME):
+        return
+    grants: list[float] = []
+    gate: tuple[int, int] | None = None
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        if gate_at is not None and gate is None and elapsed >= gate_at:
+            await pacer.close_gate(gate_seconds)
+            until = int(await redis.get(f"{name}:gate") or 0)
+            gate = (until - round(gate_seconds * 1_000_000), until)
+        turn = await pacer.try_start()
+        if turn.granted:
+            grants.append(turn.server_time)
+        elif turn.wait:
+            await asyncio.sleep(min(turn.wait, seconds - elapsed))
+    stats = pacer.statistics()
+    await redis.aclose()
+    results.put({"grants": grants, "gate": gate, "late": stats.late})
 
 
 def consume_then_hang(url: str, stream: str, group: str, name: str, partitions: int,

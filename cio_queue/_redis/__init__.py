@@ -33,6 +33,7 @@ from .._exceptions import ConfigError
 if TYPE_CHECKING:
     from ._consumer import Consumer, ConsumerStatistics, Delivery
     from ._errors import BacklogFullError, ProducerClosedError, RedisUnavailableError
+    from ._pacer import FleetPacer, PacerStatistics, Turn
     from ._producer import Producer, ProducerStatistics, Unwritten
     from ._streams import connect, partition_of
 
@@ -41,10 +42,13 @@ __all__ = [
     "Consumer",
     "ConsumerStatistics",
     "Delivery",
+    "FleetPacer",
+    "PacerStatistics",
     "Producer",
     "ProducerClosedError",
     "ProducerStatistics",
     "RedisUnavailableError",
+    "Turn",
     "Unwritten",
     "connect",
     "partition_of",
@@ -61,6 +65,9 @@ _HOMES: Final = {
     "Consumer": "._consumer",
     "ConsumerStatistics": "._consumer",
     "Delivery": "._consumer",
+    "FleetPacer": "._pacer",
+    "PacerStatistics": "._pacer",
+    "Turn": "._pacer",
     "Producer": "._producer",
     "ProducerStatistics": "._producer",
     "Unwritten": "._producer",
