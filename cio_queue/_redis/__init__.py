@@ -32,6 +32,7 @@ from .._exceptions import ConfigError
 
 if TYPE_CHECKING:
     from ._consumer import Consumer, ConsumerStatistics, Delivery
+    from ._deadletters import DeadLetter, DeadLetterStream
     from ._errors import BacklogFullError, ProducerClosedError, RedisUnavailableError
     from ._pacer import FleetPacer, PacerStatistics, Turn
     from ._producer import Producer, ProducerStatistics, Unwritten
@@ -41,6 +42,8 @@ __all__ = [
     "BacklogFullError",
     "Consumer",
     "ConsumerStatistics",
+    "DeadLetter",
+    "DeadLetterStream",
     "Delivery",
     "FleetPacer",
     "PacerStatistics",
@@ -65,6 +68,8 @@ _HOMES: Final = {
     "Consumer": "._consumer",
     "ConsumerStatistics": "._consumer",
     "Delivery": "._consumer",
+    "DeadLetter": "._deadletters",
+    "DeadLetterStream": "._deadletters",
     "FleetPacer": "._pacer",
     "PacerStatistics": "._pacer",
     "Turn": "._pacer",
