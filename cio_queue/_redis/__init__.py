@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._errors import BacklogFullError, ProducerClosedError, RedisUnavailableError
     from ._pacer import FleetPacer, PacerStatistics, Turn
     from ._producer import Producer, ProducerStatistics, Unwritten
+    from ._status import status
     from ._streams import connect, partition_of
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "connect",
     "partition_of",
     "require_redis",
+    "status",
 ]
 
 EXTRA_HINT: Final = "pip install 'cio-queue[redis]'"
@@ -76,6 +78,7 @@ _HOMES: Final = {
     "Producer": "._producer",
     "ProducerStatistics": "._producer",
     "Unwritten": "._producer",
+    "status": "._status",
     "connect": "._streams",
     "partition_of": "._streams",
 }
