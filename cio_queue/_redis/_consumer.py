@@ -32,7 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from .._exceptions import ConfigError, QueueUsageError
 from .._log import log
 from ._errors import RedisUnavailableError
-from ._outage import Outage
+from ._outage import Outage, stop_tasks, wait_event
 from ._streams import FIELD, StreamLayout, check_client, check_layout, text
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ class Consumer:
         self._beat_now = asyncio.Event()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._closed = False
+        self._closed = self._stopping = False
         self._outage = Outage("consumer", stream=layout.stream, group=group, consumer=name)
         self._share = self._live = self._turn = 0
         self._delivered = self._claimed = self._acked = 0
@@ -352,21 +352,17 @@ class Consumer:
         self._closed = True
         try:
             end = time.monotonic() + DEFAULT_CLOSE if deadline is None else deadline
-            with anyio.move_on_after(end - time.monotonic()):
-                await self._acks_idle.wait()
+            await wait_event(self._acks_idle, end - time.monotonic())
         finally:
             with anyio.CancelScope(shield=True):
-                for task in self._tasks:
-                    task.cancel()
-                for task in self._tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                with anyio.move_on_after(LEAVE_TIMEOUT):
-                    try:
+                self._stopping = True  # ends the loops even if a cancellation is swallowed
+                await stop_tasks(self._tasks)
+                try:
+                    async with asyncio.timeout(LEAVE_TIMEOUT):
                         await self._leave(keys=self._lease_keys, args=[self.name])
-                    except RedisError as exc:
-                        log.warning("cio_queue.redis_consumer_leave_failed",
-                                    consumer=self.name, error=f"{type(exc).__name__}: {exc}")
+                except (RedisError, TimeoutError) as exc:
+                    log.warning("cio_queue.redis_consumer_leave_failed",
+                                consumer=self.name, error=f"{type(exc).__name__}: {exc}")
                 for entries in self._acks.values():
                     for _, future in entries:
                         future.cancel()
@@ -394,8 +390,7 @@ class Consumer:
         streams = self._readable(time.monotonic() + wait, count)
         if not streams:
             self._changed.clear()
-            with anyio.move_on_after(wait):
-                await self._changed.wait()
+            await wait_event(self._changed, wait)
             return []
         reply: Any = await self._redis.xreadgroup(
             self.group, self.name, dict.fromkeys(streams, ">"),
@@ -489,7 +484,7 @@ class Consumer:
     # --- leases ----------------------------------------------------------------------
 
     async def _keep_leases(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._beat()
                 if any(self._givable(lease) for lease in self._held.values()):
@@ -499,8 +494,7 @@ class Consumer:
                 delay = self._lease / 3
             except RedisError as exc:
                 delay = min(self._lease / 3, self._outage.failed(exc))
-            with anyio.move_on_after(delay):
-                await self._beat_now.wait()
+            await wait_event(self._beat_now, delay)
             self._beat_now.clear()
 
     def _givable(self, lease: _Lease) -> bool:
@@ -575,7 +569,7 @@ class Consumer:
     # --- acknowledgements ------------------------------------------------------------
 
     async def _send_acks(self) -> None:
-        while True:
+        while not self._stopping:
             if not self._acks:
                 self._acks_idle.set()
                 self._ack_ready.clear()

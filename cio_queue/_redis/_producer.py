@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from .._exceptions import ConfigError, QueueUsageError
 from .._log import log
 from ._errors import BacklogFullError, ProducerClosedError, RedisUnavailableError
-from ._outage import Outage
+from ._outage import Outage, stop_tasks, wait_event
 from ._streams import FIELD, StreamLayout, check_client, check_layout, partition_of, text
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Producer:
         self._empty.set()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing = False
+        self._closing = self._stopping = False
         self._checked = False
         self._broken: ConfigError | None = None
         self._outage = Outage("producer", stream=stream)
@@ -254,9 +254,7 @@ class Producer:
 
         ``deadline`` is in ``time.monotonic()`` seconds.
         """
-        with anyio.move_on_after(deadline - time.monotonic()):
-            await self._empty.wait()
-        return self._empty.is_set()
+        return await wait_event(self._empty, deadline - time.monotonic())
 
     def statistics(self) -> ProducerStatistics:
         """Return a snapshot of the counters."""
@@ -282,14 +280,12 @@ class Producer:
                 self._wake.set()
                 self._batch_full.set()
                 end = time.monotonic() + DEFAULT_CLOSE if deadline is None else deadline
-                with anyio.move_on_after(end - time.monotonic()):
-                    await self._empty.wait()
+                await wait_event(self._empty, end - time.monotonic())
         finally:
             with anyio.CancelScope(shield=True):
+                self._stopping = True  # ends the flusher even if a cancellation is swallowed
                 if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await stop_tasks([task])
             unwritten = [Unwritten(e.record, e.partition_key) for e in self._buffer]
             for entry in self._buffer:
                 entry.future.cancel()
@@ -302,13 +298,12 @@ class Producer:
 
     async def _run(self) -> None:
         buffer = self._buffer
-        while True:
+        while not self._stopping:
             if not buffer:
                 self._wake.clear()
                 await self._wake.wait()
-            if len(buffer) < self._max_batch and not self._closing:
-                with anyio.move_on_after(self._linger):
-                    await self._batch_full.wait()
+            if self._linger and len(buffer) < self._max_batch and not self._closing:
+                await wait_event(self._batch_full, self._linger)
             self._batch_full.clear()
             batch = list(itertools.islice(buffer, min(len(buffer), self._max_batch)))
             try:
