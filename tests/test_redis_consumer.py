@@ -104,13 +104,14 @@ async def test_a_killed_members_pending_entries_are_claimed_and_handed_out_again
         redis_server.url, "ops", "senders", "a", PARTITIONS, 1.0, 12, 5, report))
     child.start()
     try:
-        assert report.get(timeout=30) == {"joined": True}
+        # Wait on a thread: b's lease keeper must go on running meanwhile.
+        assert await anyio.to_thread.run_sync(report.get, True, 30) == {"joined": True}
         await wait_until(lambda: len(b.partitions) == 2, 5, "b gives two partitions to a")
         got_b: list[Delivery] = []
         async with anyio.create_task_group() as tasks:
             # b works through its own partitions while a takes 12 and acks 5 of them.
             tasks.start_soon(_drain, b, got_b, lambda: not report.empty(), 30)
-        from_a = report.get(timeout=30)
+        from_a = await anyio.to_thread.run_sync(report.get, True, 30)
         os.kill(child.pid or 0, signal.SIGKILL)
         child.join(timeout=10)
         killed_at = time.monotonic()

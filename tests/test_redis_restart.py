@@ -57,12 +57,12 @@ async def test_a_redis_restart_under_load_loses_nothing(
         tasks.start_soon(consume)
         await wait_until(lambda: added >= RECORDS // 3 and len(seen) > 0, 20,
                          "a third of the records added and some consumed")
-        redis_server.stop(kill=True)
+        await anyio.to_thread.run_sync(lambda: redis_server.stop(kill=True))
         await wait_until(lambda: not producer.statistics().connected, 10,
                          "the producer notices the outage")
         await anyio.sleep(OUTAGE)  # the outage itself; nothing is asserted after it
         assert producer.backlog > 0  # accepted during the outage, held locally
-        redis_server.start()
+        await anyio.to_thread.run_sync(redis_server.start)
 
     assert seen == set(range(RECORDS))
     assert producer.backlog == 0
