@@ -1,5 +1,7 @@
 import pytest
 
+from tests.redis_support import redis_server  # noqa: F401 - a fixture for the Redis tests
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -1,0 +1,136 @@
+"""The consumer group against a real redis-server: leases, takeover after a kill, status."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from cio_queue._redis import Consumer, Delivery, Producer, connect
+from tests import redis_children
+from tests.redis_support import RedisServer, wait_until
+
+pytestmark = pytest.mark.anyio
+
+PARTITIONS = 4
+PEOPLE = 12
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = connect(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def _produce(redis: Redis, count: int) -> list[dict[str, Any]]:
+    """Add ``count`` records for PEOPLE people, numbered per person; return them."""
+    records: list[dict[str, Any]] = [{"person": f"p{n % PEOPLE}", "seq": n // PEOPLE}
+                                     for n in range(count)]
+    async with Producer(redis, "ops", partitions=PARTITIONS) as producer:
+        for record in records:
+            producer.add_nowait(json.dumps(record).encode(), record["person"])
+    return records
+
+
+async def _drain(consumer: Consumer, into: list[Delivery], until: Any, seconds: float) -> None:
+    """Fetch and acknowledge until ``until()`` holds, for ``seconds`` at most."""
+    deadline = time.monotonic() + seconds
+    while not until():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{consumer.name} did not finish within {seconds} s: "
+                        f"{consumer.statistics()}, {len(into)} delivered")
+        batch = await consumer.fetch(count=50, wait=0.1)
+        into.extend(batch)
+        async with anyio.create_task_group() as tasks:
+            for delivery in batch:
+                tasks.start_soon(consumer.ack, delivery.partition, delivery.entry_id)
+
+
+def _in_order_per_person(deliveries: list[Delivery]) -> None:
+    last: dict[str, int] = {}
+    for delivery in deliveries:
+        record = json.loads(delivery.record)
+        assert record["seq"] > last.get(record["person"], -1), (record, last)
+        last[record["person"]] = record["seq"]
+
+
+async def test_two_consumers_split_the_partitions_and_keep_each_persons_order(
+        redis: Redis, redis_server: RedisServer) -> None:
+    """Two members hold two partitions each, read only those, in order; a leaver's move over."""
+    records = await _produce(redis, 120)
+    second = connect(redis_server.url)
+    a = await Consumer.join(redis, "ops", "senders", "a", partitions=PARTITIONS, lease=0.6)
+    b = await Consumer.join(second, "ops", "senders", "b", partitions=PARTITIONS, lease=0.6)
+    await wait_until(lambda: len(a.partitions) == len(b.partitions) == 2, 5,
+                     "each member holds two partitions")
+    assert set(a.partitions).isdisjoint(b.partitions)
+    got_a: list[Delivery] = []
+    got_b: list[Delivery] = []
+    everything = lambda: len(got_a) + len(got_b) >= len(records)  # noqa: E731
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_drain, a, got_a, everything, 10)
+        tasks.start_soon(_drain, b, got_b, everything, 10)
+    assert {d.partition for d in got_a} <= set(a.partitions)
+    assert {d.partition for d in got_b} <= set(b.partitions)
+    assert sorted(json.loads(d.record)["seq"] * PEOPLE + int(json.loads(d.record)["person"][1:])
+                  for d in got_a + got_b) == list(range(len(records)))
+    _in_order_per_person(got_a)
+    _in_order_per_person(got_b)
+    await a.aclose()
+    await wait_until(lambda: len(b.partitions) == PARTITIONS, 3,
+                     "the remaining member takes every partition once the other left")
+    await b.aclose()
+    await second.aclose()
+    assert await redis.xlen("ops:0") == 0  # acknowledged entries are deleted
+
+
+async def test_a_killed_members_pending_entries_are_claimed_and_handed_out_again(
+        redis: Redis, redis_server: RedisServer) -> None:
+    """SIGKILL one member mid-batch: after its lease, the other resends its unacked entries."""
+    records = await _produce(redis, 120)
+    b = await Consumer.join(redis, "ops", "senders", "b", partitions=PARTITIONS, lease=1.0)
+    context = multiprocessing.get_context("spawn")
+    report = context.Queue()
+    child = context.Process(target=redis_children.consume_then_hang, args=(
+        redis_server.url, "ops", "senders", "a", PARTITIONS, 1.0, 12, 5, report))
+    child.start()
+    try:
+        # Wait on a thread: b's lease keeper must go on running meanwhile.
+        assert await anyio.to_thread.run_sync(report.get, True, 30) == {"joined": True}
+        await wait_until(lambda: len(b.partitions) == 2, 5, "b gives two partitions to a")
+        got_b: list[Delivery] = []
+        async with anyio.create_task_group() as tasks:
+            # b works through its own partitions while a takes 12 and acks 5 of them.
+            tasks.start_soon(_drain, b, got_b, lambda: not report.empty(), 30)
+        from_a = await anyio.to_thread.run_sync(report.get, True, 30)
+        os.kill(child.pid or 0, signal.SIGKILL)
+        child.join(timeout=10)
+        killed_at = time.monotonic()
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=10)
+    assert len(from_a["delivered"]) == 12
+    assert set(from_a["partitions"]).isdisjoint(b.partitions)
+    acked_by_a = {tuple(key) for key in from_a["acked"]}
+    unacked_by_a = {(p, entry_id) for entry_id, p, _ in from_a["delivered"]} - acked_by_a
+    total = len(records) - len(acked_by_a)
+    await _drain(b, got_b, lambda: len({(d.partition, d.entry_id) for d in got_b}) >= total, 15)
+    assert time.monotonic() - killed_at < 10
+    assert len(b.partitions) == PARTITIONS
+    seen = {(d.partition, d.entry_id) for d in got_b}
+    assert unacked_by_a <= seen  # handed out again
+    assert not acked_by_a & seen  # settled entries are not
+    assert len(seen) == total  # nothing lost
+    _in_order_per_person(got_b)  # takeover resends a's unacked entries before newer ones
+    assert b.statistics().claimed >= len(unacked_by_a)
+    await b.aclose()
