@@ -43,13 +43,15 @@ CHUNK_BYTES: Final = 1 << 20
 
 T = TypeVar("T")
 
-RecordReader = Callable[[BinaryIO], tuple[bytes, int]]
-"""Read the next record: its bytes (``b""`` at the end) and how many lines it spans."""
+RecordReader = Callable[[BinaryIO], tuple[bytes, int, int]]
+"""Read the next record: its bytes (``b""`` at the end), how many lines it spans, and how
+many bytes of the file it took (more than its bytes when the reader cut an overlong one)."""
 
 
-def read_line(reader: BinaryIO) -> tuple[bytes, int]:
+def read_line(reader: BinaryIO) -> tuple[bytes, int, int]:
     """Read one line: a record of a file of JSON lines."""
-    return reader.readline(), 1
+    raw = reader.readline()
+    return raw, 1, len(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +104,11 @@ class LineReader:
         lines: list[T] = []
         number, offset = start = self.position
         while len(lines) < CHUNK_LINES and offset - start[1] < CHUNK_BYTES:
-            raw, spans = self._record(self._file)
+            raw, spans, size = self._record(self._file)
             if not raw:
                 break
             first = number + 1
-            number, offset = number + spans, offset + len(raw)
+            number, offset = number + spans, offset + size
             if raw.strip() and first not in skip:
                 lines.append(parse(first, raw))
         self.position = (number, offset)
