@@ -1,4 +1,4 @@
-"""The ``cio-queue`` command line: ``demo`` and ``replay``.
+"""The ``cio-queue`` command line: ``demo``, ``replay`` and ``import``.
 
 Outside the pipeline: it drives an EventQueue (and the fake Track API) like an app would.
 """
@@ -19,6 +19,7 @@ import structlog
 
 from ._config import QueueConfig
 from ._exceptions import CioQueueError
+from ._importcli import add_import_parser, run_import
 from ._queue import EventQueue
 from ._replay import replay
 from ._version import __version__
@@ -133,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "CUSTOMERIO_REGION)")
     rep.add_argument("path")
     rep.add_argument("--base-url", help="Track API scheme://host[:port], overriding the region")
+    add_import_parser(sub)
     return parser
 
 
@@ -142,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if args.verbose else logging.WARNING
     # An application may configure structlog; the library itself never does.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    if args.command == "import":
+        return run_import(args)
     command = _demo if args.command == "demo" else _replay
     try:
         return asyncio.run(command(args))
