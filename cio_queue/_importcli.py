@@ -135,7 +135,7 @@ async def _run(args: argparse.Namespace, config: QueueConfig, fmt: ImportFormat)
                 await showing
             display.stop(importer.progress())
     summary = Summary(importer.path.name, importer.progress(), result)
-    summary.print(sys.stdout, rich=display.rich)
+    summary.print(sys.stdout, rich=display.rich and sys.stdout.isatty())
     return summary.status
 
 
