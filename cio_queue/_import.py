@@ -213,7 +213,6 @@ class FileImport:
             ImportFileError: another import of the file runs, its CSV header lacks a
                 column, or it is not the file its checkpoint was made for.
             OSError: the file cannot be read, or a file beside it written.
-            ConfigError: the config cannot take the import's settings.
         """
         self._started = time.monotonic()
         files = await anyio.to_thread.run_sync(
@@ -242,7 +241,9 @@ class FileImport:
             async with queue:
                 while (self._failure is None
                        and (chunk := await anyio.to_thread.run_sync(files.read_chunk))):
-                    self._window.append(await self._send(queue, chunk))
+                    sent = _Sent(chunk)
+                    self._window.append(sent)  # noted if cut in the middle, too
+                    await self._send(queue, sent)
                     if len(self._window) >= CHUNKS_IN_FLIGHT:
                         await self._settle(files)
                 await queue.flush()
@@ -257,10 +258,9 @@ class FileImport:
                     await anyio.to_thread.run_sync(files.note_delivered, self._delivered())
         return finished, queue.statistics()
 
-    async def _send(self, queue: EventQueue, chunk: Chunk[Line]) -> _Sent:
-        """Enqueue the chunk's lines by EventQueue's methods, yielding now and then."""
-        sent = _Sent(chunk)
-        for n, line in enumerate(chunk.lines, 1):
+    async def _send(self, queue: EventQueue, sent: _Sent) -> None:
+        """Enqueue a chunk's lines by EventQueue's methods, yielding now and then."""
+        for n, line in enumerate(sent.chunk.lines, 1):
             if n % SUBMIT_STEP == 0:
                 await anyio.lowlevel.checkpoint()
             problem = line.problem
@@ -273,8 +273,7 @@ class FileImport:
             sent.invalid.append(rejected_line(line, reason="invalid", error=problem))
             self._invalid += 1
             self._tell(line.number, problem)
-        self._lines += len(chunk.lines)
-        return sent
+        self._lines += len(sent.chunk.lines)
 
     async def _settle(self, files: ImportFiles) -> None:
         """Wait for the oldest chunk to settle; checkpoint it, or stop on a failure."""
