@@ -12,6 +12,9 @@ Measured in one run, on one file of ``EVENTS`` JSON lines of ``track`` events:
 - with the default ``--rate-limit`` (100 requests/s: the Track API's fair-use figure),
 - with ``--rate-limit 0`` (none), where the client's own CPU is the limit.
 
+Beside each: the import process's CPU time per event (user + system, from ``wait4``), the
+figure that says what the import costs on a machine whose cores are shared.
+
 Each run starts from the top (``--restart``). Only the peak RSS carries over to another
 machine; throughput without a rate limit depends on its cores. Run from the repository
 root::
@@ -51,6 +54,7 @@ class Run:
     status: int
     seconds: float
     peak_rss_bytes: int
+    cpu_seconds: float
     delivered: int
     distinct: int
     without_id: int
@@ -100,7 +104,8 @@ def import_once(path: Path, server: ServerHandle, rate_limit: float) -> Run:
     print(process.stdout.read(), end="")
     ledger = server.ledger()
     return Run(rate_limit=rate_limit, status=process.returncode, seconds=seconds,
-               peak_rss_bytes=usage.ru_maxrss * 1024, delivered=ledger.events,
+               peak_rss_bytes=usage.ru_maxrss * 1024,
+               cpu_seconds=usage.ru_utime + usage.ru_stime, delivered=ledger.events,
                distinct=ledger.distinct_events, without_id=ledger.without_id,
                requests=ledger.requests, server_cpu=ledger.cpu_seconds - before)
 
@@ -110,7 +115,8 @@ def report(runs: list[Run], events: int, size: int) -> bool:
     print(f"\n{events:,} events, {size / 1e6:.0f} MB of JSON lines, {LATENCY * 1000:.0f} ms "
           "server latency, batch transport, 10 requests in flight")
     print(f"{'rate limit':>14}  {'exit':>4}  {'seconds':>8}  {'events/s':>9}  "
-          f"{'peak RSS':>9}  {'requests':>8}  {'server CPU':>10}  delivered once")
+          f"{'peak RSS':>9}  {'CPU/event':>9}  {'requests':>8}  {'server CPU':>10}  "
+          "delivered once")
     ok = True
     for run in runs:
         once = (run.status == 0 and run.delivered == run.distinct == events
@@ -119,6 +125,7 @@ def report(runs: list[Run], events: int, size: int) -> bool:
         limit = f"{run.rate_limit:g} req/s" if run.rate_limit else "none"
         print(f"{limit:>14}  {run.status:>4}  {run.seconds:>8.1f}  "
               f"{run.events_per_second:>9,.0f}  {run.peak_rss_bytes / 2**20:>6.0f} MiB  "
+              f"{run.cpu_seconds / max(1, run.delivered) * 1e6:>6.0f} µs  "
               f"{run.requests:>8,}  {run.server_cpu:>9.1f}s  "
               + ("yes" if once else f"NO ({run.delivered:,} delivered, {run.distinct:,} "
                                     "distinct)"))
