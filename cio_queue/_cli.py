@@ -1,7 +1,8 @@
-"""The cio-queue command line: demo, replay and fake-server.
+"""The cio-queue command line: demo, replay, import and fake-server.
 
-demo tries the queue against a fake Track API, replay sends a dead-letter file again, and
-fake-server serves the fake Track API for local development.
+demo tries the queue against a fake Track API, replay sends a dead-letter file again,
+import sends a JSON-lines or CSV file, and fake-server serves the fake Track API for
+local development.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import QueueConfig
 from ._exceptions import CioQueueError, ConfigError
+from ._importcli import add_import_parser, run_import
 from ._log import LOGGER_NAME
 from ._queue import EventQueue
 from ._replay import replay
@@ -269,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--api-key", default="fake-key", help="the API key it accepts")
     fake.add_argument("--region", choices=("us", "eu"), default="us",
                       help="the region GET /api/v1/accounts/region names")
+    add_import_parser(sub)
     return parser
 
 
@@ -290,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (2 for bad input, with one line)."""
     args = _parser().parse_args(argv)  # exits 2 with argparse's message on bad arguments
     _configure_logging(args.verbose)
+    if args.command == "import":
+        return run_import(args)  # handles its own errors and signals
     command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
     try:
         return asyncio.run(command(args))

@@ -98,10 +98,10 @@ class _Replay:
                     await anyio.to_thread.run_sync(self._note_delivered)
         return queue.statistics()
 
-    def _read(self) -> Chunk | None:
+    def _read(self) -> Chunk[Line] | None:
         return self._files.read_chunk(batch=self._batch)
 
-    async def _send(self, queue: EventQueue, chunk: Chunk) -> None:
+    async def _send(self, queue: EventQueue, chunk: Chunk[Line]) -> None:
         """Enqueue the chunk's operations, yielding now and then; wait until all settle."""
         for line in chunk.lines:
             if line.op is not None:
@@ -110,7 +110,7 @@ class _Replay:
                     await anyio.lowlevel.checkpoint()
         await queue.flush()
 
-    def _keep(self, chunk: Chunk) -> None:
+    def _keep(self, chunk: Chunk[Line]) -> None:
         """Write what the settled chunk keeps and checkpoint it (on a worker thread)."""
         outcomes = {line.number: receipt.outcome for line, receipt in self._sent}
         now = time.time()

@@ -33,7 +33,8 @@ any point neither loses a line nor writes one twice. What a crash costs is sendi
 the operations of the chunk it cut (events keep their id, which the API deduplicates);
 an interruption that lets the replay note its deliveries costs only those in flight.
 
-Memory is bounded by one chunk, whatever the file's length.
+Memory is bounded by one chunk, whatever the file's length. The chunked reading and the
+checkpoint are ``_checkpoint``'s, shared with import.
 """
 
 from __future__ import annotations
@@ -46,14 +47,14 @@ from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 
+from ._checkpoint import CHUNK_BYTES, CHUNK_LINES, Checkpoint, Chunk, LineReader
 from ._deadletter import (
     append_whole,
     flock,
     fsync_directory,
     locked,
-    open_for_append,
     open_new,
     operation_from_record,
     resolved,
@@ -64,10 +65,6 @@ from ._operations import Operation
 
 __all__ = ["CHUNK_BYTES", "CHUNK_LINES", "Chunk", "Line", "ReplayFiles"]
 
-CHUNK_LINES: Final = 1000
-"""Lines per chunk at most: the operations held at once, and sent between checkpoints."""
-CHUNK_BYTES: Final = 1 << 20
-"""Bytes per chunk at most (a chunk always takes at least one line)."""
 _COPY_BYTES: Final = 1 << 20
 """Bytes copied at a time when the put-back appends what a live queue wrote."""
 _PROBLEM_CHARS: Final = 200
@@ -86,17 +83,6 @@ class Line:
     """The dead-letter record; None for a line that is no valid one, kept as it is."""
     op: Operation | None = None
     """The record's operation, built and sealed; None with ``record``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """Consecutive lines of the work file, and where the next chunk starts."""
-
-    lines: list[Line]
-    end_line: int
-    """The number of the last line read (blank or skipped ones included)."""
-    end_offset: int
-    """The byte offset just after it."""
 
 
 class ReplayFiles:
@@ -121,12 +107,9 @@ class ReplayFiles:
         self.committed = False
         self._owner: os.stat_result | None = None  # mode and owner for the files made here
         self._lock_fd: int | None = None
-        self._reader: BinaryIO | None = None
+        self._reader: LineReader | None = None
         self._remaining_fd: int | None = None
-        self._progress_fd: int | None = None
-        self._done = (0, 0, 0)  # checkpoint: lines done, their bytes, bytes kept
-        self._read = (0, 0)  # lines and bytes read
-        self._delivered: set[int] = set()  # lines of the cut chunk that were delivered
+        self._checkpoint = Checkpoint(self.progress)
 
     def __repr__(self) -> str:
         return f"<ReplayFiles {self.path}>"
@@ -163,11 +146,9 @@ class ReplayFiles:
         else:
             self._take_away()
         if not self.committed:
-            self._reader = self.work.open("rb")
-            self._reader.seek(self._read[1])
-            self._progress_fd, created = open_for_append(self.progress, owner=self._owner)
-            if created:
-                fsync_directory(self.path.parent)
+            done = self._checkpoint.done
+            self._reader = LineReader(self.work, (done.line, done.offset))
+            self._checkpoint.open(owner=self._owner)
 
     def _stat_either(self) -> os.stat_result:
         for candidate in (self.work, self.path):
@@ -198,35 +179,13 @@ class ReplayFiles:
             self.committed = True  # the put-back renamed it: only the clean-up is left
             return
         self._remaining_fd = fd
-        self._load_checkpoint()
-        os.ftruncate(fd, self._done[2])  # drop what a cut chunk had kept
-        self._read = self._done[:2]
-
-    def _load_checkpoint(self) -> None:
-        try:
-            handle = self.progress.open("rb")
-        except FileNotFoundError:
-            return  # stopped before its first checkpoint: start from the top
-        with handle:
-            for raw in handle:
-                self._load_entry(raw)
-
-    def _load_entry(self, raw: bytes) -> None:
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            return  # a torn last entry: the one before it holds
-        if not isinstance(entry, dict):
-            return
-        if "line" in entry:
-            self._done = (int(entry["line"]), int(entry["offset"]), int(entry["kept"]))
-            self._delivered.clear()
-        else:
-            self._delivered.update(int(n) for n in entry.get("delivered", ()))
+        # With no checkpoint (stopped before its first one) it starts from the top.
+        self._checkpoint.load()
+        os.ftruncate(fd, self._checkpoint.done.kept)  # drop what a cut chunk had kept
 
     # --- working through ------------------------------------------------------------------
 
-    def read_chunk(self, *, batch: bool) -> Chunk | None:
+    def read_chunk(self, *, batch: bool) -> Chunk[Line] | None:
         """Read and parse the next chunk (None at the end); bad lines are logged here.
 
         Args:
@@ -234,17 +193,8 @@ class ReplayFiles:
         """
         reader = self._reader
         assert reader is not None
-        lines: list[Line] = []
-        number, offset = start = self._read
-        while len(lines) < CHUNK_LINES and offset - start[1] < CHUNK_BYTES:
-            raw = reader.readline()
-            if not raw:
-                break
-            number, offset = number + 1, offset + len(raw)
-            if raw.strip() and number not in self._delivered:
-                lines.append(self._parse(number, raw, batch=batch))
-        self._read = (number, offset)
-        return Chunk(lines, number, offset) if number > start[0] else None
+        return reader.read_chunk(partial(self._parse, batch=batch),
+                                 skip=self._checkpoint.delivered)
 
     def _parse(self, number: int, raw: bytes, *, batch: bool) -> Line:
         try:
@@ -259,26 +209,17 @@ class ReplayFiles:
             return Line(number, raw)
         return Line(number, raw, record, op)
 
-    def keep(self, chunk: Chunk, kept: list[bytes]) -> None:
+    def keep(self, chunk: Chunk[Line], kept: list[bytes]) -> None:
         """Append a settled chunk's kept lines to ``PATH.remaining``, then checkpoint it."""
         fd = self._remaining_fd
         assert fd is not None
         if kept:
             append_whole(fd, kept)
-        self._done = (chunk.end_line, chunk.end_offset, os.fstat(fd).st_size)
-        line, offset, size = self._done
-        self._note({"line": line, "offset": offset, "kept": size})
-        self._delivered = {n for n in self._delivered if n > chunk.end_line}
+        self._checkpoint.passed(chunk, os.fstat(fd).st_size)
 
     def note_delivered(self, numbers: list[int]) -> None:
         """Checkpoint the lines of an unfinished chunk that were delivered."""
-        if numbers:
-            self._note({"delivered": numbers})
-
-    def _note(self, entry: dict[str, Any]) -> None:
-        fd = self._progress_fd
-        assert fd is not None
-        append_whole(fd, [json.dumps(entry, separators=(",", ":")).encode() + b"\n"])
+        self._checkpoint.note_delivered(numbers)
 
     # --- ending ---------------------------------------------------------------------------
 
@@ -322,11 +263,11 @@ class ReplayFiles:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        for fd in (self._remaining_fd, self._progress_fd):
-            if fd is not None:
-                with suppress(OSError):
-                    os.close(fd)
-        self._remaining_fd = self._progress_fd = None
+        self._checkpoint.close()
+        if self._remaining_fd is not None:
+            with suppress(OSError):
+                os.close(self._remaining_fd)
+        self._remaining_fd = None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -12,7 +12,7 @@ import random
 import time
 from typing import Any, Final
 
-__all__ = ["new_ulid"]
+__all__ = ["new_ulid", "ulid_of"]
 
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Every 10-bit value as its two Crockford characters: four lookups encode 40 bits.
@@ -40,4 +40,17 @@ def new_ulid() -> str:
                          + _CROCKFORD[millis & 31])
     randomness = _random.getrandbits(80)
     return (str(_ulid_time[1]) + _encode_40(randomness >> 40)
+            + _encode_40(randomness & (1 << 40) - 1))
+
+
+def ulid_of(millis: int, randomness: int) -> str:
+    """Return the ULID of given parts: 48 bits of milliseconds and 80 bits of the caller's.
+
+    For ids that must come out the same every time, such as an import's, which are made
+    from the import's start time and the line number.
+    """
+    if not (0 <= millis < 1 << 48 and 0 <= randomness < 1 << 80):
+        raise ValueError("a ULID has 48 bits of milliseconds and 80 bits of randomness")
+    return (_CROCKFORD[millis >> 45] + _encode_40(millis >> 5 & (1 << 40) - 1)
+            + _CROCKFORD[millis & 31] + _encode_40(randomness >> 40)
             + _encode_40(randomness & (1 << 40) - 1))
