@@ -30,12 +30,16 @@ __all__ = [
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_METRICS_NAME",
     "DEFAULT_RATE_LIMIT",
+    "DEFAULT_REDIS_GROUP",
+    "DEFAULT_REDIS_LEASE",
+    "DEFAULT_REDIS_PARTITIONS",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_SPOOL_COMMIT_INTERVAL",
     "OnOutcome",
     "Overflow",
     "QueueConfig",
+    "RedisDurability",
     "Region",
     "SpoolDurability",
     "Transport",
@@ -59,9 +63,15 @@ DEFAULT_SPOOL_COMMIT_INTERVAL: Final = 0.05
 DEFAULT_METRICS_NAME: Final = "default"
 """The ``cio_queue.name`` attribute of a queue's metrics when ``metrics_name`` is not set."""
 _MAX_METRICS_NAME: Final = 64
+DEFAULT_REDIS_PARTITIONS: Final = 16
+"""Partitions of the fleet's stream: the most consumers that share the work at once."""
+DEFAULT_REDIS_GROUP: Final = "senders"
+DEFAULT_REDIS_LEASE: Final = 10.0
+"""Seconds before the partitions of a consumer that stopped renewing are taken over."""
 
 Overflow = Literal["block", "raise", "drop_newest", "drop_oldest"]
 Transport = Literal["batch", "v1"]
+RedisDurability = Literal["batched", "sync"]
 _TRANSPORTS: Final = ("batch", "v1")
 OnOutcome = Callable[["Outcome"], "Awaitable[Any] | Any"]
 BeforeSend = Callable[["OperationView"], "OperationView | None"]
@@ -166,6 +176,28 @@ class QueueConfig:
         meter_provider: the OpenTelemetry ``MeterProvider`` to record through; None uses
             the global one (``opentelemetry.metrics.get_meter_provider()``) as the
             queue starts.
+        redis_url: run as a member of a fleet (see the README's "Running a fleet", needs
+            the ``redis`` extra): every accepted operation is handed to a Redis Stream
+            (its outcome is then ``streamed``), and, unless ``consume`` is False, this
+            queue also delivers a share of the stream. ``rate_limit`` is then the whole
+            fleet's budget, and a 429 pauses every member. E.g. ``"redis://host:6379/0"``;
+            a password in it is never shown in a repr or a log.
+        redis_stream: the stream's name, the same for every member; None derives it from
+            the site id (``"cio-queue:{site_id}"``).
+        redis_partitions: the stream's partition count, the same for every member: one
+            person's operations share a partition, and each partition is delivered by
+            one member at a time, so this is the most members that send at once.
+        redis_durability: ``"batched"`` hands operations to Redis in group commits a few
+            milliseconds apart (an enqueue call never waits for Redis); ``"sync"`` makes
+            each enqueue call return once Redis acknowledged its operation.
+        redis_group: the consumer group of the members that deliver.
+        redis_consumer: this member's name in the group; None makes a unique one from
+            the host name and the process id.
+        redis_lease: seconds before another member takes over the partitions (and the
+            unacknowledged operations) of a member that stopped, e.g. was killed.
+        consume: with ``redis_url``, whether this queue delivers from the stream too;
+            False makes a pure producer (e.g. a web worker, with ``cio-queue worker``
+            processes sending).
     """
 
     site_id: str
@@ -197,6 +229,14 @@ class QueueConfig:
     metrics: bool | None = None
     metrics_name: str = DEFAULT_METRICS_NAME
     meter_provider: object | None = field(default=None, repr=False, compare=False)
+    redis_url: str | None = field(default=None, repr=False)
+    redis_stream: str | None = None
+    redis_partitions: int = DEFAULT_REDIS_PARTITIONS
+    redis_durability: RedisDurability = "batched"
+    redis_group: str = DEFAULT_REDIS_GROUP
+    redis_consumer: str | None = None
+    redis_lease: float = DEFAULT_REDIS_LEASE
+    consume: bool = True
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -222,6 +262,11 @@ class QueueConfig:
     def spool_directory(self) -> Path | None:
         """``spool_path`` as a Path, or None."""
         return None if self.spool_path is None else Path(self.spool_path)
+
+    @property
+    def stream_name(self) -> str:
+        """The fleet's stream: ``redis_stream``, or one named after the site id."""
+        return self.redis_stream or f"cio-queue:{self.site_id}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> QueueConfig:
@@ -391,11 +436,45 @@ def _check_metrics_name(name: object) -> None:
                           f"'backfill', at most {_MAX_METRICS_NAME} characters")
 
 
+def _check_fleet(config: QueueConfig) -> None:
+    if config.redis_url is None:
+        defaults = (config.redis_stream is None and config.redis_consumer is None
+                    and config.redis_durability == "batched" and config.consume is True
+                    and config.redis_group == DEFAULT_REDIS_GROUP
+                    and config.redis_partitions == DEFAULT_REDIS_PARTITIONS
+                    and config.redis_lease == DEFAULT_REDIS_LEASE)
+        if not defaults:
+            raise ConfigError("the redis_* options and consume need redis_url; set redis_url "
+                              "to the fleet's Redis, e.g. 'redis://localhost:6379/0'")
+        return
+    if not (isinstance(config.redis_url, str)
+            and config.redis_url.startswith(("redis://", "rediss://", "unix://"))):
+        raise ConfigError("redis_url must be a redis://, rediss:// or unix:// URL")
+    for name in ("redis_stream", "redis_consumer"):
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, str) and value.strip()
+                                      and value.isprintable()):
+            raise ConfigError(f"{name} must be a non-empty printable name, or None")
+    if not (isinstance(config.redis_group, str) and config.redis_group.strip()):
+        raise ConfigError("redis_group must be a non-empty name")
+    if config.redis_durability not in _SPOOL_DURABILITIES:
+        raise ConfigError("redis_durability must be 'batched' or 'sync', "
+                          f"got {config.redis_durability!r}")
+    _positive_int("redis_partitions", config.redis_partitions)
+    if not (isinstance(config.redis_lease, int | float) and 0.5 <= config.redis_lease <= 3600):
+        raise ConfigError(f"redis_lease must be 0.5 to 3600 seconds, got {config.redis_lease!r}")
+    if not isinstance(config.consume, bool):
+        raise ConfigError("consume must be True or False")
+    from ._redis import require_redis  # noqa: PLC0415 - only fleets need redis-py
+
+    require_redis()
+
+
 # Run in this order by QueueConfig.__post_init__; each raises ConfigError on the first
 # bad field it finds.
 _CHECKS: Final[tuple[Callable[[QueueConfig], None], ...]] = (
     _check_credentials, _check_endpoint, _check_sizes, _check_times, _check_policies,
-    _check_spool, _check_metrics)
+    _check_spool, _check_metrics, _check_fleet)
 
 
 def _split_base_url(url: object, name: str) -> SplitResult:

@@ -15,12 +15,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 
 from ._config import QueueConfig
 from ._exceptions import (
+    CioQueueError,
     DeliveryError,
     RateLimitedError,
     RejectedError,
@@ -35,10 +36,21 @@ from ._packing import batch_body, partial_errors
 from ._region import REGION_REQUEST, read_region
 from ._sender import Request, Response, Sender, classify
 
-__all__ = ["Closing", "Courier", "Done", "Parcel", "Retry", "Split", "Step", "Stranded"]
+__all__ = ["Closing", "Courier", "Done", "Parcel", "Retry", "SharedBudget", "Split", "Step",
+           "Stranded"]
 
 V1_PREFIX: Final = "/api/v1"
 V2_BATCH_PATH: Final = "/api/v2/batch"
+
+
+class SharedBudget(Protocol):
+    """A rate budget and a 429 gate shared with other processes (the fleet's FleetPacer)."""
+
+    async def next_turn(self) -> tuple[bool, float]:
+        """``(True, 0)`` for a start granted now, else ``(False, seconds to wait)``."""
+
+    async def close_gate(self, seconds: float) -> float:
+        """Keep every process from starting a request for ``seconds``."""
 
 
 class Closing:
@@ -135,13 +147,17 @@ class Courier:
     """Carry parcels: pace, send, and judge each attempt."""
 
     def __init__(self, config: QueueConfig, sender: Sender, closing: Closing,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 budget: SharedBudget | None = None) -> None:
         self._config = config
         self._policy = config.retry
         self._sender = sender
         self._closing = closing
         self._clock = clock
-        self.pacer = RequestPacer(config.rate_limit)
+        # In a fleet the shared budget keeps the rate; the local pacer keeps the 429
+        # gate too, so this process pauses at once, before the fleet's gate is closed.
+        self._budget = budget
+        self.pacer = RequestPacer(config.rate_limit if budget is None else None)
         self._routed = config.data_centre != "auto"
         self._routing = asyncio.Lock()
 
@@ -170,7 +186,10 @@ class Courier:
         error = classify(response)
         if error is None:
             return self._accepted(parcel, response)
-        return self._judge_error(parcel, error)
+        step = self._judge_error(parcel, error)
+        if self._budget is not None and isinstance(error, RateLimitedError):
+            await self._share_gate()
+        return step
 
     async def _discover_region(self) -> DeliveryError | None:
         """``region="auto"``: ask the API where the workspace lives, once, before sending.
@@ -208,18 +227,46 @@ class Courier:
 
     async def _pace(self) -> bool:
         """Wait for the 429 gate and the rate limit; False if that crosses the deadline."""
-        pacer, closing = self.pacer, self._closing
+        pacer = self.pacer
         while True:
             now = self._clock()
             wait = pacer.delay(now)
             if wait <= 0:
-                pacer.start(now)
-                return True
-            if closing.crossed(now + wait):
+                break
+            if not await self._sleep(now, wait):
                 return False
-            # Wake early when the shutdown begins, to check against its deadline.
-            with anyio.move_on_after(wait):
-                await (closing.event.wait() if not closing.event.is_set() else anyio.sleep(wait))
+        budget = self._budget
+        while budget is not None:
+            granted, wait = await budget.next_turn()
+            if granted:
+                break
+            if not await self._sleep(self._clock(), wait):
+                return False
+        pacer.start(self._clock())
+        return True
+
+    async def _sleep(self, now: float, wait: float) -> bool:
+        """Sleep ``wait`` seconds; False, at once, if that would cross the shutdown deadline.
+
+        Wakes early when the shutdown begins, to check against its deadline.
+        """
+        closing = self._closing
+        if closing.crossed(now + wait):
+            return False
+        with anyio.move_on_after(wait):
+            await (closing.event.wait() if not closing.event.is_set() else anyio.sleep(wait))
+        return True
+
+    async def _share_gate(self) -> None:
+        """Close the fleet's gate as long as this process's own: every member pauses."""
+        assert self._budget is not None
+        seconds = self.pacer.gate_until - self._clock()
+        try:
+            async with asyncio.timeout(1.0):
+                await self._budget.close_gate(seconds)
+        except (TimeoutError, CioQueueError) as exc:
+            log.warning("cio_queue.fleet_gate_not_shared", seconds=round(seconds, 3),
+                        error=f"{type(exc).__name__}: {exc}")
 
     def _accepted(self, parcel: Parcel, response: Response) -> Done:
         count = len(parcel.entries)

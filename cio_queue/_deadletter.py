@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._ledger import Entry
 
 __all__ = ["FORMAT", "DeadLetterWriter", "append_records", "append_whole", "dumps_record",
+           "entry_record",
            "flock", "fsync_directory", "lock_path", "locked", "open_for_append", "open_new",
            "operation_from_record", "record_again", "record_for", "resolved"]
 
@@ -263,7 +264,7 @@ class DeadLetterWriter:
         entries = [self._waiting.popleft() for _ in range(min(len(self._waiting),
                                                               MAX_RECORDS_PER_WRITE))]
         now = time.time()
-        records = [_record_of(entry, now) for entry in entries]
+        records = [entry_record(entry, now) for entry in entries]
         future = self._executor.submit(append_records, self.path, records)
         self._writing = (entries, future)
         return entries, future
@@ -286,7 +287,8 @@ class DeadLetterWriter:
                   error=f"{type(exc).__name__}: {exc}")
 
 
-def _record_of(entry: Entry, now: float) -> dict[str, Any]:
+def entry_record(entry: Entry, now: float) -> dict[str, Any]:
+    """Return the dead-letter record of a decided entry, with its verdict's reason."""
     verdict = entry.verdict
     assert verdict is not None
     error = verdict.error

@@ -36,6 +36,8 @@ class Intake:
         self._config = config
         self._before_send = before_send
         self._batch = config.transport == "batch"
+        self._wait_for_stream = (config.redis_url is not None
+                                 and config.redis_durability == "sync")
 
     async def submit(self, run: Pipeline, op: Operation) -> Receipt:
         """Accept ``op`` (or drop it by policy, or filter it by before_send)."""
@@ -55,6 +57,8 @@ class Intake:
             if not await self._overflow(run, entry):
                 return entry.receipt
         run.admit(entry)
+        if self._wait_for_stream:
+            await entry.receipt.wait()  # returns once Redis acknowledged it
         return entry.receipt
 
     async def _overflow(self, run: Pipeline, entry: Entry) -> bool:
@@ -66,7 +70,10 @@ class Intake:
         if policy == "block":
             await self._wait_for_room(run)
             return True
-        victim = run.dispatcher.take_oldest() if policy == "drop_oldest" else None
+        # In a fleet what is queued here was taken from the stream for others: never a
+        # victim (and this queue's own operations are already with the producer).
+        oldest = policy == "drop_oldest" and run.fleet is None
+        victim = run.dispatcher.take_oldest() if oldest else None
         if victim is not None:
             run.ledger.drop(victim, _QUEUE_FULL)  # frees the place the new one takes
             run.ledger.room.acquire_nowait()

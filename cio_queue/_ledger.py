@@ -10,6 +10,11 @@ place in the queue (the ``room`` semaphore, whose released places go to the call
 waited longest), and runs the on_outcome hook. A verdict for an operation that is no
 longer in flight (it was stranded while its request was out) is ignored, so nothing is
 ever settled twice. Every counter is kept by the state transitions themselves.
+
+In a fleet, operations also come from the Redis stream (:meth:`Ledger.take`): they hold
+no place in ``room`` (the fleet bounds how many it takes), their dead letters go to the
+fleet's stream with their acknowledgement, and those stranded at shutdown settle
+``streamed``: unacknowledged, they stay in the stream for another member.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ._exceptions import DeliveryError
 from ._operations import Operation
 from ._outcome import Outcome, OutcomeStatus, Receipt
 
-__all__ = ["DELIVERED", "Entry", "Ledger", "Recorder", "State", "Verdict"]
+__all__ = ["DELIVERED", "Entry", "Ledger", "Recorder", "Source", "State", "Verdict"]
 
 
 class State(enum.Enum):
@@ -55,12 +60,14 @@ class Verdict:
 
 DELIVERED: Final = Verdict(OutcomeStatus.DELIVERED)
 _RECORDED_STATUSES: Final = frozenset({OutcomeStatus.REJECTED, OutcomeStatus.FAILED})
+RETURNED: Final = "returned"
+"""The reason of an operation taken from the fleet's stream and left there unsent."""
 
 
 class Entry:
     """An accepted operation, its receipt, and its state in the ledger."""
 
-    __slots__ = ("attempts", "key", "op", "receipt", "seq", "state", "verdict")
+    __slots__ = ("attempts", "key", "op", "receipt", "seq", "source", "state", "verdict")
 
     def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop | None = None,
                  receipt: Receipt | None = None) -> None:
@@ -70,6 +77,7 @@ class Entry:
         self.attempts = 0
         self.seq = 0
         self.key: int | None = None  # its row in the spool, if any
+        self.source: object = None  # the stream entry it was taken from, in a fleet
         self.verdict: Verdict | None = None
 
     def __repr__(self) -> str:
@@ -83,6 +91,16 @@ class Recorder(Protocol):
         """Queue the entry's record; the recorder calls Ledger.recorded once it is written."""
 
 
+class Source(Protocol):
+    """The fleet's stream, for the operations taken from it (``entry.source`` set)."""
+
+    def put(self, entry: Entry) -> None:
+        """Write the entry's dead letter with its acknowledgement; then Ledger.recorded."""
+
+    def settled(self, entry: Entry, verdict: Verdict) -> None:
+        """The entry settled: acknowledge it (unless it was returned) and free its place."""
+
+
 class Ledger:
     """Track every accepted operation from admission to its one Outcome.
 
@@ -92,15 +110,18 @@ class Ledger:
 
     def __init__(self, capacity: int, *, recorder: Recorder | None,
                  on_settled: Callable[[Outcome], None],
-                 unspool: Callable[[int], None] | None = None) -> None:
+                 unspool: Callable[[int], None] | None = None,
+                 source: Source | None = None) -> None:
         self.room = anyio.Semaphore(capacity, max_value=capacity, fast_acquire=True)
         self.recorder = recorder
         # With a spool: settling removes an operation's row, and what is stranded stays
         # there (settled spooled) for the next start instead of going to the recorder.
         self._unspool = unspool
+        self.source = source
         self._on_settled = on_settled
         self._live: dict[Entry, None] = {}  # admitted, not settled; in admission order
         self.enqueued = 0
+        self.taken = 0  # operations taken from the fleet's stream
         self._seq = 0
         self.queued = 0
         self._in_flight = 0
@@ -135,6 +156,14 @@ class Ledger:
         """
         if counted:
             self.enqueued += 1
+        self._queue(entry)
+
+    def take(self, entry: Entry) -> None:
+        """Record an operation taken from the fleet's stream (``entry.source`` is set)."""
+        self.taken += 1
+        self._queue(entry)
+
+    def _queue(self, entry: Entry) -> None:
         self._seq += 1
         entry.seq = self._seq
         self._live[entry] = None
@@ -166,10 +195,11 @@ class Ledger:
         if entry.state is not State.IN_FLIGHT:
             return
         self._in_flight -= 1
-        if self.recorder is not None and verdict.status in _RECORDED_STATUSES:
+        recorder = self.recorder if entry.source is None else self.source
+        if recorder is not None and verdict.status in _RECORDED_STATUSES:
             entry.state = State.RECORDING
             entry.verdict = verdict
-            self.recorder.put(entry)
+            recorder.put(entry)
         else:
             self._settle(entry, verdict)
         self._check_decided()
@@ -177,7 +207,8 @@ class Ledger:
     def strand(self, entries: Iterable[Entry], reason: str) -> int:
         """End the delivery of queued or in-flight operations that will not be sent.
 
-        With a spool they stay there and settle ``spooled``; else, with a dead-letter file,
+        Those taken from the fleet's stream stay there and settle ``streamed``; with a
+        spool they stay there and settle ``spooled``; else, with a dead-letter file,
         they wait for their record and settle ``dead_lettered``; else they settle
         ``failed`` at once. Returns how many were stranded.
         """
@@ -190,7 +221,9 @@ class Ledger:
             else:
                 continue
             count += 1
-            if self._unspool is not None:
+            if entry.source is not None:
+                self._settle(entry, Verdict(OutcomeStatus.STREAMED, RETURNED))
+            elif self._unspool is not None:
                 self._settle(entry, Verdict(OutcomeStatus.SPOOLED, reason))
             elif self.recorder is None:
                 self._settle(entry, Verdict(OutcomeStatus.FAILED, reason))
@@ -210,13 +243,17 @@ class Ledger:
         """Settle operations whose dead-letter record was written (or could not be).
 
         A stranded operation whose record did not reach the disk ends ``failed`` (with
-        ``reason`` when given); a rejected or failed one keeps its status.
+        ``reason`` when given); a rejected or failed one keeps its status. One taken from
+        the fleet's stream whose dead letter was not written stays in the stream
+        unacknowledged: it settles ``streamed``.
         """
         for entry in entries:
             verdict = entry.verdict
             if entry.state not in (State.RECORDING, State.STRANDED) or verdict is None:
                 continue
-            if entry.state is State.STRANDED and not written:
+            if entry.source is not None and not written:
+                verdict = Verdict(OutcomeStatus.STREAMED, RETURNED)
+            elif entry.state is State.STRANDED and not written:
                 verdict = Verdict(OutcomeStatus.FAILED, reason or verdict.reason,
                                   verdict.error)
             self._settle(entry, verdict)
@@ -231,6 +268,11 @@ class Ledger:
         entry.state = State.SETTLED
         entry.verdict = None
         del self._live[entry]
+        if entry.source is not None:
+            assert self.source is not None
+            self.source.settled(entry, verdict)
+            self._finish(entry, verdict)
+            return
         self.room.release()
         if entry.key is not None and verdict.status is not OutcomeStatus.SPOOLED:
             assert self._unspool is not None

@@ -33,6 +33,10 @@ class OutcomeStatus(enum.Enum):
     """The application's ``before_send`` hook dropped it at enqueue."""
     SPOOLED = "spooled"
     """It was unsent when the queue stopped and stays in the spool for the next start."""
+    STREAMED = "streamed"
+    """In a fleet: it is in the Redis stream for a member to deliver: handed off by this
+    queue (reason ``"handed_off"``), or taken from the stream by this queue and left there
+    unsent when it stopped (reason ``"returned"``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +128,9 @@ class Receipt:
 class Statistics:
     """A snapshot of a queue's counters.
 
-    ``enqueued == delivered + rejected + failed + dropped + filtered + dead_lettered +
-    spooled + pending`` holds in every snapshot.
+    ``enqueued + taken == delivered + rejected + failed + dropped + filtered +
+    dead_lettered + spooled + streamed + pending`` holds in every snapshot (``taken`` and
+    ``streamed`` stay 0 outside a fleet).
 
     Attributes:
         enqueued: operations accepted by an enqueue call (including any later dropped).
@@ -139,6 +144,9 @@ class Statistics:
             not loaded back yet, or left in the spool when the queue stopped (and, after a
             restart, counted here until loaded). Operations recovered from the spool at
             start count as enqueued.
+        streamed: in a fleet, operations handed to the Redis stream by this queue, plus
+            those it took from the stream and left there unsent when it stopped.
+        taken: in a fleet, operations this queue took from the stream to deliver.
         pending: operations in memory and not yet settled (queued, in flight, retrying).
         queued: of the pending, those still waiting for the flusher.
         batches: batches the flusher has handed to the sender.
@@ -156,6 +164,8 @@ class Statistics:
     filtered: int = 0
     dead_lettered: int = 0
     spooled: int = 0
+    streamed: int = 0
+    taken: int = 0
     pending: int = 0
     queued: int = 0
     batches: int = 0

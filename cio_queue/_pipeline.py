@@ -13,6 +13,12 @@ passed), *strand* (stop the workers; whatever is still undelivered is stranded),
 (the writer puts the stranded and the rejected on disk, within a margin past the deadline)
 and *release* (last callbacks, the sender's connections, the closing log line).
 
+With ``redis_url`` the fleet link (``_fleet``) stands between intake and the stream:
+admitted operations go to the Redis stream instead of the dispatcher, and the taker task
+feeds the dispatcher from the stream. The drain then also stops taking and waits for the
+hand-offs; the strand phase stops the producer first, and the record phase sends the last
+acknowledgements and dead letters.
+
 Supervision follows aiokafka's sender: if one of the pipeline's tasks crashes, or is
 cancelled by anyone but the pipeline itself (``asyncio.run()`` tearing the loop down
 under a queue that was never closed), nothing is restarted: :meth:`Pipeline.abandon`
@@ -26,7 +32,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -34,13 +40,16 @@ from ._config import OnOutcome, QueueConfig
 from ._courier import Closing, Courier
 from ._deadletter import DeadLetterWriter
 from ._dispatch import SHUTDOWN_REASON, Dispatcher
-from ._exceptions import SpoolError
+from ._exceptions import ConfigError, SpoolError
 from ._ledger import Entry, Ledger
 from ._log import log
 from ._outcome import Outcome, OutcomeStatus, Statistics
 from ._sender import Sender
 from ._spooled import Spooler
 from ._telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from ._fleet import Fleet
 
 __all__ = ["CLOSE_MARGIN", "Pipeline", "wait_regardless"]
 
@@ -49,6 +58,8 @@ CLOSE_MARGIN: Final = 2.0
 running the last callbacks and closing connections."""
 _MIN_CLOSE_STEP: Final = 0.1
 """Seconds a terminal step (closing the connections) gets even when the margin is spent."""
+_RECANCEL: Final = 0.05
+"""Seconds between two cancellations of a task that did not stop (a swallowed cancel)."""
 _ABANDONED_HINT: Final = ("the event loop stopped the queue's tasks before aclose() was "
                           "called: close the queue in the app's lifespan or `async with`")
 
@@ -70,14 +81,25 @@ class Pipeline:
         path = config.dead_letter_file
         self.writer = DeadLetterWriter(path, self._written) if path is not None else None
         spooled = config.spool_path is not None
+        self.fleet: Fleet | None = None
+        if config.redis_url is not None:
+            from ._fleet import Fleet  # noqa: PLC0415 - redis-py is an optional extra
+
+            self.fleet = Fleet(config, self.loop)
         self.ledger = Ledger(config.max_queue_size, recorder=self.writer,
                              on_settled=self._settled,
-                             unspool=self._unspool if spooled else None)
+                             unspool=self._unspool if spooled else None, source=self.fleet)
         closing = Closing()
         self._telemetry = telemetry
-        self.dispatcher = Dispatcher(config, self.ledger, Courier(config, sender, closing),
-                                     closing, telemetry=telemetry)
-        self.spooler = (Spooler(config, self.ledger, self.dispatcher, self.loop)
+        courier = Courier(config, sender, closing,
+                          budget=self.fleet.pacer if self.fleet is not None else None)
+        self.dispatcher = Dispatcher(config, self.ledger, courier, closing, telemetry=telemetry)
+        # Where an admitted operation goes: to the fleet's stream, or to be sent from here.
+        self._route = self.dispatcher.submit
+        if self.fleet is not None:
+            self.fleet.attach(self.ledger, self.dispatcher.submit)
+            self._route = self.fleet.hand_off
+        self.spooler = (Spooler(config, self.ledger, self._route, self.loop)
                         if spooled else None)
         self.blocked: set[anyio.CancelScope] = set()  # callers waiting for room
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,6 +121,11 @@ class Pipeline:
         if self.spooler is not None:
             self._spawn(self._open_spool(), "cio_queue.spool_open", forever=False)
             self._spawn(self.spooler.run_loader(), "cio_queue.spool_loader")
+        if self.fleet is not None:
+            self._spawn(self._open_fleet(), "cio_queue.fleet_open", forever=False)
+            if self._config.consume:
+                # It ends by itself once the shutdown stops taking.
+                self._spawn(self.fleet.run_taker(), "cio_queue.fleet_taker", forever=False)
         if self._telemetry is not None:
             self._telemetry.attach(self)
         log.info("cio_queue.started", transport=self._config.transport,
@@ -113,7 +140,16 @@ class Pipeline:
     def admit(self, entry: Entry) -> None:
         """Accept an operation whose caller holds a place from ``ledger.room``."""
         self.ledger.admit(entry)
-        self.dispatcher.submit(entry)
+        self._route(entry)
+
+    async def _open_fleet(self) -> None:
+        """Start the fleet's producer; a misconfigured stream stops the queue."""
+        assert self.fleet is not None
+        try:
+            await self.fleet.open()
+        except ConfigError as exc:
+            log.error("cio_queue.fleet_unusable", error=str(exc))
+            self.abandon("fleet_unusable", announce=False)
 
     async def _open_spool(self) -> None:
         """Open the spool; an unusable one stops the queue (intake then raises SpoolError)."""
@@ -142,7 +178,8 @@ class Pipeline:
             rejected=settled[OutcomeStatus.REJECTED], failed=settled[OutcomeStatus.FAILED],
             dropped=settled[OutcomeStatus.DROPPED], filtered=settled[OutcomeStatus.FILTERED],
             dead_lettered=settled[OutcomeStatus.DEAD_LETTERED],
-            spooled=settled[OutcomeStatus.SPOOLED] + disk_only, pending=ledger.pending,
+            spooled=settled[OutcomeStatus.SPOOLED] + disk_only,
+            streamed=settled[OutcomeStatus.STREAMED], taken=ledger.taken, pending=ledger.pending,
             queued=ledger.queued, batches=dispatcher.batches, requests=dispatcher.requests,
             retries=dispatcher.retries, rate_limited=dispatcher.rate_limited,
             unauthorized=dispatcher.unauthorized)
@@ -180,6 +217,8 @@ class Pipeline:
     async def _drain(self, deadline: float) -> None:
         """Phase 1: send what is queued and let retries run until the deadline."""
         self.dispatcher.begin_close(deadline)
+        if self.fleet is not None:
+            self.fleet.stop_taking()
         for scope in self.blocked:
             scope.cancel()
         if self._cut:
@@ -193,9 +232,9 @@ class Pipeline:
         """Phase 2: stop the flusher and the workers; strand whatever is undelivered."""
         self._stopping = True
         runners = [task for task in self._tasks if task.get_name() != "cio_queue.dead_letters"]
-        for task in runners:
-            task.cancel()
-        await asyncio.wait(runners, timeout=max(_MIN_CLOSE_STEP, hard_deadline - time.monotonic()))
+        await _stop(runners, max(time.monotonic() + _MIN_CLOSE_STEP, hard_deadline))
+        if self.fleet is not None:
+            await self.fleet.stop_producing()  # what it did not write is stranded below
         stranded = self.ledger.strand_all(SHUTDOWN_REASON)
         if self.spooler is not None:
             stranded += self.spooler.strand_disk_only(SHUTDOWN_REASON)
@@ -206,7 +245,10 @@ class Pipeline:
                         kept_in_spool=self.spooler is not None)
 
     async def _record(self, hard_deadline: float) -> None:
-        """Phase 3: wait for the dead-letter writer, within the margin."""
+        """Phase 3: wait for the dead-letter writer and the fleet's acks, within the margin."""
+        if self.fleet is not None:
+            # Leaving the group takes up to a second more: keep it inside the margin.
+            await self.fleet.finish(max(time.monotonic(), hard_deadline - 1.0))
         writer = self.writer
         if writer is None:
             return
@@ -232,6 +274,12 @@ class Pipeline:
             log.exception("cio_queue.sender_close_failed")
         if self.spooler is not None:
             await self.spooler.close()
+        if self.fleet is not None:
+            try:
+                with anyio.move_on_after(max(_MIN_CLOSE_STEP, hard_deadline - time.monotonic())):
+                    await self.fleet.aclose()
+            except Exception:  # noqa: BLE001 - closing must finish whatever Redis does
+                log.exception("cio_queue.redis_close_failed")
 
     def abandon(self, reason: str, error: BaseException | None = None, *,
                 announce: bool = True) -> None:
@@ -246,9 +294,13 @@ class Pipeline:
         unsent = self._spill_blocking(reason)
         if announce or error is not None or unsent:
             _announce_abandoned(unsent, error)
-        closing = self.loop.create_task(self._sender.aclose(), name="cio_queue.close_sender")
-        _closing_senders.add(closing)
-        closing.add_done_callback(_closing_senders.discard)
+        closers = [self.loop.create_task(self._sender.aclose(), name="cio_queue.close_sender")]
+        if self.fleet is not None:
+            closers.append(self.loop.create_task(self.fleet.stop_now(),
+                                                 name="cio_queue.fleet_stop"))
+        for closing in closers:
+            _closing_senders.add(closing)
+            closing.add_done_callback(_closing_senders.discard)
         self._finish(None)
 
     def _stop_everything(self) -> None:
@@ -264,6 +316,8 @@ class Pipeline:
     def _spill_blocking(self, reason: str) -> int:
         """Strand everything pending, keep or record it by blocking; return how many."""
         unsent = self.ledger.strand_all(reason)
+        if self.fleet is not None:
+            self.fleet.abandon()
         if self.spooler is not None:
             unsent += self.spooler.strand_disk_only(reason)
             self.spooler.close_blocking(CLOSE_MARGIN)
@@ -330,6 +384,22 @@ class Pipeline:
         self._callbacks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("cio_queue.on_outcome_failed", exc_info=task.exception())
+
+
+async def _stop(tasks: list[asyncio.Task[None]], deadline: float) -> None:
+    """Cancel ``tasks`` and wait until they end or ``deadline`` passes.
+
+    A task that goes on after its cancellation (redis-py's client can swallow one that
+    arrives mid-command) is cancelled again every ``_RECANCEL`` seconds.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(_RECANCEL, left))
 
 
 def _announce_abandoned(unsent: int, error: BaseException | None) -> None:

@@ -83,10 +83,15 @@ class EventQueue:
             QueueClosedError: the queue was closed.
             QueueUsageError: another event loop or a forked child.
             SpoolError: the spool directory or file cannot be used.
+            ConfigError: the fleet's stream has another partition count, or Redis is
+                older than 6.2 (an unreachable Redis is no error: the queue catches up).
         """
         self._start()
-        if self._run is not None and self._run.spooler is not None:
-            await self._run.spooler.ready()  # an unusable spool raises here
+        run = self._run
+        if run is not None and run.spooler is not None:
+            await run.spooler.ready()  # an unusable spool raises here
+        if run is not None and run.fleet is not None:
+            await run.fleet.ready()  # a misconfigured stream raises here
 
     def _start(self) -> None:
         self._check_context()

@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import anyio
 
 from ._config import QueueConfig
-from ._dispatch import Dispatcher
 from ._exceptions import SpoolError
 from ._ledger import Entry, Ledger
 from ._log import log
@@ -39,11 +39,11 @@ LOAD_CHUNK: Final = 500
 class Spooler:
     """Keep the spool in step with intake and the ledger, and load the backlog back."""
 
-    def __init__(self, config: QueueConfig, ledger: Ledger, dispatcher: Dispatcher,
+    def __init__(self, config: QueueConfig, ledger: Ledger, route: Callable[[Entry], None],
                  loop: asyncio.AbstractEventLoop) -> None:
         self._config = config
         self._ledger = ledger
-        self._dispatcher = dispatcher
+        self._route = route  # where an admitted operation goes: the dispatcher or the fleet
         self._loop = loop
         self._batch = config.transport == "batch"
         self.store: SpoolStore | None = None
@@ -114,7 +114,7 @@ class Spooler:
                 pass  # memory is full: this one waits on disk
             else:
                 ledger.admit(entry)
-                self._dispatcher.submit(entry)
+                self._route(entry)
                 return True
         ledger.enqueued += 1
         if not self.disk_only:
@@ -156,7 +156,7 @@ class Spooler:
         entry = Entry(op, self._loop, self._receipts.pop(key, None))
         entry.key = key
         self._ledger.admit(entry, counted=False)
-        self._dispatcher.submit(entry)
+        self._route(entry)
 
     def store_remove(self, key: int) -> None:
         """Remove a settled operation's row (the ledger's hook)."""

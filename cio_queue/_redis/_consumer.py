@@ -31,6 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .._exceptions import ConfigError, QueueUsageError
 from .._log import log
+from ._deadletters import RECORD_FIELD
 from ._errors import RedisUnavailableError
 from ._outage import Outage, stop_tasks, wait_event
 from ._streams import FIELD, StreamLayout, check_client, check_layout, text
@@ -161,6 +162,18 @@ class ConsumerStatistics:
     connected: bool
 
 
+class _Ack:
+    """An acknowledgement waiting for its group commit, with the dead letter it carries."""
+
+    __slots__ = ("dead_letter", "entry_id", "future")
+
+    def __init__(self, entry_id: str, future: asyncio.Future[None],
+                 dead_letter: bytes | None = None) -> None:
+        self.entry_id = entry_id
+        self.future = future
+        self.dead_letter = dead_letter
+
+
 class _Lease:
     __slots__ = ("cursor", "index", "state", "stream", "valid_until")
 
@@ -201,7 +214,7 @@ class Consumer:
     """
 
     def __init__(self, redis: Redis, layout: StreamLayout, group: str, name: str,
-                 lease: float) -> None:
+                 lease: float, *, dead_letters: str | None = None) -> None:
         check_client(redis)
         if not group or not name:
             raise ConfigError("group and name must be non-empty")
@@ -209,6 +222,7 @@ class Consumer:
             raise ConfigError(f"lease must be 0.1 to 3600 seconds, got {lease!r}")
         self._redis = redis
         self.layout = layout
+        self.dead_letters = dead_letters
         self.group = group
         self.name = name
         self._lease = lease
@@ -221,7 +235,7 @@ class Consumer:
         self._leave = redis.register_script(_LEAVE)
         self._held: dict[int, _Lease] = {}
         self._outstanding: dict[int, set[str]] = {p: set() for p in range(layout.partitions)}
-        self._acks: dict[int, list[tuple[str, asyncio.Future[None]]]] = {}
+        self._acks: dict[int, list[_Ack]] = {}
         self._ack_ready = asyncio.Event()
         self._acks_idle = asyncio.Event()
         self._acks_idle.set()
@@ -238,7 +252,8 @@ class Consumer:
 
     @classmethod
     async def join(cls, redis: Redis, stream: str, group: str, name: str, *,
-                   partitions: int, lease: float = DEFAULT_LEASE) -> Consumer:
+                   partitions: int, lease: float = DEFAULT_LEASE,
+                   dead_letters: str | None = None) -> Consumer:
         """Join ``group`` on ``stream`` as ``name``, take a share of partitions, and run.
 
         Creates the group on every partition stream if it does not exist yet (from the
@@ -253,13 +268,16 @@ class Consumer:
                 unacknowledged entries like anyone else's.
             partitions: the partition count, as given to the producers.
             lease: seconds before a silent member's partitions are taken over.
+            dead_letters: the key of the dead-letter stream that ``ack_nowait``'s
+                ``dead_letter`` records go to (see ``_deadletters``).
 
         Raises:
             ConfigError: an argument is out of range, Redis is older than 6.2, or the
                 stream has another partition count.
             RedisUnavailableError: Redis could not be reached.
         """
-        consumer = cls(redis, StreamLayout(stream, partitions), group, name, lease)
+        consumer = cls(redis, StreamLayout(stream, partitions), group, name, lease,
+                       dead_letters=dead_letters)
         await check_layout(redis, consumer.layout)
         try:
             await consumer._create_groups()
@@ -319,12 +337,29 @@ class Consumer:
         long as the outage lasts; a cancelled caller leaves the acknowledgement queued,
         and it is still sent.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._acks.setdefault(partition, []).append((entry_id, future))
+        await asyncio.shield(self.ack_nowait(partition, entry_id))
+
+    def ack_nowait(self, partition: int, entry_id: str, dead_letter: bytes | None = None
+                   ) -> asyncio.Future[None]:
+        """Queue an acknowledgement for the next group commit; return its future.
+
+        With ``dead_letter`` (one line of a dead-letter record), the record is added to
+        the dead-letter stream in the same MULTI as the XACK: the entry leaves the
+        stream exactly when its dead letter is written. The future resolves once Redis
+        confirmed the commit, and is cancelled if ``aclose()`` gives up on it first (the
+        entry then stays pending, and its next holder hands it out again).
+
+        Raises:
+            QueueUsageError: a dead letter, but the consumer joined without
+                ``dead_letters``.
+        """
+        if dead_letter is not None and self.dead_letters is None:
+            raise QueueUsageError("this consumer joined without a dead-letter stream")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks.setdefault(partition, []).append(_Ack(entry_id, future, dead_letter))
         self._acks_idle.clear()
         self._ack_ready.set()
-        await asyncio.shield(future)
+        return future
 
     def statistics(self) -> ConsumerStatistics:
         """Return a snapshot of the state and counters."""
@@ -364,8 +399,8 @@ class Consumer:
                     log.warning("cio_queue.redis_consumer_leave_failed",
                                 consumer=self.name, error=f"{type(exc).__name__}: {exc}")
                 for entries in self._acks.values():
-                    for _, future in entries:
-                        future.cancel()
+                    for ack in entries:
+                        ack.future.cancel()
                 self._held.clear()
                 log.info("cio_queue.redis_consumer_left", stream=self.layout.stream,
                          group=self.group, consumer=self.name, acked=self._acked,
@@ -460,7 +495,7 @@ class Consumer:
         if record is None:
             # Deleted after it was read (Redis 6.2 still lists it), or not ours: drop it.
             self._acks.setdefault(partition, []).append(
-                (entry_id, asyncio.get_running_loop().create_future()))
+                _Ack(entry_id, asyncio.get_running_loop().create_future()))
             self._acks_idle.clear()
             self._ack_ready.set()
             return None
@@ -576,28 +611,37 @@ class Consumer:
                 await self._ack_ready.wait()
             await asyncio.sleep(ACK_LINGER)
             batch, self._acks = self._acks, {}
-            while True:
-                try:
-                    await self._commit_acks(batch)
-                    break
-                except RedisError as exc:
-                    await asyncio.sleep(self._outage.failed(exc))
+            try:
+                while True:
+                    try:
+                        await self._commit_acks(batch)
+                        break
+                    except RedisError as exc:
+                        await asyncio.sleep(self._outage.failed(exc))
+            finally:  # stopped mid-commit: it may or may not have happened
+                if self._stopping:
+                    for entries in batch.values():
+                        for ack in entries:
+                            ack.future.cancel()
             self._outage.recovered()
             for partition, entries in batch.items():
                 outstanding = self._outstanding[partition]
-                for entry_id, future in entries:
-                    outstanding.discard(entry_id)
-                    if not future.done():
-                        future.set_result(None)
+                for ack in entries:
+                    outstanding.discard(ack.entry_id)
+                    if not ack.future.done():
+                        ack.future.set_result(None)
                 self._acked += len(entries)
             if any(self._givable(lease) for lease in self._held.values()):
                 self._beat_now.set()
 
-    async def _commit_acks(self, batch: dict[int, list[tuple[str, asyncio.Future[None]]]]
-                           ) -> None:
+    async def _commit_acks(self, batch: dict[int, list[_Ack]]) -> None:
         pipe = self._redis.pipeline(transaction=True)
         for partition, entries in batch.items():
-            ids = [entry_id for entry_id, _ in entries]
+            ids = [ack.entry_id for ack in entries]
+            for ack in entries:
+                if ack.dead_letter is not None:
+                    assert self.dead_letters is not None
+                    pipe.xadd(self.dead_letters, {RECORD_FIELD: ack.dead_letter})
             pipe.xack(self._streams[partition], self.group, *ids)
             pipe.xdel(self._streams[partition], *ids)
         await pipe.execute()

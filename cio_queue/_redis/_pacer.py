@@ -233,6 +233,19 @@ class FleetPacer:
         self._granted += 1
         return Turn(granted=True, wait=0.0, server_time=server_time)
 
+    async def next_turn(self) -> tuple[bool, float]:
+        """Ask once: ``(True, 0.0)``, a start granted now, or ``(False, seconds to wait)``.
+
+        While Redis is unreachable the wait is the outage's backoff (one error logged per
+        outage) and nothing is granted: no request starts outside the fleet's budget.
+        """
+        try:
+            turn = await self.try_start()
+        except RedisUnavailableError as exc:
+            return False, self._outage.failed(exc)
+        self._outage.recovered()
+        return turn.granted, turn.wait
+
     async def wait_turn(self, deadline: float = math.inf) -> bool:
         """Wait until a start is granted; False if that would come after ``deadline``.
 
