@@ -408,7 +408,6 @@ os._exit(2)
 """
 
 
-@pytest.mark.xfail(reason="_remove_files leaves the rollback journal", strict=True)
 async def test_adopting_a_file_killed_while_it_was_set_up_leaves_no_journal(
         tmp_path: Path) -> None:
     """A file whose process died while SQLite set it up is adopted with its -journal file.
