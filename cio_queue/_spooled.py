@@ -15,6 +15,7 @@ and identify, delete and the device operations are idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections import deque
 from typing import Final
@@ -102,8 +103,9 @@ class Spooler:
         if committed is not None:
             try:
                 await committed
-            except SpoolError:
-                store.remove(key)
+            except BaseException:  # a failed commit, or a cancelled caller: not enqueued
+                with contextlib.suppress(SpoolError):  # closed meanwhile: keep the first error
+                    store.remove(key)
                 raise
         entry.key = key
         ledger = self._ledger

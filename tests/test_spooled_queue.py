@@ -84,7 +84,6 @@ async def test_an_unusable_spool_is_a_clear_error_at_start(tmp_path: Path) -> No
     await queue.aclose()
 
 
-@pytest.mark.xfail(reason="the cancelled call's row stays in the spool", strict=True)
 async def test_a_sync_enqueue_cancelled_before_its_commit_returned_leaves_no_row(
         tmp_path: Path) -> None:
     """A sync enqueue cancelled while it waits for its commit did not enqueue: no row stays.
