@@ -1,0 +1,249 @@
+"""Issue 12's acceptance, through the public API: SIGKILLs, outages and many processes.
+
+The processes under test are children (``spool_queue_child.py``) that run an EventQueue
+with a spool against a FakeTrackAPI in this process, and log each event id once its
+``await queue.track(...)`` returned. Each child starts in a session of its own, and every
+one still running at the end of a test is killed with its whole process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from cio_queue.testing import FakeTrackAPI
+
+pytestmark = pytest.mark.anyio
+
+CHILD: Final = str(Path(__file__).with_name("spool_queue_child.py"))
+SEED: Final = 20261201
+START_WAIT: Final = 60.0
+"""Seconds a child may take to import everything on this loaded machine."""
+EXIT_WAIT: Final = 60.0
+"""Seconds a child may take to drain and close once told to."""
+KILL_WAIT: Final = 10.0
+COMMIT_INTERVAL: Final = 0.05
+"""The children's ``spool_commit_interval`` (the default)."""
+MARGIN: Final = 0.5
+"""Seconds beyond the commit interval that a loaded machine may take to commit a group."""
+
+
+# --- children ----------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """One child process, its stdout, and the log of the events it enqueued."""
+
+    process: Process
+    stdout: BufferedByteReceiveStream
+    log: Path
+    tag: str
+
+    async def expect(self, word: str, within: float = START_WAIT) -> list[str]:
+        """Read lines until one starts with ``word``; return its words."""
+        with anyio.fail_after(within):
+            while True:
+                line = (await self.stdout.receive_until(b"\n", 1 << 20)).decode().split()
+                if line and line[0] == word:
+                    return line
+
+    async def go(self) -> None:
+        """Wait until the child has imported everything, then let it start its queue."""
+        await self.expect("warm")
+        assert self.process.stdin is not None
+        await self.process.stdin.send(b"go\n")
+
+    async def kill(self) -> None:
+        """SIGKILL the child's process group and reap the child."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        with anyio.fail_after(KILL_WAIT):
+            await self.process.wait()
+
+    async def finish(self) -> dict[str, int]:
+        """Close its stdin (stop enqueueing, drain, close); return its final statistics."""
+        assert self.process.stdin is not None
+        await self.process.stdin.aclose()
+        closed = await self.expect("closed", within=EXIT_WAIT)
+        with anyio.fail_after(KILL_WAIT):
+            assert await self.process.wait() == 0
+        stats: dict[str, int] = json.loads(" ".join(closed[1:]))
+        return stats
+
+    def returned(self) -> dict[str, tuple[int, float]]:
+        """The events whose enqueue call returned: event id -> (N, when it returned)."""
+        found: dict[str, tuple[int, float]] = {}
+        text = self.log.read_text() if self.log.exists() else ""
+        for line in text.splitlines(keepends=True):
+            if line.endswith("\n"):  # a line cut by the kill was never finished
+                event_id, number, when = line.split()
+                found[event_id] = (int(number), float(when))
+        return found
+
+
+class Children:
+    """Start children; at the end, kill every one still running, with its process group."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._children: list[Child] = []
+
+    async def spawn(self, spool: Path, url: str, tag: str, *options: str) -> Child:
+        """Start a child (it imports, prints ``warm`` and waits for :meth:`Child.go`)."""
+        log = self._directory / f"{tag}.log"
+        process = await anyio.open_process(
+            [sys.executable, CHILD, str(spool), url, str(log), "--tag", tag,
+             "--events-log", str(self._directory / f"{tag}.events"), *options],
+            stderr=None, start_new_session=True)
+        assert process.stdout is not None
+        child = Child(process, BufferedByteReceiveStream(process.stdout), log, tag)
+        self._children.append(child)
+        return child
+
+    async def __aenter__(self) -> Children:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        with anyio.CancelScope(shield=True):
+            for child in self._children:
+                if child.process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.process.pid, signal.SIGKILL)
+                with anyio.fail_after(KILL_WAIT):
+                    await child.process.aclose()
+
+
+def deliveries(fake: FakeTrackAPI) -> dict[tuple[str, int], list[str]]:
+    """The fake's accepted events by operation (tag, N): the event id of each delivery."""
+    found: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for event in fake.accepted_events():
+        found[event["data"]["tag"], event["data"]["n"]].append(event["id"])
+    return found
+
+
+def assert_duplicates_keep_their_id(delivered: dict[tuple[str, int], list[str]]) -> int:
+    """Every operation delivered more than once carried one event id; return the extras."""
+    changed = {op: ids for op, ids in delivered.items() if len(set(ids)) > 1}
+    assert not changed, f"resent with a new event id: {list(changed.items())[:5]}"
+    return sum(len(ids) - 1 for ids in delivered.values())
+
+
+def assert_invariant(stats: dict[str, int]) -> None:
+    """The Statistics invariant, on a child's final statistics."""
+    settled = ("delivered", "rejected", "failed", "dropped", "dead_lettered", "spooled",
+               "pending")
+    assert stats["enqueued"] == sum(stats[name] for name in settled), stats
+
+
+def spool_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("spool-*.sqlite3*"))
+
+
+# --- SIGKILL at random moments ------------------------------------------------------------
+
+
+KILLS: Final = 22
+SPARES: Final = 3
+"""Children importing ahead of their turn (an import takes over a second here)."""
+OUTAGE_TOGGLES: Final = {5: "down", 9: "up", 14: "down", 17: "up"}
+"""Cycles in which the fake stops or starts again, at a random moment before the kill."""
+
+
+@dataclass(frozen=True)
+class Killed:
+    """One child's cycle: when it was killed, what had returned, and whether the API was up."""
+
+    kill_time: float
+    returned: dict[str, tuple[int, float]]
+    api_down: bool
+
+
+async def _cycle(child: Child, fake: FakeTrackAPI, rng: random.Random,
+                 toggle: str | None) -> Killed:
+    """Let the child run for a random while (toggling the fake on the way), then kill it."""
+    await child.go()
+    run_for = rng.uniform(0.1, 0.9)
+    if toggle is not None:
+        first = rng.uniform(0.0, run_for)
+        await anyio.sleep(first)
+        await (fake.stop() if toggle == "down" else fake.start())
+        run_for -= first
+    await anyio.sleep(run_for)  # the random moment of the kill
+    kill_time = time.monotonic()
+    await child.kill()
+    return Killed(kill_time, child.returned(), not fake.running)
+
+
+@pytest.mark.parametrize("durability", ["batched", "sync"])
+async def test_sigkills_at_random_moments_lose_only_what_the_mode_allows(
+        tmp_path: Path, durability: str) -> None:
+    """Killed 22 times, outages included, children lose no operation their mode promised.
+
+    With ``sync`` every operation whose enqueue call returned is delivered; with
+    ``batched`` every one that returned more than the commit interval (plus MARGIN) before
+    its child's kill. Each child adopts the spool files its killed predecessors left; the
+    last one drains everything and exits cleanly. A resend keeps its event id.
+    """
+    rng = random.Random(f"{SEED}-{durability}")
+    spool = tmp_path / "spool"
+    options = ("--durability", durability, "--commit-interval", str(COMMIT_INTERVAL),
+               "--rate", "200", "--max-queue-size", "100")
+    cycles: list[Killed] = []
+    async with FakeTrackAPI() as fake, Children(tmp_path) as children:
+        spares = deque([await children.spawn(spool, fake.url, f"c{n}", *options)
+                        for n in range(SPARES)])
+        for number in range(KILLS):
+            child = spares.popleft()
+            spares.append(await children.spawn(spool, fake.url, f"c{number + SPARES}",
+                                               *options))
+            cycles.append(await _cycle(child, fake, rng, OUTAGE_TOGGLES.get(number)))
+        assert fake.running
+        last = spares.popleft()
+        await last.go()
+        await last.expect("started")
+        await anyio.sleep(rng.uniform(0.2, 0.5))  # enqueue a while, then stop and drain
+        stats = await last.finish()
+        survivors = last.returned()
+        delivered = deliveries(fake)
+
+    ids = {event_id for ids in delivered.values() for event_id in ids}
+    assert set(survivors) <= ids, "the last child exited cleanly: it delivered everything"
+    allowed_loss, oldest_lost = 0, 0.0
+    for cycle in cycles:
+        cutoff = cycle.kill_time - COMMIT_INTERVAL - MARGIN
+        promised = {event_id for event_id, (_, when) in cycle.returned.items()
+                    if durability == "sync" or when < cutoff}
+        lost = promised - ids
+        assert not lost, f"lost {len(lost)} operations that returned before a kill"
+        unsent = [cycle.kill_time - when for event_id, (_, when) in cycle.returned.items()
+                  if event_id not in ids]
+        allowed_loss += len(unsent)
+        oldest_lost = max([oldest_lost, *unsent])
+    duplicates = assert_duplicates_keep_their_id(delivered)
+    returned = sum(len(cycle.returned) for cycle in cycles) + len(survivors)
+    during_outages = sum(len(cycle.returned) for cycle in cycles if cycle.api_down)
+    print(f"{durability}: {KILLS} kills, {returned} returned ({during_outages} while the API "
+          f"was down), {len(ids)} delivered, {duplicates} duplicates, {allowed_loss} lost, "
+          f"returned at most {oldest_lost * 1000:.0f} ms before their kill")
+    assert during_outages > 0, "enqueue calls returned during the outages"
+    assert (stats["failed"], stats["dead_lettered"], stats["spooled"]) == (0, 0, 0)
+    assert_invariant(stats)
+    assert spool_files(spool) == []  # every file was adopted, drained and removed
+    if durability == "sync":
+        assert allowed_loss == 0
