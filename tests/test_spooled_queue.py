@@ -113,7 +113,6 @@ async def wait_until(condition: Any, within: float = 20.0) -> None:
             await anyio.sleep(0.01)
 
 
-@pytest.mark.xfail(reason="operations whose retries run out end failed", strict=True)
 async def test_an_outage_longer_than_the_retry_policy_loses_nothing(tmp_path: Path) -> None:
     """With a spool, an operation whose retries run out waits in the spool, then is sent.
 
