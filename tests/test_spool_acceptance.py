@@ -16,17 +16,22 @@ import signal
 import sys
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
+import aiohttp
 import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from cio_queue import EventQueue, QueueConfig, Receipt, Statistics
 from cio_queue.testing import FakeTrackAPI
+
+from .recipes import SERVER_WAIT, loaded_recipe, uvicorn_serving
 
 pytestmark = pytest.mark.anyio
 
@@ -247,3 +252,144 @@ async def test_sigkills_at_random_moments_lose_only_what_the_mode_allows(
     assert spool_files(spool) == []  # every file was adopted, drained and removed
     if durability == "sync":
         assert allowed_loss == 0
+
+
+# --- an outage under uvicorn -------------------------------------------------------------
+
+
+RATE: Final = 200.0
+"""Requests per second, sent on schedule whatever the answers take (an open loop)."""
+BEFORE, OUTAGE, AFTER = 200, 800, 200
+"""Requests before the outage, during its 4 seconds, and after it."""
+MAX_QUEUE_SIZE: Final = 100
+"""Small enough that memory fills in the outage's first half second."""
+ENQUEUE_BOUND: Final = 0.05
+"""Seconds one enqueue call may take at most: it never waits, but this machine is loaded."""
+ANSWER_BOUND: Final = 0.25
+"""Seconds within which 99% of the answers during the outage arrive (about 1 ms unloaded)."""
+DELIVERY_WAIT: Final = 40.0
+"""Seconds to deliver everything after the outage: backoffs up to 10 s, flushes every 5 s."""
+
+
+@dataclass
+class Watch:
+    """What the queue looked like at every enqueue call of the app's handler."""
+
+    queue: EventQueue | None = None
+    calls: list[float] = field(default_factory=list)
+    peak_pending: int = 0
+    peak_spooled: int = 0
+
+    def look(self, queue: EventQueue, seconds: float) -> None:
+        """Record one call and check the queue's statistics right after it."""
+        self.queue = queue
+        self.calls.append(seconds)
+        stats = queue.statistics()
+        assert stats.pending <= MAX_QUEUE_SIZE, stats  # memory stays bounded
+        assert stats.enqueued == settled_sum(stats), stats
+        self.peak_pending = max(self.peak_pending, stats.pending)
+        self.peak_spooled = max(self.peak_spooled, stats.spooled)
+
+
+def settled_sum(stats: Statistics) -> int:
+    return (stats.delivered + stats.rejected + stats.failed + stats.dropped
+            + stats.dead_lettered + stats.spooled + stats.pending)
+
+
+@pytest.fixture
+def watched_recipe_queue(monkeypatch: pytest.MonkeyPatch) -> Watch:
+    """Time every EventQueue.track call and check the queue's statistics at each one.
+
+    Also lowers the recipe's max_queue_size to MAX_QUEUE_SIZE, through QueueConfig.from_env.
+    """
+    watch = Watch()
+    track = EventQueue.track
+    from_env = QueueConfig.from_env
+
+    async def timed_track(self: EventQueue, *args: Any, **kwargs: Any) -> Receipt:
+        started = time.perf_counter()
+        receipt = await track(self, *args, **kwargs)
+        watch.look(self, time.perf_counter() - started)
+        return receipt
+
+    def small_from_env(cls: type[QueueConfig], /, environ: Mapping[str, str] | None = None,
+                       **overrides: Any) -> QueueConfig:
+        return from_env(environ, **{"max_queue_size": MAX_QUEUE_SIZE, **overrides})
+
+    monkeypatch.setattr(EventQueue, "track", timed_track)
+    monkeypatch.setattr(QueueConfig, "from_env", classmethod(small_from_env))
+    return watch
+
+
+async def test_the_fastapi_recipe_answers_every_request_through_an_outage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, watched_recipe_queue: Watch) -> None:
+    """Through a 4 s outage at 200 requests/s, the README's FastAPI app answers every one 200.
+
+    The recipe runs as written under uvicorn (with max_queue_size lowered to 100, so
+    memory fills): no enqueue call waits, memory holds at most max_queue_size operations
+    while the spool takes the rest, and every event is delivered once the API is back.
+    """
+    watch = watched_recipe_queue
+    monkeypatch.chdir(tmp_path)  # the recipe's spool_path is relative
+    statuses: list[int] = []
+    latencies: dict[int, float] = {}
+    event_ids: list[str] = []
+    async with FakeTrackAPI() as fake:
+        monkeypatch.setenv("CUSTOMERIO_SITE_ID", fake.site_id)
+        monkeypatch.setenv("CUSTOMERIO_API_KEY", fake.api_key)
+        monkeypatch.setenv("CUSTOMERIO_BASE_URL", fake.url)
+        with loaded_recipe("fastapi", tmp_path) as recipe:
+            async with uvicorn_serving(recipe.app) as url, aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=SERVER_WAIT)) as session:
+
+                async def sign_up(number: int) -> None:
+                    started = time.perf_counter()
+                    async with session.post(f"{url}/signup",
+                                            params={"email": f"u{number}@example.com"}) as answer:
+                        statuses.append(answer.status)
+                        event_ids.append((await answer.json())["event_id"])
+                    latencies[number] = time.perf_counter() - started
+
+                loop_started = anyio.current_time()
+                async with anyio.create_task_group() as requests:
+                    for number in range(BEFORE + OUTAGE + AFTER):
+                        if number == BEFORE:
+                            await fake.stop()
+                        elif number == BEFORE + OUTAGE:
+                            spooled_at_recovery = watch.peak_spooled
+                            await fake.start()
+                            recovered = anyio.current_time()
+                        await sleep_until(loop_started + number / RATE)
+                        requests.start_soon(sign_up, number)
+                wanted = set(event_ids)
+                with anyio.fail_after(DELIVERY_WAIT):
+                    await fake.wait_until(lambda: len(fake.operations) >= len(wanted) and (
+                        wanted <= {event["id"] for event in fake.accepted_events()}))
+                delivered_after = anyio.current_time() - recovered
+        assert watch.queue is not None
+        stats = watch.queue.statistics()  # final: the lifespan closed the queue
+    calls = sorted(watch.calls)
+    phases = {"before": range(BEFORE), "during": range(BEFORE, BEFORE + OUTAGE),
+              "after": range(BEFORE + OUTAGE, BEFORE + OUTAGE + AFTER)}
+    answers = {name: sorted(latencies[n] for n in numbers) for name, numbers in phases.items()}
+    print(f"{len(statuses)} requests at {RATE:g}/s, a {OUTAGE / RATE:g} s outage: enqueue "
+          f"p50 {calls[len(calls) // 2] * 1e6:.0f} µs, max {calls[-1] * 1000:.1f} ms; answer "
+          "p50/p99 " + ", ".join(
+              f"{name} {times[len(times) // 2] * 1000:.1f}/"
+              f"{times[int(len(times) * 0.99)] * 1000:.1f} ms" for name, times in answers.items())
+          + f"; peak pending {watch.peak_pending}, spooled {spooled_at_recovery} at recovery, "
+          f"all delivered {delivered_after:.1f} s after it")
+    assert statuses == [200] * (BEFORE + OUTAGE + AFTER)
+    assert len(wanted) == len(statuses)
+    assert calls[-1] < ENQUEUE_BOUND
+    assert answers["during"][int(OUTAGE * 0.99)] < ANSWER_BOUND
+    assert watch.peak_pending == MAX_QUEUE_SIZE  # memory filled, and held no more
+    assert spooled_at_recovery >= OUTAGE - 2 * MAX_QUEUE_SIZE  # the spool took the rest
+    assert (stats.delivered, stats.failed, stats.dead_lettered, stats.spooled) == (
+        len(wanted), 0, 0, 0)
+    assert spool_files(tmp_path / "cio-spool") == []
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until ``deadline`` on anyio's clock (at once if it has passed)."""
+    await anyio.sleep(max(0.0, deadline - anyio.current_time()))
