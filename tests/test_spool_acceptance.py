@@ -156,8 +156,9 @@ def assert_invariant(stats: dict[str, int]) -> None:
     assert stats["enqueued"] == sum(stats[name] for name in settled), stats
 
 
-def spool_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("spool-*.sqlite3*"))
+def spool_files(directory: Path, pattern: str = "*.sqlite3*") -> list[Path]:
+    """The spool files in ``directory`` (with SQLite's side files, by default)."""
+    return sorted(directory.glob("spool-" + pattern))
 
 
 # --- SIGKILL at random moments ------------------------------------------------------------
@@ -393,3 +394,59 @@ async def test_the_fastapi_recipe_answers_every_request_through_an_outage(
 async def sleep_until(deadline: float) -> None:
     """Sleep until ``deadline`` on anyio's clock (at once if it has passed)."""
     await anyio.sleep(max(0.0, deadline - anyio.current_time()))
+
+
+# --- many processes on one spool_path ----------------------------------------------------
+
+
+WORKERS: Final = 4
+PER_WORKER: Final = 150
+"""Events each worker enqueues: more than its max_queue_size, so some wait on disk only."""
+
+
+async def test_a_new_process_adopts_the_files_of_killed_workers_only(tmp_path: Path) -> None:
+    """Four workers share a spool_path while the API is down; two are SIGKILLed.
+
+    A new process adopts exactly the killed workers' files (the live ones keep theirs) and,
+    with the API back, delivers their operations; the survivors deliver their own and exit
+    cleanly. Every event whose enqueue call returned is delivered, a resend keeps its id,
+    and no spool file is left.
+    """
+    spool = tmp_path / "spool"
+    options = ("--durability", "sync", "--count", str(PER_WORKER), "--drain")
+    async with FakeTrackAPI() as fake, Children(tmp_path) as children:
+        await fake.stop()
+        workers = [await children.spawn(spool, fake.url, f"w{n}", *options)
+                   for n in range(WORKERS)]
+        adopter = await children.spawn(spool, fake.url, "adopter", "--count", "0", "--drain")
+        for worker in workers:
+            await worker.go()
+        for worker in workers:
+            await worker.expect("produced")  # every call returned: committed, not sent
+        killed, survivors = workers[:2], workers[2:]
+        for worker in killed:
+            await worker.kill()
+        assert len(spool_files(spool, "*.sqlite3")) == WORKERS
+        assert fake.operations == []  # down all along: every operation is in the spool
+        await fake.start()
+        await adopter.go()
+        await adopter.expect("started")
+        adopted = await adopter.finish()
+        left = {path.name.split("-")[1] for path in spool_files(spool, "*.sqlite3")}
+        assert left == {str(worker.process.pid) for worker in survivors}
+        finals = [await worker.finish() for worker in survivors]
+        delivered = deliveries(fake)
+
+    assert adopted["enqueued"] == len(killed) * PER_WORKER  # exactly the killed ones' rows
+    assert adopted["delivered"] == adopted["enqueued"]
+    for stats in [adopted, *finals]:
+        assert_invariant(stats)
+        assert (stats["failed"], stats["dead_lettered"], stats["spooled"]) == (0, 0, 0)
+    ids = {event_id for ids in delivered.values() for event_id in ids}
+    for worker in workers:
+        returned = worker.returned()
+        assert len(returned) == PER_WORKER
+        assert set(returned) <= ids, f"{worker.tag} lost {len(set(returned) - ids)}"
+    assert set(delivered) == {(f"w{n}", i) for n in range(WORKERS) for i in range(PER_WORKER)}
+    assert_duplicates_keep_their_id(delivered)
+    assert spool_files(spool) == []
