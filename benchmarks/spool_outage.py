@@ -55,6 +55,8 @@ OUTAGE: Final = 60.0
 AFTER: Final = 10.0
 SAMPLE: Final = 0.5
 """Seconds between two samples of the queue's statistics and the process's memory."""
+TIMELINE_STEP: Final = 10.0
+"""Seconds between two rows of the printed timeline (from the outage's start)."""
 START_TIMEOUT: Final = 30.0
 DELIVERY_TIMEOUT: Final = 180.0
 """Seconds after the last request within which every event must be delivered."""
@@ -255,6 +257,11 @@ def _ms(values: list[float], fraction: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1000:.1f}"
 
 
+def _nearest(samples: list[tuple[float, int, int, int, int]], at: float
+             ) -> tuple[float, int, int, int, int]:
+    return min(samples, key=lambda sample: abs(sample[0] - at))
+
+
 def _report(result: Result, args: argparse.Namespace) -> int:
     load, watch = result.load, result.watch
     count = len(load.statuses)
@@ -285,6 +292,14 @@ def _report(result: Result, args: argparse.Namespace) -> int:
           f"({filled[0] - result.down_at:.0f} s in), {outage[-1][3] / mib:.0f} MiB at its "
           f"end; spooled {outage[-1][2]:,} at the end of the outage, spool files "
           f"{max(s[4] for s in samples) / mib:.1f} MiB at most")
+    moments = [result.down_at + k * TIMELINE_STEP
+               for k in range(int(args.outage // TIMELINE_STEP) + 1)]
+    moments.append(result.up_at + result.delivered_after)
+    timeline = [_nearest(samples, at) for at in moments]
+    print("   t (s)  pending  spooled  resident MiB  spool MiB")
+    for when, pending, spooled, resident, spool in timeline:
+        print(f"  {when - result.down_at:6.0f}  {pending:7,}  {spooled:7,}  "
+              f"{resident / mib:12.0f}  {spool / mib:9.1f}")
     print(f"delivery: every answered event id delivered {result.delivered_after:.1f} s after "
           f"the API came back; {result.duplicates:,} duplicates (same event id)")
     final = result.final
