@@ -17,5 +17,9 @@ data flows:
 * ``_cli``: the command line and its exit status.
 
 ``python -m benchmarks.typed_events`` stands apart: the per-call cost of a TypedEventQueue
-and of ``validate_events=True`` beside EventQueue's.
+and of ``validate_events=True`` beside EventQueue's. So do the spool's:
+``python -m benchmarks.spool`` (the store alone), ``python -m benchmarks.spool_queue``
+(enqueue cost and throughput with a spool, ``batched`` and ``sync``, beside the in-memory
+queue) and ``python -m benchmarks.spool_outage`` (the README's FastAPI example through a
+60 s outage of the API).
 """

@@ -13,7 +13,9 @@ every ``HARVEST_INTERVAL`` so a million operations do not pile up in memory.
 The parent talks to the child over a pipe: ``configure`` sets the latency and the share of
 requests answered with a 5xx, ``reset`` starts a new ledger, ``ledger`` returns a
 snapshot (with the child's CPU time, so a report can show the server is not the
-bottleneck), and ``stop`` (or the pipe closing) ends it.
+bottleneck), ``missing`` counts the given event ids it has not accepted, ``down`` and
+``up`` stop and restart the Track API on its port (an outage: connections are refused
+meanwhile), and ``stop`` (or the pipe closing) ends it.
 """
 
 from __future__ import annotations
@@ -216,6 +218,15 @@ async def _obey(conn: Connection, state: _ServerState) -> None:
         elif command == "ledger":
             state.harvest()
             conn.send(state.book.snapshot(state.fake.in_flight))
+        elif command == "missing":
+            state.harvest()
+            conn.send(len(set(args[0]) - state.book.seen))
+        elif command == "down":
+            await state.fake.stop()
+            conn.send("ok")
+        elif command == "up":
+            await state.fake.start()
+            conn.send("ok")
         else:
             return
 
@@ -263,6 +274,20 @@ class ServerHandle:
         reply = self._ask("ledger")
         assert isinstance(reply, Ledger)
         return reply
+
+    def missing(self, event_ids: list[str]) -> int:
+        """Return how many of ``event_ids`` the server has not accepted since the reset."""
+        reply = self._ask("missing", event_ids)
+        assert isinstance(reply, int)
+        return reply
+
+    def down(self) -> None:
+        """Stop the Track API: connections to its port are refused until :meth:`up`."""
+        self._ask("down")
+
+    def up(self) -> None:
+        """Serve the Track API again, on the same port."""
+        self._ask("up")
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from ._accumulator import BatchAccumulator
 from ._config import QueueConfig
 from ._courier import Closing, Courier, Done, Parcel, Retry, Split, Step, Stranded
 from ._exceptions import RateLimitedError, UnauthorizedError
-from ._ledger import Entry, Ledger
+from ._ledger import Entry, Ledger, State
 from ._log import log
 from ._operations import order_keys
 from ._outcome import OutcomeStatus
@@ -59,7 +59,8 @@ class _Batch:
         self.started = started
         self.open = 0
         self.requests = 0
-        self.counts = dict.fromkeys(("delivered", "rejected", "failed", "stranded", "held"), 0)
+        self.counts = dict.fromkeys(("delivered", "rejected", "failed", "spooled", "stranded",
+                                     "held"), 0)
         self.status: int | None = None
         self.error: str | None = None
 
@@ -347,7 +348,8 @@ class Dispatcher:
         decide, counts = self._ledger.decide, batch.counts
         for entry, verdict in zip(parcel.entries, step.verdicts, strict=True):
             decide(entry, verdict)
-            counts[_COUNT_NAMES[verdict.status]] += 1
+            counts["spooled" if entry.state is State.SPOOLED
+                   else _COUNT_NAMES[verdict.status]] += 1
             if self._lines:
                 self._release(entry, stranded=False)
         if step.error is not None:

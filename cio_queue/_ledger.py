@@ -45,6 +45,9 @@ class State(enum.Enum):
     """Decided; waiting for its dead-letter record to be on disk."""
     STRANDED = "stranded"
     """Unsent when the queue stopped; waiting for its dead-letter record."""
+    SPOOLED = "spooled"
+    """With a spool: its retries ran out while the API was down or failing; it left
+    memory and waits in the spool again, to be loaded and sent in its turn."""
     SETTLED = "settled"
     """Has its Outcome."""
 
@@ -62,6 +65,12 @@ DELIVERED: Final = Verdict(OutcomeStatus.DELIVERED)
 _RECORDED_STATUSES: Final = frozenset({OutcomeStatus.REJECTED, OutcomeStatus.FAILED})
 RETURNED: Final = "returned"
 """The reason of an operation taken from the fleet's stream and left there unsent."""
+
+
+def _may_succeed_later(verdict: Verdict) -> bool:
+    """A give-up on an error that is retryable: the API was down, failing or throttling."""
+    return (verdict.status is OutcomeStatus.FAILED and verdict.error is not None
+            and verdict.error.retryable)
 
 
 class Entry:
@@ -118,6 +127,9 @@ class Ledger:
         # there (settled spooled) for the next start instead of going to the recorder.
         self._unspool = unspool
         self.source = source
+        # With a spool: takes back an operation whose retries ran out on a failure that a
+        # later attempt may overcome; False when it cannot (set by the Spooler).
+        self.respool: Callable[[Entry], bool] | None = None
         self._on_settled = on_settled
         self._live: dict[Entry, None] = {}  # admitted, not settled; in admission order
         self.enqueued = 0
@@ -191,12 +203,22 @@ class Ledger:
         self._check_decided()
 
     def decide(self, entry: Entry, verdict: Verdict) -> None:
-        """Take the courier's verdict on an in-flight operation; late verdicts are ignored."""
+        """Take the courier's verdict on an in-flight operation; late verdicts are ignored.
+
+        With a spool, an operation given up on an error that a later attempt may overcome
+        (the API down or failing) does not fail: it goes back to the spool (``SPOOLED``),
+        unsettled, and frees its place in memory.
+        """
         if entry.state is not State.IN_FLIGHT:
             return
         self._in_flight -= 1
         recorder = self.recorder if entry.source is None else self.source
-        if recorder is not None and verdict.status in _RECORDED_STATUSES:
+        if (self.respool is not None and entry.key is not None and _may_succeed_later(verdict)
+                and self.respool(entry)):
+            entry.state = State.SPOOLED
+            del self._live[entry]
+            self.room.release()
+        elif recorder is not None and verdict.status in _RECORDED_STATUSES:
             entry.state = State.RECORDING
             entry.verdict = verdict
             recorder.put(entry)

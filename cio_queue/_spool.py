@@ -855,8 +855,12 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _remove_files(path: Path) -> None:
-    """Delete a spool file and SQLite's side files (the main file first)."""
-    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+    """Delete a spool file and SQLite's side files (the main file first).
+
+    A ``-journal`` is left by a process killed while SQLite set up a new file (before
+    the WAL mode held); it belongs to no other file.
+    """
+    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path.with_name(name))
     fsync_directory(path.parent)

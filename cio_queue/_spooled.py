@@ -15,6 +15,7 @@ and identify, delete and the device operations are idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class Spooler:
         # The receipts of disk-only operations, while their callers keep them.
         self._receipts: weakref.WeakValueDictionary[int, Receipt] = (
             weakref.WeakValueDictionary())
+        ledger.respool = self.respool
 
     async def open(self) -> None:
         """Open (or adopt) the spool; what it already holds is the backlog, sent first."""
@@ -102,8 +104,9 @@ class Spooler:
         if committed is not None:
             try:
                 await committed
-            except SpoolError:
-                store.remove(key)
+            except BaseException:  # a failed commit, or a cancelled caller: not enqueued
+                with contextlib.suppress(SpoolError):  # closed meanwhile: keep the first error
+                    store.remove(key)
                 raise
         entry.key = key
         ledger = self._ledger
@@ -117,12 +120,36 @@ class Spooler:
                 self._route(entry)
                 return True
         ledger.enqueued += 1
+        self._keep_on_disk(key, entry.receipt)
+        return True
+
+    def respool(self, entry: Entry) -> bool:
+        """Take back an operation whose retries ran out: it waits on disk, behind the rest.
+
+        Its record is added again, at the tail, before its old row is removed (the removal
+        goes in the same commit or a later one, so one of them is always on disk); the
+        loader brings it back in its turn. Returns False when the spool cannot take it.
+        """
+        store = self.store
+        assert store is not None
+        assert entry.key is not None
+        try:
+            key, durable = store.add(entry.op.pack())
+            store.remove(entry.key)
+        except SpoolError:
+            return False
+        if durable is not None:
+            durable.cancel()  # nobody waits for this commit; it goes on regardless
+        self._keep_on_disk(key, entry.receipt)
+        return True
+
+    def _keep_on_disk(self, key: int, receipt: Receipt) -> None:
+        """Count the row ``key`` as disk-only, to be loaded after those before it."""
         if not self.disk_only:
             self._loaded = key - 1  # disk-only rows are the keys from this one on
         self.disk_only += 1
-        self._receipts[key] = entry.receipt
+        self._receipts[key] = receipt
         self._backlog.set()
-        return True
 
     async def run_loader(self) -> None:
         """Bring disk-only operations back into memory, oldest first, as room frees."""

@@ -65,8 +65,10 @@ async def run_under_uvicorn(fake: FakeTrackAPI, app: Any) -> None:
     assert_delivered_once(fake, event_ids)
 
 
-async def test_fastapi_recipe_under_uvicorn(fake: FakeTrackAPI, tmp_path: Path) -> None:
+async def test_fastapi_recipe_under_uvicorn(fake: FakeTrackAPI, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The FastAPI recipe's lifespan runs the queue and drains it when uvicorn stops."""
+    monkeypatch.chdir(tmp_path)  # the recipe's spool_path is relative
     with loaded_recipe("fastapi", tmp_path) as recipe:
         await run_under_uvicorn(fake, recipe.app)
 

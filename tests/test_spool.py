@@ -385,6 +385,61 @@ async def test_close_blocking_gives_up_waiting_but_the_close_goes_on(tmp_path: P
         assert await store.close() == 1
 
 
+_SETUP_KILL_ATTEMPTS: Final = 20
+_KILLED_WHILE_SETTING_UP: Final = """
+import os, sqlite3, sys, threading, time
+path, journal = sys.argv[1], sys.argv[1] + "-journal"
+
+def set_up():  # what _connect does to a new file, up to the WAL mode
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    db.execute("PRAGMA locking_mode = EXCLUSIVE")
+    db.execute("PRAGMA journal_mode = WAL")
+    os._exit(1)  # done before a journal page was seen
+
+threading.Thread(target=set_up).start()
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    try:
+        if os.stat(journal).st_size > 4096:  # the first page is in the journal
+            os._exit(0)  # as a SIGKILL would: no cleanup
+    except FileNotFoundError:
+        pass
+os._exit(2)
+"""
+
+
+async def test_adopting_a_file_killed_while_it_was_set_up_leaves_no_journal(
+        tmp_path: Path) -> None:
+    """A file whose process died while SQLite set it up is adopted with its -journal file.
+
+    Switching a new file to WAL mode writes its first page through a rollback journal; a
+    kill then leaves the file and ``*-journal``, and the adopter must remove both.
+    """
+    dead = tmp_path / "spool-1-deadbeef.sqlite3"
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("COV_CORE_")}  # untraced: quicker to catch the moment
+    for _ in range(_SETUP_KILL_ATTEMPTS):
+        dead.touch()
+        with anyio.fail_after(30):
+            child = await anyio.run_process(
+                [sys.executable, "-c", _KILLED_WHILE_SETTING_UP, str(dead)], check=False,
+                env=env)
+        assert child.returncode in (0, 1), child.stderr.decode()
+        # SQLite's thread may finish (and delete the journal) before the exit lands.
+        if child.returncode == 0 and exists(dead, f"{dead}-journal") == [True, True]:
+            break
+        for name in os.listdir(tmp_path):  # a finished set-up: try again
+            os.unlink(tmp_path / name)
+    else:
+        pytest.fail("the child never died with SQLite's first page in the journal")
+    store = await SpoolStore.open(tmp_path)
+    assert store.statistics().adopted_files == 1
+    assert exists(dead, f"{dead}-journal") == [False, False]
+    assert await store.close() == 0
+    assert os.listdir(tmp_path) == []
+
+
 async def test_a_cancelled_open_leaves_no_file_and_no_lock(tmp_path: Path) -> None:
     """Cancelling open() while the thread opens the file still closes (and deletes) it."""
     with anyio.CancelScope() as scope:

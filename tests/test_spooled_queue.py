@@ -82,3 +82,60 @@ async def test_an_unusable_spool_is_a_clear_error_at_start(tmp_path: Path) -> No
     with anyio.fail_after(10), pytest.raises(SpoolError):
         await queue.start()
     await queue.aclose()
+
+
+async def test_a_sync_enqueue_cancelled_before_its_commit_returned_leaves_no_row(
+        tmp_path: Path) -> None:
+    """A sync enqueue cancelled while it waits for its commit did not enqueue: no row stays.
+
+    Otherwise the next start would send an operation whose call never returned, and the
+    spool would keep rows that statistics() does not count.
+    """
+    spool = tmp_path / "spool"
+    with refused_url() as down:
+        async with EventQueue(config(spool, base_url=down, spool_durability="sync")) as queue:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await queue.track("c1", "ev")  # cancelled at its wait for the commit
+            assert scope.cancelled_caught
+        stats = queue.statistics()
+    assert (stats.enqueued, stats.spooled) == (0, 0)
+    assert list(spool.iterdir()) == []  # the file had no row left, so it was removed
+
+
+async def wait_until(condition: Any, within: float = 20.0) -> None:
+    """Poll ``condition()`` until it holds, at most ``within`` seconds.
+
+    For the queue's counters, which no event announces.
+    """
+    with anyio.fail_after(within):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but the counter
+            await anyio.sleep(0.01)
+
+
+async def test_an_outage_longer_than_the_retry_policy_loses_nothing(tmp_path: Path) -> None:
+    """With a spool, an operation whose retries run out waits in the spool, then is sent.
+
+    The retry policy gives up after two attempts; the outage lasts many times longer. Every
+    operation is delivered once the API is back, none ends failed: a spool turns an outage
+    of any length into a delay.
+    """
+    retry = RetryPolicy(attempts=2, wait_initial=0.01, wait_max=0.01, wait_jitter=0, timeout=60)
+    async with FakeTrackAPI() as fake:
+        await fake.stop()
+        async with EventQueue(config(tmp_path / "spool", base_url=fake.url,
+                                     retry=retry)) as queue:
+            receipts = [await queue.track(f"c{i:03}", "ev") for i in range(30)]
+            # Four batches of five, two attempts each: the first ten operations ran out of
+            # attempts, and ten more were taken in after them.
+            await wait_until(lambda: queue.statistics().requests >= 4 * 2)
+            stats = queue.statistics()
+            assert stats.enqueued == settled_sum(stats)
+            await fake.start()
+            with anyio.fail_after(20):
+                outcomes = [await receipt.wait() for receipt in receipts]
+            stats = queue.statistics()
+        ids = {event["id"] for event in fake.accepted_events()}
+    assert {outcome.status for outcome in outcomes} == {OutcomeStatus.DELIVERED}
+    assert ids == {receipt.event_id for receipt in receipts}
+    assert (stats.delivered, stats.failed, stats.spooled, stats.pending) == (30, 0, 0, 0)
