@@ -15,15 +15,16 @@ import logging
 import math
 import random
 import shlex
-import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
+from ._clitools import number, on_signals
 from ._config import QueueConfig
 from ._exceptions import CioQueueError, ConfigError
+from ._fleetcli import add_fleet_parsers
 from ._importcli import add_import_parser, run_import
 from ._log import LOGGER_NAME
 from ._queue import EventQueue
@@ -113,14 +114,24 @@ async def _progress(queue: EventQueue, total: int) -> None:
         await asyncio.sleep(0.25)
 
 
+_REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
 async def _replay(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.base_url:
         overrides["base_url"] = args.base_url
     config = QueueConfig.from_env(**overrides)
-    stats = await replay(args.path, config)
+    if args.path.startswith(_REDIS_SCHEMES):
+        from ._replaystream import replay_stream  # noqa: PLC0415 - redis-py is an extra
+
+        where = f"the dead-letter stream of {args.stream or config.stream_name}"
+        stats = await replay_stream(args.path, config, stream=args.stream)
+    else:
+        where = args.path
+        stats = await replay(args.path, config)
     print(f"delivered {stats.delivered:,}   rejected {stats.rejected:,}   failed "
-          f"{stats.failed + stats.dead_lettered:,}   (still in {args.path}: "
+          f"{stats.failed + stats.dead_lettered:,}   (still in {where}: "
           f"{stats.rejected + stats.failed + stats.dead_lettered:,})")
     return 0 if stats.delivered == stats.enqueued else 1
 
@@ -142,30 +153,11 @@ async def _fake_server(args: argparse.Namespace) -> int:
               f"(latency {args.latency:g} s, faults: {faults}); Ctrl-C or SIGTERM stops it",
               file=sys.stderr, flush=True)
         sys.stdout.flush()
-        with _stopping_on_signals(stop):
+        with on_signals(stop.set):
             await stop.wait()
     print(f"cio-queue fake-server: stopped; {len(fake.requests):,} requests and "
           f"{len(fake.operations):,} operations accepted", file=sys.stderr)
     return 0
-
-
-@contextlib.contextmanager
-def _stopping_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGINT or SIGTERM (docker stop) while the block runs.
-
-    Where the loop cannot watch signals (Windows), Ctrl-C raises KeyboardInterrupt instead.
-    """
-    loop = asyncio.get_running_loop()
-    watched: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-            watched.append(signum)
-    try:
-        yield
-    finally:
-        for signum in watched:
-            loop.remove_signal_handler(signum)
 
 
 def _fault_rates(pairs: Sequence[tuple[str, float]]) -> FaultRates | None:
@@ -211,25 +203,6 @@ def _fault_rate(text: str) -> tuple[str, float]:
     return name, rate
 
 
-def _number(kind: Callable[[str], float], minimum: float,
-            maximum: float = math.inf) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` (int or float) from ``minimum`` to ``maximum``."""
-    noun = "an integer" if kind is int else "a number"
-    bounds = f">= {minimum:g}" if maximum == math.inf else f"from {minimum:g} to {maximum:g}"
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = math.nan
-        # An int needs no isfinite(), which would overflow on a huge one.
-        if not (minimum <= value <= maximum and (kind is int or math.isfinite(value))):
-            raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     # The module docstring is the description --help shows: plain text, no markup.
     parser = argparse.ArgumentParser(prog="cio-queue", description=__doc__)
@@ -239,29 +212,32 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="push mixed operations through a local fake Track API")
     demo.set_defaults(run=_demo)
-    demo.add_argument("--operations", type=_number(int, 1), default=10_000)
-    demo.add_argument("--tasks", type=_number(int, 1), default=100,
+    demo.add_argument("--operations", type=number(int, 1), default=10_000)
+    demo.add_argument("--tasks", type=number(int, 1), default=100,
                       help="concurrent handler tasks")
-    demo.add_argument("--concurrency", type=_number(int, 1), default=20,
+    demo.add_argument("--concurrency", type=number(int, 1), default=20,
                       help="requests in flight")
-    demo.add_argument("--latency", type=_number(float, 0), default=0.02,
+    demo.add_argument("--latency", type=number(float, 0), default=0.02,
                       help="fake server seconds")
     demo.add_argument("--transport", choices=("batch", "v1"), default="batch")
-    demo.add_argument("--rate-limit", type=_number(float, 0), default=100.0,
+    demo.add_argument("--rate-limit", type=number(float, 0), default=100.0,
                       help="requests per second, 0 for none")
-    rep = sub.add_parser("replay", help="re-send a dead-letter file (credentials from "
+    rep = sub.add_parser("replay", help="re-send a dead-letter file, or a fleet's dead-letter "
+                                        "stream given as redis://... (credentials from "
                                         "CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY / "
                                         "CUSTOMERIO_REGION / CUSTOMERIO_BASE_URL)")
     rep.set_defaults(run=_replay)
-    rep.add_argument("path")
+    rep.add_argument("path", help="a dead-letter file, or the fleet's Redis URL")
+    rep.add_argument("--stream", help="with a Redis URL: the fleet's stream (default: "
+                                      "cio-queue:$CUSTOMERIO_SITE_ID)")
     rep.add_argument("--base-url", help="Track API scheme://host[:port], overriding the region")
     fake = sub.add_parser("fake-server", help="run the fake Track API until Ctrl-C or SIGTERM, "
                                               "printing the CUSTOMERIO_* variables to export")
     fake.set_defaults(run=_fake_server)
     fake.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (0.0.0.0 to serve other containers)")
-    fake.add_argument("--port", type=_number(int, 0, 65_535), default=0, help="0 for a free port")
-    fake.add_argument("--latency", type=_number(float, 0), default=0.0,
+    fake.add_argument("--port", type=number(int, 0, 65_535), default=0, help="0 for a free port")
+    fake.add_argument("--latency", type=number(float, 0), default=0.0,
                       help="seconds before each answer")
     fake.add_argument("--fault-rate", type=_fault_rate, action="append", default=[],
                       metavar="NAME=P", help="answer this share of requests with a fault, "
@@ -272,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--region", choices=("us", "eu"), default="us",
                       help="the region GET /api/v1/accounts/region names")
     add_import_parser(sub)
+    add_fleet_parsers(sub)
     return parser
 
 

@@ -34,7 +34,7 @@ import anyio
 
 from ._exceptions import InvalidEventError
 from ._log import log
-from ._operations import Operation, to_v2
+from ._operations import RAW_KIND, Operation, raw_v2, to_v2
 from ._validation import check_path_id
 
 if sys.platform != "win32":  # the package still imports there; a file's lock is a no-op
@@ -42,6 +42,7 @@ if sys.platform != "win32":  # the package still imports there; a file's lock is
 
 if TYPE_CHECKING:
     from ._ledger import Entry
+    from ._outcome import Outcome
 
 __all__ = ["FORMAT", "DeadLetterWriter", "append_records", "append_whole", "dumps_record",
            "entry_record",
@@ -77,13 +78,17 @@ def record_for(op: Operation, *, reason: str, attempts: int, status: int | None,
     }
 
 
-def record_again(record: dict[str, Any], *, reason: str, attempts: int, status: int | None,
-                 error: str | None, now: float) -> dict[str, Any]:
-    """Return a replayed record that failed again: its new reason, with the attempts added."""
+def record_again(record: dict[str, Any], outcome: Outcome, now: float) -> dict[str, Any]:
+    """Return a replayed record that was not delivered again, with its new outcome.
+
+    The outcome's reason, status and error replace the record's; the attempts add up.
+    """
+    error = outcome.error
     before = record.get("attempts")
-    return {**record, "reason": reason,
-            "attempts": (before if type(before) is int else 0) + attempts,
-            "status": status, "error": error if error is not None else record.get("error"),
+    return {**record, "reason": outcome.reason or outcome.status.value,
+            "attempts": (before if type(before) is int else 0) + outcome.attempts,
+            "status": error.status if error else None,
+            "error": str(error) if error is not None else record.get("error"),
             "recorded_at": _iso(now)}
 
 
@@ -95,6 +100,9 @@ def operation_from_record(record: dict[str, Any]) -> Operation:
     the one its kind builds for the record's person, percent-encoded, with no ``.`` or
     ``..`` segment (which a server would resolve to another resource, as ``quote()`` leaves
     dots alone and some servers decode ``%2E``); the body must have what its kind needs.
+    An operation known only by its v2 element (kind ``batch``: from ``EventQueue.batch``,
+    or back from a spool or a fleet's stream) has method ``POST``, no path, and its
+    element as the body, which is checked as ``EventQueue.batch`` checks it.
 
     Raises:
         ValueError: the record is not a cio-queue dead-letter record, or not a valid one. The
@@ -108,11 +116,13 @@ def operation_from_record(record: dict[str, Any]) -> Operation:
         raise ValueError("its body is not a JSON object")
     if not (event_id is None or isinstance(event_id, str)):
         raise ValueError("its event_id is not a string")
-    _check_request(kind, record.get("method"), record.get("path"), customer_id)
     try:
         enqueued = datetime.fromisoformat(record["enqueued_at"]).timestamp()
     except (KeyError, TypeError, ValueError):
         raise ValueError("its enqueued_at is not an ISO 8601 time") from None
+    if kind == RAW_KIND:
+        return _raw_from_record(record, body, enqueued)
+    _check_request(kind, record.get("method"), record.get("path"), customer_id)
     op = Operation(str(kind), str(record["method"]), str(record["path"]), body,
                    customer_id=customer_id, event_id=event_id, enqueued_at=enqueued)
     try:
@@ -120,6 +130,20 @@ def operation_from_record(record: dict[str, Any]) -> Operation:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ValueError(f"its body does not fit a {kind} operation "
                          f"({type(exc).__name__})") from None
+    return op
+
+
+def _raw_from_record(record: dict[str, Any], body: dict[str, Any], enqueued: float) -> Operation:
+    """Rebuild an operation known only by its v2 element."""
+    if record.get("method") != "POST" or record.get("path") not in ("", None):
+        raise ValueError(f"its method is not POST or it has a path, as no {RAW_KIND} has")
+    try:
+        op = raw_v2(body, "body")
+    except InvalidEventError as exc:
+        raise ValueError(f"its {exc.field} is not a v2 operation's") from None
+    if op.event_id != record.get("event_id"):
+        raise ValueError("its event_id is not its element's id")
+    op.enqueued_at = enqueued
     return op
 
 

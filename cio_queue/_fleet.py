@@ -30,7 +30,7 @@ from ._exceptions import CioQueueError, ConfigError, DeliveryError
 from ._ledger import Entry, Ledger, Verdict
 from ._log import log
 from ._operations import Operation, order_keys, person_identifiers
-from ._outcome import OutcomeStatus
+from ._outcome import OutcomeStatus, Receipt
 from ._redis import (
     Consumer,
     Delivery,
@@ -209,7 +209,7 @@ class Fleet:
         assert submit is not None
         assert self.consumer is not None
         try:
-            op = Operation.unpack(delivery.record, batch=self._batch)
+            op, kind = Operation.unpack(delivery.record, batch=self._batch)
         except ValueError as exc:
             # Not an operation (another program writes to the stream?): keep it, as a
             # dead letter of its own that replay reports, and take it out of the stream.
@@ -218,7 +218,7 @@ class Fleet:
             self.consumer.ack_nowait(delivery.partition, delivery.entry_id,
                                      dead_letter=delivery.record)
             return
-        entry = Entry(op, self._loop)
+        entry = Entry(op, self._loop, Receipt(kind, op.event_id, self._loop))
         entry.source = delivery
         self.in_hand += 1
         ledger.take(entry)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Callable
 from contextlib import suppress
@@ -22,6 +21,7 @@ from typing import Any, Final, Literal, Protocol, TextIO
 
 import anyio
 
+from ._clitools import on_signals
 from ._config import DEFAULT_RATE_LIMIT, QueueConfig
 from ._exceptions import CioQueueError
 from ._import import FileImport, ImportProgress, ImportResult
@@ -124,12 +124,11 @@ async def _run(args: argparse.Namespace, config: QueueConfig, fmt: ImportFormat)
     with anyio.CancelScope() as interrupted:
         # SIGINT and SIGTERM end the run as a failure would: what was sent settles, the
         # delivered lines are noted, and the summary says how to resume.
-        handled = _on_signals(interrupted.cancel)
         showing = asyncio.create_task(display.run(importer.progress))
         try:
-            result = await importer.run()
+            with on_signals(interrupted.cancel):
+                result = await importer.run()
         finally:
-            _forget_signals(handled)
             showing.cancel()
             with suppress(asyncio.CancelledError):
                 await showing
@@ -137,22 +136,6 @@ async def _run(args: argparse.Namespace, config: QueueConfig, fmt: ImportFormat)
     summary = Summary(importer.path.name, importer.progress(), result)
     summary.print(sys.stdout, rich=display.rich and sys.stdout.isatty())
     return summary.status
-
-
-def _on_signals(cancel: Callable[[], None]) -> list[signal.Signals]:
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(NotImplementedError, RuntimeError):  # not on this platform or thread
-            loop.add_signal_handler(sig, cancel)
-            handled.append(sig)
-    return handled
-
-
-def _forget_signals(handled: list[signal.Signals]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in handled:
-        loop.remove_signal_handler(sig)
 
 
 # --- progress ------------------------------------------------------------------------------

@@ -304,7 +304,7 @@ class Ledger:
     def _finish(self, entry: Entry, verdict: Verdict) -> None:
         self.settled[verdict.status] += 1
         op = entry.op
-        outcome = Outcome(verdict.status, op.kind, op.customer_id, op.event_id,
+        outcome = Outcome(verdict.status, entry.receipt.kind, op.customer_id, op.event_id,
                           entry.attempts, verdict.reason, verdict.error)
         entry.receipt._settle(outcome)
         self._on_settled(outcome)

@@ -110,25 +110,33 @@ class Operation:
         return head[:-1] + b',"w":' + (self.v2 if self.v2 is not None else self.body) + b"}"
 
     @classmethod
-    def unpack(cls, record: bytes, *, batch: bool) -> Operation:
+    def unpack(cls, record: bytes, *, batch: bool) -> tuple[Operation, str]:
         """Rebuild an operation from :meth:`pack`, sealed for the transport ``batch`` says.
 
-        An operation packed in its v2 form goes by ``/api/v2/batch`` whatever the transport
-        now is; one packed in its v1 form goes by v2 when ``batch`` and it has a v2 form.
+        An operation packed in its v2 form comes back as what it now is, a v2 element
+        (kind ``RAW_KIND``, as ``EventQueue.batch`` makes), and goes by ``/api/v2/batch``
+        whatever the transport now is; one packed in its v1 form goes by v2 when
+        ``batch`` and it has a v2 form.
+
+        Returns:
+            The operation, and the kind it was enqueued as (for its receipt and outcome).
 
         Raises:
             ValueError: not a packed operation.
         """
         try:
             head = orjson.loads(record)
-            op = cls(head["k"], head["m"], head["p"], head["w"], customer_id=head["c"],
+            kind, body = head["k"], head["w"]
+            if head["v2"]:
+                op = cls(RAW_KIND, "POST", "", body, customer_id=head["c"],
+                         event_id=head["e"], enqueued_at=head["t"])
+                op.v2 = orjson.dumps(body)
+                return op, kind
+            op = cls(kind, head["m"], head["p"], body, customer_id=head["c"],
                      event_id=head["e"], enqueued_at=head["t"], suffix=head["s"])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"not a packed operation: {exc}") from None
-        if head["v2"]:
-            op.v2 = orjson.dumps(op.payload)
-            return op
-        return op.seal(batch=batch)
+        return op.seal(batch=batch), kind
 
     @property
     def path(self) -> str:

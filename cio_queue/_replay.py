@@ -134,8 +134,4 @@ def _kept(line: Line, outcome: Outcome | None, now: float) -> bytes | None:
     assert outcome is not None  # flush() settled every operation of the chunk
     if outcome.status is OutcomeStatus.DELIVERED:
         return None
-    error = outcome.error
-    record = record_again(line.record, reason=outcome.reason or outcome.status.value,
-                          attempts=outcome.attempts, status=error.status if error else None,
-                          error=str(error) if error else None, now=now)
-    return dumps_record(record).encode() + b"\n"
+    return dumps_record(record_again(line.record, outcome, now)).encode() + b"\n"

@@ -174,13 +174,14 @@ class Spooler:
         """Admit one disk-only operation in memory; its caller holds a place."""
         self.disk_only -= 1
         try:
-            op = Operation.unpack(record, batch=self._batch)
+            op, kind = Operation.unpack(record, batch=self._batch)
         except ValueError as exc:
             self._ledger.room.release()
             self.store_remove(key)
             log.error("cio_queue.spool_unreadable", key=key, error=str(exc))
             return
-        entry = Entry(op, self._loop, self._receipts.pop(key, None))
+        receipt = self._receipts.pop(key, None)
+        entry = Entry(op, self._loop, receipt or Receipt(kind, op.event_id, self._loop))
         entry.key = key
         self._ledger.admit(entry, counted=False)
         self._route(entry)

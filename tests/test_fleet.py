@@ -8,8 +8,11 @@ SIGKILL, a Redis restart) are in ``test_fleet_processes.py``.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,8 +20,8 @@ import pytest
 
 from cio_queue import ConfigError, EventQueue, OutcomeStatus, QueueConfig, RetryPolicy, Statistics
 from cio_queue._redis import DeadLetterStream, connect, status
-from cio_queue.testing import Fault, FakeTrackAPI, FaultRates
-from tests.redis_support import RedisServer, wait_until
+from cio_queue.testing import FakeTrackAPI, Fault, FaultRates
+from tests.redis_support import RedisServer, find_redis_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +68,7 @@ async def test_a_fleet_member_hands_off_and_delivers_each_operation_once(
         stats = cio.statistics()
     assert {o.status for o in outcomes} == {OutcomeStatus.STREAMED}
     assert {o.reason for o in outcomes} == {"handed_off"}
-    assert sorted(event_ids(fake)) == sorted(r.event_id for r in receipts)
+    assert sorted(event_ids(fake)) == sorted(str(r.event_id) for r in receipts)
     assert (stats.enqueued, stats.streamed, stats.taken, stats.delivered) == (500, 500, 500, 500)
     assert stats.pending == 0
     assert balanced(stats)
@@ -161,7 +164,7 @@ async def test_operations_in_hand_at_shutdown_stay_in_the_stream_for_the_next_me
         async with EventQueue(fleet_config(fake, redis_server)) as second:
             await bounded(fake.wait_for_operations(50))
         assert second.statistics().delivered == 50
-    assert sorted(event_ids(fake)) == sorted(r.event_id for r in receipts)
+    assert sorted(event_ids(fake)) == sorted(str(r.event_id) for r in receipts)
 
 
 async def test_a_429_seen_by_one_member_pauses_every_member(redis_server: RedisServer) -> None:
@@ -221,17 +224,14 @@ def test_the_redis_password_never_shows_in_a_repr() -> None:
     assert "hunter2" not in json.dumps(repr(EventQueue(config)))
 
 
-async def test_a_redis_outage_at_start_is_caught_up_later(tmp_path: Any) -> None:
-    from tests.redis_support import find_redis_server  # noqa: PLC0415
-
+async def test_a_redis_outage_at_start_is_caught_up_later(tmp_path: Path) -> None:
     server = RedisServer(find_redis_server(), tmp_path)  # not started yet
     try:
-        async with FakeTrackAPI() as fake:
-            async with EventQueue(fleet_config(fake, server)) as cio:
-                receipts = [await cio.track("u", "e", {"i": i}) for i in range(20)]
-                assert cio.statistics().pending == 20
-                await anyio.to_thread.run_sync(server.start)
-                await bounded(fake.wait_for_operations(20))
+        async with FakeTrackAPI() as fake, EventQueue(fleet_config(fake, server)) as cio:
+            receipts = [await cio.track("u", "e", {"i": i}) for i in range(20)]
+            assert cio.statistics().pending == 20
+            await anyio.to_thread.run_sync(server.start)
+            await bounded(fake.wait_for_operations(20))
     finally:
         server.stop(kill=True)
     assert {r.outcome.status for r in receipts if r.outcome} == {OutcomeStatus.STREAMED}
@@ -244,3 +244,99 @@ def test_importing_cio_queue_does_not_import_redis() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --- the fleet's commands ----------------------------------------------------------------
+
+def cli_env(fake: FakeTrackAPI, redis: RedisServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMERIO_")}
+    env.update(CUSTOMERIO_SITE_ID=fake.site_id, CUSTOMERIO_API_KEY=fake.api_key,
+               CUSTOMERIO_BASE_URL=fake.url, CIO_QUEUE_REDIS_URL=redis.url)
+    return env
+
+
+async def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await anyio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-m", "cio_queue", *args], env=env, capture_output=True, text=True,
+        timeout=WAIT, check=False))
+
+
+async def test_cio_queue_worker_delivers_the_stream_until_sigterm(
+        redis_server: RedisServer) -> None:
+    async with FakeTrackAPI() as fake:
+        async with EventQueue(fleet_config(fake, redis_server, consume=False)) as producer:
+            receipts = [await producer.track(f"u{i}", "signup") for i in range(100)]
+        worker = await anyio.open_process(
+            [sys.executable, "-m", "cio_queue", "worker", "--partitions", "4",
+             "--name", "worker-1"], env=cli_env(fake, redis_server))
+        try:
+            await bounded(fake.wait_for_operations(100))
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            with anyio.fail_after(WAIT):
+                code = await worker.wait()
+            assert worker.stderr is not None
+            stderr = (await worker.stderr.receive(65536)).decode()
+    assert code == 0, stderr
+    assert "delivered 100," in stderr
+    assert sorted(event_ids(fake)) == sorted(str(r.event_id) for r in receipts)
+    assert fake.api_key not in stderr
+
+
+async def test_cio_queue_status_reports_the_stream(redis_server: RedisServer) -> None:
+    async with FakeTrackAPI() as fake:
+        async with EventQueue(fleet_config(fake, redis_server, consume=False)) as producer:
+            for i in range(30):
+                await producer.track(f"u{i}", "signup")
+        env = cli_env(fake, redis_server)
+        as_json = await run_cli(env, "status", "--json")
+        as_text = await run_cli(env, "status")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert (report["stream"], report["length"], report["lag"], report["pending"]) == (
+        f"cio-queue:{fake.site_id}", 30, 30, 0)
+    assert report["pacer"]["gate_remaining"] == 0
+    assert as_text.returncode == 0, as_text.stderr
+    assert "30 in the stream" in as_text.stdout
+    assert "429 gate   open" in as_text.stdout
+
+
+async def test_status_without_a_redis_url_exits_2_with_one_line(
+        redis_server: RedisServer) -> None:
+    async with FakeTrackAPI() as fake:
+        env = cli_env(fake, redis_server)
+        del env["CIO_QUEUE_REDIS_URL"]
+        result = await run_cli(env, "status")
+    assert result.returncode == 2
+    assert "CIO_QUEUE_REDIS_URL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_the_dead_letter_stream_replays_and_keeps_what_fails_again(
+        redis_server: RedisServer) -> None:
+    refused = {"bad", "worse"}
+
+    def reject(op: dict[str, Any]) -> str | None:
+        return "refused" if op.get("name") in refused else None
+
+    async with FakeTrackAPI(reject_op=reject) as fake:
+        async with EventQueue(fleet_config(fake, redis_server)) as cio:
+            bad = [await cio.track("u", "bad", {"i": i}) for i in range(3)]
+            worse = await cio.track("u", "worse")
+            await wait_until(lambda: cio.statistics().rejected == 4, WAIT, "the rejections")
+        refused.discard("bad")  # the cause of three of them is fixed
+        fake.reset()
+        result = await run_cli(cli_env(fake, redis_server), "replay", redis_server.url)
+        assert result.returncode == 1, result.stderr  # one was rejected again
+        assert "delivered 3" in result.stdout
+        client = connect(redis_server.url)
+        try:
+            letters = [letter async for letter in DeadLetterStream(
+                client, f"cio-queue:{fake.site_id}:dead-letters").read()]
+        finally:
+            await client.aclose()
+    assert sorted(event_ids(fake)) == sorted(str(r.event_id) for r in bad)
+    assert len(letters) == 1
+    record = letters[0].record
+    assert record is not None
+    assert (record["event_id"], record["attempts"]) == (worse.event_id, 2)

@@ -766,3 +766,38 @@ async def test_a_torn_last_line_never_swallows_the_next_record(
 def append_bytes(path: Path, data: bytes) -> None:
     with path.open("ab") as handle:
         handle.write(data)
+
+
+@pytest.mark.anyio
+async def test_operations_given_in_their_v2_form_replay_from_the_dead_letter_file(
+        tmp_path: Path) -> None:
+    """An operation known only by its v2 element (``batch()``, or back from a spool or a
+    fleet's stream) is recorded as such, and replay sends that element again."""
+    path = tmp_path / "dead.jsonl"
+    refused = True
+
+    def reject(op: dict[str, Any]) -> str | None:
+        return "not now" if refused else None
+
+    async with FakeTrackAPI(reject_op=reject) as fake:
+        async with EventQueue(config(fake.url, dead_letter_path=path)) as cio:
+            receipts = await cio.batch([
+                {"type": "person", "identifiers": {"id": "42"}, "action": "event",
+                 "name": "opened", "attributes": {"n": 1}},
+                {"type": "person", "identifiers": {"email": "a@b.c"}, "action": "identify",
+                 "attributes": {"plan": "pro"}},
+            ])
+            await cio.flush()
+        assert [r.outcome.status for r in receipts if r.outcome] == [OutcomeStatus.REJECTED] * 2
+        refused = False
+        fake.reset()
+        with anyio.fail_after(30):
+            stats = await cio_queue.replay(path, config(fake.url))
+        assert stats.delivered == 2
+        assert [op.op for op in fake.operations] == [
+            {"type": "person", "identifiers": {"id": "42"}, "action": "event", "name": "opened",
+             "attributes": {"n": 1}, "id": receipts[0].event_id},
+            {"type": "person", "identifiers": {"email": "a@b.c"}, "action": "identify",
+             "attributes": {"plan": "pro"}},
+        ]
+    assert path.read_text() == ""

@@ -71,11 +71,7 @@ class DeadLetterStream:
                 was appended).
             RedisUnavailableError: Redis could not be reached.
         """
-        lines = []
-        for record in records:
-            if record.get("format") != FORMAT:
-                raise ValueError(f"not a {FORMAT} record")
-            lines.append(dumps_record(dict(record)).encode())
+        lines = [_line(record) for record in records]
         if not lines:
             return []
         try:
@@ -83,6 +79,55 @@ class DeadLetterStream:
             for line in lines:
                 pipe.xadd(self.key, {RECORD_FIELD: line})
             return [text(entry_id) for entry_id in await pipe.execute()]
+        except RedisError as exc:
+            raise RedisUnavailableError(f"Redis is unreachable: {exc}") from exc
+
+    async def last_id(self) -> str | None:
+        """Return the id of the newest entry, or None when the stream is empty.
+
+        Raises:
+            RedisUnavailableError: Redis could not be reached.
+        """
+        try:
+            newest: Any = await self._redis.xrevrange(self.key, count=1)
+        except RedisError as exc:
+            raise RedisUnavailableError(f"Redis is unreachable: {exc}") from exc
+        return text(newest[0][0]) if newest else None
+
+    async def page(self, *, after: str | None, until: str, count: int) -> list[DeadLetter]:
+        """Return up to ``count`` entries after ``after`` and up to ``until``, in order.
+
+        ``after`` None starts from the first entry; ``until`` is included.
+
+        Raises:
+            RedisUnavailableError: Redis could not be reached.
+        """
+        start = f"({after}" if after is not None else "-"
+        try:
+            entries: Any = await self._redis.xrange(self.key, min=start, max=until, count=count)
+        except RedisError as exc:
+            raise RedisUnavailableError(f"Redis is unreachable: {exc}") from exc
+        return [_dead_letter(text(entry_id), fields.get(RECORD_FIELD, b""))
+                for entry_id, fields in entries]
+
+    async def replace(self, pairs: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Put new records in place of old entries, in one MULTI.
+
+        Each old entry is deleted and its new record appended (at the stream's end).
+
+        Raises:
+            ValueError: a record is not a ``cio-queue/dead-letter/1`` record.
+            RedisUnavailableError: Redis could not be reached.
+        """
+        lines = [(entry_id, _line(record)) for entry_id, record in pairs]
+        if not lines:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for entry_id, line in lines:
+            pipe.xadd(self.key, {RECORD_FIELD: line})
+            pipe.xdel(self.key, entry_id)
+        try:
+            await pipe.execute()
         except RedisError as exc:
             raise RedisUnavailableError(f"Redis is unreachable: {exc}") from exc
 
@@ -132,6 +177,17 @@ class DeadLetterStream:
             return int(await self._redis.xlen(self.key))
         except RedisError as exc:
             raise RedisUnavailableError(f"Redis is unreachable: {exc}") from exc
+
+
+def _line(record: Mapping[str, Any]) -> bytes:
+    """A record as the stream holds it: one line of compact JSON.
+
+    Raises:
+        ValueError: not a ``cio-queue/dead-letter/1`` record.
+    """
+    if record.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} record")
+    return dumps_record(dict(record)).encode()
 
 
 def _dead_letter(entry_id: str, raw: bytes) -> DeadLetter:
