@@ -436,27 +436,32 @@ def _check_metrics_name(name: object) -> None:
                           f"'backfill', at most {_MAX_METRICS_NAME} characters")
 
 
+_FLEET_DEFAULTS: Final[dict[str, object]] = {
+    "redis_stream": None, "redis_partitions": DEFAULT_REDIS_PARTITIONS,
+    "redis_durability": "batched", "redis_group": DEFAULT_REDIS_GROUP, "redis_consumer": None,
+    "redis_lease": DEFAULT_REDIS_LEASE, "consume": True,
+}
+
+
 def _check_fleet(config: QueueConfig) -> None:
     if config.redis_url is None:
-        defaults = (config.redis_stream is None and config.redis_consumer is None
-                    and config.redis_durability == "batched" and config.consume is True
-                    and config.redis_group == DEFAULT_REDIS_GROUP
-                    and config.redis_partitions == DEFAULT_REDIS_PARTITIONS
-                    and config.redis_lease == DEFAULT_REDIS_LEASE)
-        if not defaults:
-            raise ConfigError("the redis_* options and consume need redis_url; set redis_url "
-                              "to the fleet's Redis, e.g. 'redis://localhost:6379/0'")
+        changed = [name for name, default in _FLEET_DEFAULTS.items()
+                   if getattr(config, name) != default]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} need redis_url; set redis_url to the "
+                              "fleet's Redis, e.g. 'redis://localhost:6379/0'")
         return
     if not (isinstance(config.redis_url, str)
             and config.redis_url.startswith(("redis://", "rediss://", "unix://"))):
         raise ConfigError("redis_url must be a redis://, rediss:// or unix:// URL")
-    for name in ("redis_stream", "redis_consumer"):
-        value = getattr(config, name)
-        if value is not None and not (isinstance(value, str) and value.strip()
-                                      and value.isprintable()):
-            raise ConfigError(f"{name} must be a non-empty printable name, or None")
-    if not (isinstance(config.redis_group, str) and config.redis_group.strip()):
-        raise ConfigError("redis_group must be a non-empty name")
+    _check_fleet_names(config)
+    _check_fleet_values(config)
+    from ._redis import require_redis  # noqa: PLC0415 - only fleets need redis-py
+
+    require_redis()
+
+
+def _check_fleet_values(config: QueueConfig) -> None:
     if config.redis_durability not in _SPOOL_DURABILITIES:
         raise ConfigError("redis_durability must be 'batched' or 'sync', "
                           f"got {config.redis_durability!r}")
@@ -465,9 +470,16 @@ def _check_fleet(config: QueueConfig) -> None:
         raise ConfigError(f"redis_lease must be 0.5 to 3600 seconds, got {config.redis_lease!r}")
     if not isinstance(config.consume, bool):
         raise ConfigError("consume must be True or False")
-    from ._redis import require_redis  # noqa: PLC0415 - only fleets need redis-py
 
-    require_redis()
+
+def _check_fleet_names(config: QueueConfig) -> None:
+    for name in ("redis_stream", "redis_consumer"):
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, str) and value.strip()
+                                      and value.isprintable()):
+            raise ConfigError(f"{name} must be a non-empty printable name, or None")
+    if not (isinstance(config.redis_group, str) and config.redis_group.strip()):
+        raise ConfigError("redis_group must be a non-empty name")
 
 
 # Run in this order by QueueConfig.__post_init__; each raises ConfigError on the first

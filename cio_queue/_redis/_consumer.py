@@ -612,27 +612,35 @@ class Consumer:
             await asyncio.sleep(ACK_LINGER)
             batch, self._acks = self._acks, {}
             try:
-                while True:
-                    try:
-                        await self._commit_acks(batch)
-                        break
-                    except RedisError as exc:
-                        await asyncio.sleep(self._outage.failed(exc))
+                await self._commit_until_done(batch)
             finally:  # stopped mid-commit: it may or may not have happened
                 if self._stopping:
                     for entries in batch.values():
                         for ack in entries:
                             ack.future.cancel()
             self._outage.recovered()
-            for partition, entries in batch.items():
-                outstanding = self._outstanding[partition]
-                for ack in entries:
-                    outstanding.discard(ack.entry_id)
-                    if not ack.future.done():
-                        ack.future.set_result(None)
-                self._acked += len(entries)
+            self._acknowledged(batch)
             if any(self._givable(lease) for lease in self._held.values()):
                 self._beat_now.set()
+
+    async def _commit_until_done(self, batch: dict[int, list[_Ack]]) -> None:
+        """Commit ``batch``, retrying with the outage's backoff while Redis is away."""
+        while True:
+            try:
+                await self._commit_acks(batch)
+                return
+            except RedisError as exc:
+                await asyncio.sleep(self._outage.failed(exc))
+
+    def _acknowledged(self, batch: dict[int, list[_Ack]]) -> None:
+        """Note a committed batch: its entries are no longer outstanding."""
+        for partition, entries in batch.items():
+            outstanding = self._outstanding[partition]
+            for ack in entries:
+                outstanding.discard(ack.entry_id)
+                if not ack.future.done():
+                    ack.future.set_result(None)
+            self._acked += len(entries)
 
     async def _commit_acks(self, batch: dict[int, list[_Ack]]) -> None:
         pipe = self._redis.pipeline(transaction=True)
