@@ -1,20 +1,18 @@
 """Configuration: one frozen, keyword-only dataclass, validated on construction.
 
-Read by every stage; it holds no state.
+Stage: none; read by every stage, it holds no state.
 """
 
 from __future__ import annotations
 
-import enum
-import ipaddress
 import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
-from urllib.parse import SplitResult, urlsplit
+from typing import TYPE_CHECKING, Any, Final, Literal
 
+from ._endpoint import Region, RegionName, check_base_url, endpoint_from, region_of
 from ._exceptions import ConfigError
 from ._otel import metrics_api_available
 from ._retry import RetryPolicy
@@ -75,27 +73,9 @@ RedisDurability = Literal["batched", "sync"]
 _TRANSPORTS: Final = ("batch", "v1")
 OnOutcome = Callable[["Outcome"], "Awaitable[Any] | Any"]
 BeforeSend = Callable[["OperationView"], "OperationView | None"]
-_BOOLEANS: Final = {"1": True, "true": True, "yes": True, "0": False, "false": False,
-                    "no": False}
 _OVERFLOWS: Final = ("block", "raise", "drop_newest", "drop_oldest")
 SpoolDurability = Literal["batched", "sync"]
 _SPOOL_DURABILITIES: Final = ("batched", "sync")
-
-
-class RegionName(Protocol):
-    """Anything named after a region, such as the official SDK's ``customerio.Regions.US``."""
-
-    @property
-    def name(self) -> str:
-        """``"us"`` or ``"eu"``, in any case."""
-        ...
-
-
-class Region(enum.Enum):
-    """A Customer.io data centre; its value is the Track API's scheme and host."""
-
-    US = "https://track.customer.io"
-    EU = "https://track-eu.customer.io"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,7 +268,7 @@ class QueueConfig:
         """
         env = os.environ if environ is None else environ
         values = _credentials_from(env, overrides)
-        values.update(_endpoint_from(env, overrides))
+        values.update(endpoint_from(env, overrides))
         values.update(overrides)
         return cls(**values)
 
@@ -305,45 +285,6 @@ def _credentials_from(env: Mapping[str, str], overrides: Mapping[str, Any]) -> d
     return values
 
 
-def _endpoint_from(env: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The region, base URL and http permission the environment gives."""
-    values: dict[str, Any] = {}
-    region = env.get("CUSTOMERIO_REGION", "").strip().lower()
-    if region:
-        if region not in ("us", "eu", "auto"):
-            raise ConfigError(f"CUSTOMERIO_REGION must be 'us', 'eu' or 'auto', not {region!r}")
-        values["region"] = region
-    insecure = env.get("CUSTOMERIO_ALLOW_INSECURE_HTTP", "").strip().lower()
-    if insecure:
-        if insecure not in _BOOLEANS:
-            raise ConfigError("CUSTOMERIO_ALLOW_INSECURE_HTTP must be true or false")
-        values["allow_insecure_http"] = _BOOLEANS[insecure]
-    base_url = "" if "base_url" in overrides else env.get("CUSTOMERIO_BASE_URL", "").strip()
-    if base_url:
-        # Checked here too, so the error names the variable (and never repeats it).
-        allowed = overrides.get("allow_insecure_http", values.get("allow_insecure_http"))
-        _check_base_url(base_url, name="CUSTOMERIO_BASE_URL", allow_insecure_http=allowed is True)
-        values["base_url"] = base_url
-    return values
-
-
-def region_of(value: object) -> Region | Literal["auto"]:
-    """Normalise a region: a Region, "us"/"eu"/"auto", or an object named so.
-
-    The official SDK's ``customerio.Regions.US`` is a namedtuple whose ``name`` is "us".
-    """
-    if isinstance(value, Region):
-        return value
-    name = value if isinstance(value, str) else getattr(value, "name", None)
-    key = name.strip().lower() if isinstance(name, str) else ""
-    if key == "auto":
-        return "auto"
-    if key in ("us", "eu"):
-        return Region[key.upper()]
-    raise ConfigError("region must be Region.US, Region.EU, 'us', 'eu' or 'auto' "
-                      "(the official SDK's customerio.Regions.US and .EU work too)")
-
-
 def _check_credentials(config: QueueConfig) -> None:
     for name in ("site_id", "api_key"):
         value = getattr(config, name)
@@ -358,7 +299,7 @@ def _check_endpoint(config: QueueConfig) -> None:
     if not isinstance(config.allow_insecure_http, bool):
         raise ConfigError("allow_insecure_http must be True or False")
     if config.base_url is not None:
-        _check_base_url(config.base_url, allow_insecure_http=config.allow_insecure_http)
+        check_base_url(config.base_url, allow_insecure_http=config.allow_insecure_http)
     if config.transport not in _TRANSPORTS:
         raise ConfigError(f"transport must be 'batch' or 'v1', got {config.transport!r}")
 
@@ -487,53 +428,6 @@ def _check_fleet_names(config: QueueConfig) -> None:
 _CHECKS: Final[tuple[Callable[[QueueConfig], None], ...]] = (
     _check_credentials, _check_endpoint, _check_sizes, _check_times, _check_policies,
     _check_spool, _check_metrics, _check_fleet)
-
-
-def _split_base_url(url: object, name: str) -> SplitResult:
-    """Parse a base URL that carries no credentials; the messages never repeat it."""
-    if not isinstance(url, str):
-        raise ConfigError(f"{name} must be a string such as 'https://track.customer.io'")
-    if "@" in url:
-        raise ConfigError(f"{name} must not contain credentials or '@'; pass the Track API "
-                          "key as api_key and the Site ID as site_id")
-    # urlsplit silently drops tabs and newlines, so the URL checked would not be the URL used.
-    if not url.isprintable() or " " in url:
-        raise ConfigError(f"{name} must not contain spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError(f"{name} has an invalid host or port; it must look like "
-                          "'https://host[:port]'") from None
-    return parts
-
-
-def _check_base_url(url: object, *, allow_insecure_http: bool, name: str = "base_url") -> None:
-    """Refuse a base URL that is more than scheme://host[:port], or would leak the key.
-
-    Whatever is wrong with the URL may hold a secret (a password, a key in the query), so
-    no message repeats it; plain http is allowed only to loopback unless opted in.
-    """
-    parts = _split_base_url(url, name)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name} must look like 'https://host[:port]'")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"{name} takes only scheme, host and port; the library appends "
-                          "/api/v1/... itself")
-    if parts.scheme == "http" and not (allow_insecure_http or _is_loopback(parts.hostname)):
-        raise ConfigError(f"{name} uses plain http to {parts.hostname}, which would send the "
-                          "API key unencrypted; use https, or set allow_insecure_http=True "
-                          "if a trusted network or proxy protects the connection")
-
-
-def _is_loopback(host: str) -> bool:
-    """Tell whether a host is this machine: localhost, 127.0.0.0/8 or ::1."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _positive_int(name: str, value: object) -> None:

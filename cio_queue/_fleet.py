@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from ._config import QueueConfig
-from ._deadletter import dumps_record, entry_record
+from ._deadrecord import dumps_record, entry_record
 from ._exceptions import CioQueueError, ConfigError, DeliveryError
 from ._ledger import Entry, Ledger, Verdict
 from ._log import log

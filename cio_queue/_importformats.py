@@ -38,7 +38,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
-from ._deadletter import FORMAT, operation_from_record
+from ._deadrecord import FORMAT, operation_from_record
 from ._operations import Operation
 from ._ulid import ulid_of
 

@@ -21,7 +21,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._config import QueueConfig
-from ._deadletter import dumps_record, record_again
+from ._deadrecord import dumps_record, record_again
 from ._log import log
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
 from ._queue import EventQueue

@@ -56,9 +56,9 @@ from ._deadletter import (
     fsync_directory,
     locked,
     open_new,
-    operation_from_record,
     resolved,
 )
+from ._deadrecord import operation_from_record
 from ._exceptions import ReplayInProgressError
 from ._log import log
 from ._operations import Operation

@@ -18,7 +18,7 @@ import time
 from typing import Any, Final
 
 from ._config import DEFAULT_REDIS_GROUP, DEFAULT_REDIS_LEASE, DEFAULT_REDIS_PARTITIONS, QueueConfig
-from ._deadletter import operation_from_record, record_again
+from ._deadrecord import operation_from_record, record_again
 from ._fleet import dead_letter_key
 from ._log import log
 from ._outcome import OutcomeStatus, Receipt, Statistics

@@ -32,7 +32,7 @@ from cio_queue import EventQueue, QueueConfig, RetryPolicy
 from cio_queue import _operations as ops
 from cio_queue._checkpoint import CHUNK_LINES
 from cio_queue._cli import main
-from cio_queue._deadletter import record_for
+from cio_queue._deadrecord import record_for
 from cio_queue._import import CHUNKS_IN_FLIGHT, ImportProgress, import_file
 from cio_queue._importcli import PlainLines, progress_line
 from cio_queue._importfiles import MAX_RECORD_BYTES, ImportFileError, Totals

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from cio_queue import _operations
-from cio_queue._deadletter import dumps_record, operation_from_record, record_for
+from cio_queue._deadrecord import dumps_record, operation_from_record, record_for
 from cio_queue._redis import DeadLetterStream, RedisUnavailableError, connect
 from tests.redis_support import RedisServer
 

@@ -771,8 +771,10 @@ def append_bytes(path: Path, data: bytes) -> None:
 @pytest.mark.anyio
 async def test_operations_given_in_their_v2_form_replay_from_the_dead_letter_file(
         tmp_path: Path) -> None:
-    """An operation known only by its v2 element (``batch()``, or back from a spool or a
-    fleet's stream) is recorded as such, and replay sends that element again."""
+    """An operation known only by its v2 element is recorded so that replay can send it.
+
+    Such are ``batch()``'s operations, and those back from a spool or a fleet's stream.
+    """
     path = tmp_path / "dead.jsonl"
     refused = True
 

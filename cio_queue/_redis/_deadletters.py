@@ -2,7 +2,7 @@
 
 Stage: the recorder, beside ``_deadletter.DeadLetterWriter``. Each entry has one field,
 ``record``: the record as one line of compact JSON, exactly as the file holds it
-(``_deadletter.dumps_record``, format ``cio-queue/dead-letter/1``), so replay reads a
+(``_deadrecord.dumps_record``, format ``cio-queue/dead-letter/1``), so replay reads a
 stream and a file alike. The stream is never trimmed here: a dead letter leaves it only
 through :meth:`DeadLetterStream.remove`, once replayed.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from redis.exceptions import RedisError
 
-from .._deadletter import FORMAT, dumps_record
+from .._deadrecord import FORMAT, dumps_record
 from ._errors import RedisUnavailableError
 from ._streams import check_client, text
 
