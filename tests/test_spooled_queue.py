@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,28 @@ async def test_an_outage_longer_than_the_retry_policy_loses_nothing(tmp_path: Pa
     assert {outcome.status for outcome in outcomes} == {OutcomeStatus.DELIVERED}
     assert ids == {receipt.event_id for receipt in receipts}
     assert (stats.delivered, stats.failed, stats.spooled, stats.pending) == (30, 0, 0, 0)
+
+
+@pytest.mark.parametrize("transport", ["batch", "v1"])
+async def test_a_persons_changes_keep_their_order_when_retries_run_out_in_an_outage(
+        tmp_path: Path, transport: str) -> None:
+    """A state change that runs out of retries tries again where it is, holding its line.
+
+    Put back in the spool behind the rest, it would come back after a newer change of the
+    same person, which would then be overwritten with the older value.
+    """
+    sender = RecordingSender()
+    sender.script.extend([503, 503])  # the first identify runs out of its two attempts
+    retry = RetryPolicy(attempts=2, wait_initial=0.05, wait_max=0.05, wait_jitter=0, timeout=30)
+    cfg = config(tmp_path / "spool", transport=transport, batch_size=1, retry=retry)
+    async with EventQueue(cfg, sender=sender) as queue:
+        first = await queue.identify("42", plan="old")
+        with anyio.fail_after(20):
+            await sender.wait_for(1)
+        second = await queue.identify("42", plan="new")
+        with anyio.fail_after(20):
+            outcomes = [await first.wait(), await second.wait()]
+    assert [o.status for o in outcomes] == [OutcomeStatus.DELIVERED] * 2
+    plans = [json.loads(r.body)["batch"][0]["attributes"]["plan"] if transport == "batch"
+             else json.loads(r.body)["plan"] for r in sender.requests]
+    assert plans == ["old", "old", "old", "new"]
