@@ -188,7 +188,7 @@ async def test_a_full_spool_applies_the_overflow_policy(tmp_path: Path, overflow
     cfg = config(tmp_path / "spool", max_spool_bytes=32_768, overflow=overflow)
     async with EventQueue(cfg, sender=sender) as queue:
         accepted = []
-        refused = None
+        refused: QueueFullError | Receipt | None = None
         for i in range(1000):
             try:
                 receipt = await queue.track(f"c{i:03}", "ev", {"pad": "x" * 100})
