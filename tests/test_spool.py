@@ -30,7 +30,8 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from cio_queue import SpoolError
-from cio_queue._spool import ROW_OVERHEAD, SpoolStore, _SpoolFile
+from cio_queue._spool import ROW_OVERHEAD, SpoolStore
+from cio_queue._spoolfile import SpoolFile
 
 pytestmark = pytest.mark.anyio
 
@@ -464,7 +465,7 @@ async def test_a_crashed_thread_fails_what_waits_and_refuses_more(
     def broken(*args: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(_SpoolFile, "commit", broken)
+    monkeypatch.setattr(SpoolFile, "commit", broken)
     _, durable = store.add(b"lost")
     assert durable is not None
     with anyio.fail_after(5), pytest.raises(SpoolError, match="thread stopped"):
