@@ -1,4 +1,7 @@
-"""What the fake server records: each request it saw and each operation it accepted."""
+"""What the fake server records: each request it saw and each operation it accepted.
+
+Stage: outside the pipeline; the testing kit's fake Track API.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """`FakeTrackAPI`: the aiohttp server, its lifecycle, and what it records.
 
+Stage: outside the pipeline; the testing kit's fake Track API.
+
 Each request is handled in one pass: its fault is decided on arrival (a real outage does not
 look at the request), then it is routed, authorised and validated (`_rules`, with
 `_validation`) and, if valid, recorded as accepted.

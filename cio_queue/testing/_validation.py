@@ -1,5 +1,7 @@
 """Validate requests the way the Customer.io Track API documents it (v1 and v2).
 
+Stage: outside the pipeline; the testing kit's fake Track API.
+
 Every check raises `ValidationError` on the first problem it finds, naming the field, a v2
 reason code and a message; the server turns that into the matching error answer.
 `validate_request` runs the same rules on a whole request and lists the problems instead.
