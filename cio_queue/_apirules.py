@@ -1,9 +1,17 @@
 """The Track API's documented rules for a v2 operation, and the limits they share with v1.
 
-Pure checks (no I/O, no aiohttp), so that the library can use them without importing its
-fake Track API (``cio_queue.testing``), which answers with them. Every check raises
+Pure checks (no I/O, no aiohttp), shared by the library and its fake Track API
+(``cio_queue.testing``), which answers with them: ``EventQueue.batch`` refuses at the
+call site what they refuse (:func:`check_v2_call`), so that an operation given in its v2
+form never fails later in a batch for a reason the API documents. Every check raises
 :class:`ValidationError` on the first problem it finds, naming the field, a v2 reason
 code and a message. Sources: ``track-api.md`` §4 (operation shapes) and §5 (limits).
+
+Where the documentation is unsure, the rules take what the API may take: a delivery
+event's ``name`` is any non-empty string (the spec lists opened, converted and
+delivered) and its ``attributes.device_token`` is not required; an object may carry an
+``event`` (one rendering of the docs shows it, the spec does not); fields the API does
+not document are left alone.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ import json
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final, TypeGuard
+
+from ._exceptions import InvalidEventError
 
 MAX_ID_BYTES: Final = 150
 MAX_ATTRIBUTE_NAME_BYTES: Final = 150
@@ -26,6 +36,9 @@ EVENT_TYPES: Final = frozenset({"event", "page", "screen"})
 PLATFORMS: Final = frozenset({"ios", "android"})
 MERGE_ID_TYPES: Final = frozenset({"id", "email", "cio_id"})
 _PERSON_ID_TYPES: Final = frozenset({"id", "email", "cio_id", "phone"})
+# An object is named by its type and id, or by the id Customer.io gave it.
+_OBJECT_ID_FORMS: Final = (frozenset({"object_type_id", "object_id"}),
+                           frozenset({"cio_object_id"}))
 # Reserved attributes whose values are structured by design: exempt from the 1000-byte value
 # limit, bounded instead by the 100 KB object/relationship size limit.
 _STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
@@ -174,7 +187,7 @@ def check_single_key(
         check_identifier(ident, f"{field}.id")
 
 
-# -- person operations (the fake's rules) ----------------------------------------------------
+# -- v2 operations ---------------------------------------------------------------------------
 
 
 def check_op(op: Any) -> None:
@@ -185,18 +198,34 @@ def check_op(op: Any) -> None:
 
 
 def validate_v2_op(op: Any) -> None:
-    """Validate one v2 op (person type only); raise `ValidationError` on the first problem."""
+    """Validate one v2 op (any type); raise `ValidationError` on the first problem."""
     if not isinstance(op, dict):
         raise ValidationError("", "operation must be a JSON object", "invalid_json")
-    if op.get("type") != "person":
-        message = f"unsupported type {op.get('type')!r}; only 'person' is supported"
-        raise ValidationError("type", message)
+    kind = op.get("type")
+    if not isinstance(kind, str) or kind not in _V2_CHECKS:
+        raise ValidationError("type", f"type must be one of {sorted(_V2_CHECKS)}")
+    identify, actions = _V2_CHECKS[kind]
     action = op.get("action")
-    if not one_of(action, _V2_ACTIONS):
-        raise ValidationError("action", f"unknown or missing action {action!r}", "required")
-    if action != "merge":
-        check_single_key(op.get("identifiers"), "identifiers", _PERSON_ID_TYPES)
-    _V2_ACTION_CHECKS[action](op)
+    if not isinstance(action, str) or action not in actions:
+        message = f"action must be one of {sorted(actions)} for a {kind}"
+        raise ValidationError("action", message, "required")
+    if kind != "person" or action != "merge":
+        identify(op.get("identifiers"))
+    actions[action](op)
+
+
+def check_v2_call(element: Mapping[str, Any], field: str) -> None:
+    """Check a v2 element given to ``EventQueue.batch`` as the API would (but its size).
+
+    Raises:
+        InvalidEventError: naming ``field`` and the element's field at fault, e.g.
+            ``operations[1].timestamp``.
+    """
+    try:
+        validate_v2_op(element)
+    except ValidationError as problem:
+        path = f"{field}.{problem.field}" if problem.field else field
+        raise InvalidEventError(path, problem.message.removeprefix(f"{problem.field} ")) from None
 
 
 def _check_v2_merge(op: dict[str, Any]) -> None:
@@ -245,12 +274,60 @@ def _no_fields(op: dict[str, Any]) -> None:
     """Accept an action that needs nothing beyond its identifiers."""
 
 
+def _check_person_identifiers(identifiers: Any) -> None:
+    """Require exactly one of a person's identifiers: id, email, cio_id or phone."""
+    check_single_key(identifiers, "identifiers", _PERSON_ID_TYPES)
+
+
+def _check_object_identifiers(identifiers: Any) -> None:
+    """Require an object's type and id (at most 150 bytes), or its cio_object_id."""
+    if not isinstance(identifiers, dict) or frozenset(identifiers) not in _OBJECT_ID_FORMS:
+        message = ("identifiers must be an object with object_type_id and object_id, or "
+                   "with cio_object_id")
+        raise ValidationError("identifiers", message, "required")
+    for key, ident in identifiers.items():
+        if not isinstance(ident, str) or not ident:
+            message = f"identifiers.{key} must be a non-empty string"
+            raise ValidationError(f"identifiers.{key}", message, "required")
+    if "object_id" in identifiers:
+        check_identifier(identifiers["object_id"], "identifiers.object_id")
+
+
+def _check_delivery_identifiers(identifiers: Any) -> None:
+    """Require a delivery's id (no length is documented)."""
+    if not isinstance(identifiers, dict) or list(identifiers) != ["id"]:
+        raise ValidationError("identifiers", "identifiers must be an object with exactly one "
+                                             "key, id (the delivery id)", "required")
+    if not isinstance(identifiers["id"], str) or not identifiers["id"]:
+        message = "identifiers.id must be a non-empty string"
+        raise ValidationError("identifiers.id", message, "required")
+
+
+def _check_object_identify(op: dict[str, Any]) -> None:
+    """Check an object's identify or identify_anonymous.
+
+    Its optional attributes within the limits, its cio_relationships a list and its
+    anonymous_id a string, if given.
+    """
+    if op.get("attributes") is not None:
+        check_attributes(op["attributes"], "attributes")
+    message = "cio_relationships must be a list"
+    check_optional(op.get("cio_relationships"), _is_list, "cio_relationships", message)
+    check_optional(op.get("anonymous_id"), is_str, "anonymous_id", "anonymous_id must be a string")
+
+
+def _is_list(value: Any) -> bool:
+    """Tell whether a JSON value is an array."""
+    return isinstance(value, list)
+
+
+_V2_EVENT: Final = partial(check_event, data_key="attributes")
 _V2_ACTION_CHECKS: Final[Mapping[str, Callable[[dict[str, Any]], None]]] = {
     "identify": _check_v2_identify,
     "delete": _no_fields,
-    "event": partial(check_event, data_key="attributes"),
-    "page": partial(check_event, data_key="attributes"),
-    "screen": partial(check_event, data_key="attributes"),
+    "event": _V2_EVENT,
+    "page": _V2_EVENT,
+    "screen": _V2_EVENT,
     "add_device": partial(_check_v2_device, full=True),
     "delete_device": partial(_check_v2_device, full=False),
     "merge": _check_v2_merge,
@@ -259,4 +336,18 @@ _V2_ACTION_CHECKS: Final[Mapping[str, Callable[[dict[str, Any]], None]]] = {
     "add_relationships": _check_v2_relationships,
     "delete_relationships": _check_v2_relationships,
 }
-_V2_ACTIONS: Final = frozenset(_V2_ACTION_CHECKS)
+_OBJECT_ACTION_CHECKS: Final[Mapping[str, Callable[[dict[str, Any]], None]]] = {
+    "identify": _check_object_identify,
+    "identify_anonymous": _check_object_identify,
+    "delete": _no_fields,
+    "add_relationships": _check_v2_relationships,
+    "delete_relationships": _check_v2_relationships,
+    "event": _V2_EVENT,
+}
+# Per type: the check of its identifiers, and of each action's fields.
+_V2_CHECKS: Final[Mapping[str, tuple[Callable[[Any], None],
+                                     Mapping[str, Callable[[dict[str, Any]], None]]]]] = {
+    "person": (_check_person_identifiers, _V2_ACTION_CHECKS),
+    "object": (_check_object_identifiers, _OBJECT_ACTION_CHECKS),
+    "delivery": (_check_delivery_identifiers, {"event": _V2_EVENT}),
+}
