@@ -342,8 +342,8 @@ def raw_v2(operation: object, field: str) -> Operation:
 
     The element is sanitised like event data (datetimes become unix seconds, NaN null),
     then checked as the Track API documents v2 operations (``_apirules``); an event
-    without an ``id`` gets a ULID, as every other event does. The 32 KB limit is checked
-    when it is sealed.
+    without an ``id`` gets a ULID, as every other event does. It is sealed here, so that
+    ``batch()`` checks the 32 KB limit of every element before it queues any.
     """
     element = clean_mapping(operation, field)
     check_v2_call(element, field)
@@ -354,7 +354,12 @@ def raw_v2(operation: object, field: str) -> Operation:
             raise InvalidEventError(f"{field}.id", "must be a non-blank str (a ULID is best)")
     identifiers = element.get("identifiers")
     person = next(iter(identifiers.values()), None) if isinstance(identifiers, dict) else None
-    return Operation(RAW_KIND, "POST", "", element, customer_id=person, event_id=event_id)
+    op = Operation(RAW_KIND, "POST", "", element, customer_id=person, event_id=event_id)
+    op.v2 = orjson.dumps(element)
+    if len(op.v2) > MAX_V2_OPERATION_BYTES:
+        raise InvalidEventError(field, f"is {len(op.v2)} bytes as a v2 batch operation; the "
+                                       f"limit is {MAX_V2_OPERATION_BYTES}")
+    return op
 
 
 # --- builders, one per EventQueue method -------------------------------------------

@@ -149,6 +149,19 @@ def test_sync_event_queue_batch_refuses_an_invalid_element_naming_its_field(
         assert queue.statistics().enqueued == 0
 
 
+@pytest.mark.anyio
+async def test_an_element_over_32_kb_is_refused_naming_it_before_any_is_queued() -> None:
+    """The size limit, too, is checked for every element before the first is queued."""
+    sender = RecordingSender()
+    big = person("event", name="big", attributes={"d": "x" * (32 * 1024)})
+    async with EventQueue(config(), sender=sender) as queue:
+        with pytest.raises(InvalidEventError, match=r"^operations\[1\]: is \d+ bytes") as info:
+            await queue.batch([FIRST, big])
+        assert info.value.field == "operations[1]"
+        assert queue.statistics().enqueued == 0
+    assert sender.requests == []
+
+
 EVENT_ACTIONS = ("event", "page", "screen")
 VALID: list[dict[str, Any]] = [
     person("identify", attributes={"plan": "pro", "_update": True,
