@@ -218,7 +218,8 @@ class SyncEventQueue:
         """Enqueue operations in their v2 form, like ``EventQueue.batch`` (no await).
 
         Raises:
-            InvalidEventError: not a list of dicts, or one lacks its type or action.
+            InvalidEventError: not a list of dicts, or one the API would refuse, naming it
+                and its field (``operations[1].timestamp``); nothing is queued.
         """
         receipts = _drive(EventQueue.batch(_Intake(self), operations))
         return [receipt for receipt in receipts if isinstance(receipt, SyncReceipt)]

@@ -308,7 +308,7 @@ class FakeTrackAPI:
                                f"{timeout:g} s, not {n}") from None
 
     def accepted_events(self) -> list[dict[str, Any]]:
-        """List the accepted events (v1 track/page/anonymous, v2 event/page/screen), in order.
+        """List accepted events (v1 track/page/anonymous, v2 person event/page/screen) in order.
 
         Each item has the keys ``api``, ``customer`` (the person identifier value, None for
         anonymous events), ``type``, ``name``, ``data``, ``id`` and ``timestamp``.
