@@ -17,7 +17,7 @@ import pytest
 
 from cio_queue import ConfigError, EventQueue, OutcomeStatus, QueueConfig, RetryPolicy, Statistics
 from cio_queue._redis import DeadLetterStream, connect, status
-from cio_queue.testing import Fault, FakeTrackAPI, FaultRates
+from cio_queue.testing import FakeTrackAPI, Fault, FaultRates
 from tests.redis_support import RedisServer, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +65,7 @@ async def test_a_fleet_member_hands_off_and_delivers_each_operation_once(
         stats = cio.statistics()
     assert {o.status for o in outcomes} == {OutcomeStatus.STREAMED}
     assert {o.reason for o in outcomes} == {"handed_off"}
-    assert sorted(event_ids(fake)) == sorted(r.event_id for r in receipts)
+    assert sorted(event_ids(fake)) == sorted(str(r.event_id) for r in receipts)
     assert (stats.enqueued, stats.streamed, stats.taken, stats.delivered) == (500, 500, 500, 500)
     assert stats.pending == 0
     assert balanced(stats)
@@ -161,7 +161,7 @@ async def test_operations_in_hand_at_shutdown_stay_in_the_stream_for_the_next_me
         async with EventQueue(fleet_config(fake, redis_server)) as second:
             await bounded(fake.wait_for_operations(50))
         assert second.statistics().delivered == 50
-    assert sorted(event_ids(fake)) == sorted(r.event_id for r in receipts)
+    assert sorted(event_ids(fake)) == sorted(str(r.event_id) for r in receipts)
 
 
 async def test_a_429_seen_by_one_member_pauses_every_member(redis_server: RedisServer) -> None:
@@ -226,12 +226,11 @@ async def test_a_redis_outage_at_start_is_caught_up_later(tmp_path: Any) -> None
 
     server = RedisServer(find_redis_server(), tmp_path)  # not started yet
     try:
-        async with FakeTrackAPI() as fake:
-            async with EventQueue(fleet_config(fake, server)) as cio:
-                receipts = [await cio.track("u", "e", {"i": i}) for i in range(20)]
-                assert cio.statistics().pending == 20
-                await anyio.to_thread.run_sync(server.start)
-                await bounded(fake.wait_for_operations(20))
+        async with FakeTrackAPI() as fake, EventQueue(fleet_config(fake, server)) as cio:
+            receipts = [await cio.track("u", "e", {"i": i}) for i in range(20)]
+            assert cio.statistics().pending == 20
+            await anyio.to_thread.run_sync(server.start)
+            await bounded(fake.wait_for_operations(20))
     finally:
         server.stop(kill=True)
     assert {r.outcome.status for r in receipts if r.outcome} == {OutcomeStatus.STREAMED}
