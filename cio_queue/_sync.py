@@ -54,7 +54,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._before_send import apply_before_send
 from ._config import OnOutcome, QueueConfig
-from ._exceptions import QueueClosedError, QueueUsageError
+from ._exceptions import ConfigError, QueueClosedError, QueueUsageError
 from ._operations import Operation
 from ._outcome import Receipt, Statistics
 from ._queue import EventQueue
@@ -163,7 +163,17 @@ class SyncEventQueue:
             sender: the I/O layer; defaults to an aiohttp HttpSender for ``config``. A
                 sender passed here is used from the queue's thread (and, after a fork, by
                 the child's).
+
+        Raises:
+            ConfigError: ``spool_durability="sync"`` or ``redis_durability="sync"``: the
+                calls return before anything is durable; use an EventQueue for that.
         """
+        for option in ("spool_durability", "redis_durability"):
+            if getattr(config, option) == "sync":
+                raise ConfigError(
+                    f"SyncEventQueue does not support {option}='sync': its calls return "
+                    "before the queue thread has written anything; use 'batched', or an "
+                    "EventQueue, whose awaited calls return once the write is durable")
         self._config = config
         self._on_outcome = on_outcome if on_outcome is not None else config.on_outcome
         self._sender = sender

@@ -25,6 +25,7 @@ import pytest
 
 from cio_queue import (
     AccountRegion,
+    ConfigError,
     EventQueue,
     InvalidEventError,
     Outcome,
@@ -139,6 +140,22 @@ def test_the_methods_take_exactly_event_queue_arguments() -> None:
         theirs = inspect.signature(getattr(EventQueue, name))
         assert ours.parameters == theirs.parameters, name
         assert ours.return_annotation == "SyncReceipt", name
+
+
+@pytest.mark.parametrize("option", [{"spool_durability": "sync"},
+                                    {"redis_durability": "sync"}])
+def test_a_durability_the_calls_cannot_wait_for_is_refused_at_construction(
+        option: dict[str, str], tmp_path: Path) -> None:
+    """Sync durability needs the call to wait for the write: a ConfigError, not a surprise."""
+    extra = ({"spool_path": str(tmp_path)} if "spool_durability" in option
+             else {"redis_url": "redis://127.0.0.1:6379/0"})
+    config = QueueConfig(site_id="site", api_key="key", base_url="http://127.0.0.1:9",
+                         **extra, **option)
+    with pytest.raises(ConfigError, match=f"{next(iter(option))}='sync'.*EventQueue"):
+        SyncEventQueue(config)
+    batched = QueueConfig(site_id="site", api_key="key", base_url="http://127.0.0.1:9",
+                          spool_path=str(tmp_path))
+    SyncEventQueue(batched).close()
 
 
 def test_async_code_can_await_a_sync_receipt(fake: ThreadedFake) -> None:
