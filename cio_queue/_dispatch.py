@@ -35,7 +35,7 @@ from ._courier import Closing, Courier, Done, Parcel, Retry, Split, Step, Strand
 from ._exceptions import RateLimitedError, UnauthorizedError
 from ._ledger import Entry, Ledger, State, Verdict, may_succeed_later
 from ._log import log
-from ._operations import order_keys
+from ._ordering import order_keys
 from ._outcome import OutcomeStatus
 from ._packing import pack
 from ._telemetry import Telemetry

@@ -29,7 +29,8 @@ from ._deadrecord import dumps_record, entry_record
 from ._exceptions import CioQueueError, ConfigError, DeliveryError
 from ._ledger import Entry, Ledger, Verdict
 from ._log import log
-from ._operations import Operation, order_keys, person_identifiers
+from ._operations import Operation, person_identifiers
+from ._ordering import order_keys
 from ._outcome import OutcomeStatus, Receipt
 from ._redis import (
     Consumer,

@@ -26,17 +26,16 @@ from ._exceptions import InvalidEventError
 from ._ulid import new_ulid
 from ._validation import (
     MAX_EVENT_DATA_BYTES,
-    MAX_TIMESTAMP,
     MAX_V2_OPERATION_BYTES,
     check_attributes,
     check_choice,
+    check_device_fields,
     check_event_id,
     check_event_name,
     check_id,
     check_path_id,
     check_timestamp,
     clean_mapping,
-    describe,
 )
 
 __all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "Timestamp", "new_ulid",
@@ -202,41 +201,6 @@ def person_identifiers(customer_id: object) -> dict[str, str]:
     if "@" in text and _EMAIL.fullmatch(text):
         return {"email": text}
     return {"id": text}
-
-
-ORDERED_KINDS: Final = frozenset({"identify", "delete", "suppress", "unsuppress",
-                                  "add_device", "delete_device", "merge_customers"})
-"""Operations that overwrite a person's state, so their order matters."""
-
-
-def order_keys(op: Operation) -> tuple[tuple[str, str], ...]:
-    """The people an operation that overwrites state is about, as (identifier type, value).
-
-    Empty for events, which carry their own time and are not ordered. A merge names two.
-    """
-    if op.kind == RAW_KIND:
-        return _raw_order_keys(op.payload)
-    if op.kind not in ORDERED_KINDS:
-        return ()
-    if op.kind == "merge_customers":
-        return tuple(dict.fromkeys((kind, str(value)) for side in ("primary", "secondary")
-                                   for kind, value in op.payload[side].items()))
-    ((kind, value),) = person_identifiers(op.customer_id).items()
-    return ((kind, value),)
-
-
-_RAW_ORDERED_ACTIONS: Final = frozenset({
-    "identify", "delete", "suppress", "unsuppress", "add_device", "delete_device", "merge",
-    "add_relationships", "delete_relationships"})
-
-
-def _raw_order_keys(element: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The people a v2 person operation that overwrites state is about."""
-    if element.get("type") != "person" or element.get("action") not in _RAW_ORDERED_ACTIONS:
-        return ()
-    sides = [element.get(name) for name in ("identifiers", "primary", "secondary")]
-    return tuple(dict.fromkeys((str(kind), str(value)) for side in sides
-                               if isinstance(side, dict) for kind, value in side.items()))
 
 
 def _person(op: Operation, action: str) -> dict[str, Any]:
@@ -452,26 +416,10 @@ def add_device(customer_id: object, device_id: object, platform: object,
     check_path_id(device_id, "device_id", allow_int=False)
     check_choice(platform, PLATFORMS, "platform")
     device = clean_mapping(data, "data")
-    _check_device_fields(device)
+    check_device_fields(device)
     device.update({"id": device_id, "platform": platform})
     return Operation("add_device", "PUT", None, {"device": device}, customer_id=customer_id,
                      suffix="/devices")
-
-
-def _check_device_fields(device: dict[str, Any]) -> None:
-    """Refuse device fields that have no v2 form, so both transports take the same input.
-
-    ``attributes`` must be a mapping (it becomes the v2 ``attributes``) and ``last_used``
-    unix seconds as an int or a datetime.
-    """
-    attributes = device.get("attributes")
-    if attributes is not None and not isinstance(attributes, dict):
-        raise InvalidEventError("data.attributes", f"must be a dict, not {describe(attributes)}")
-    last_used = device.get("last_used")
-    if last_used is not None and (type(last_used) is not int
-                                  or not 0 <= last_used <= MAX_TIMESTAMP):
-        raise InvalidEventError("data.last_used", "must be unix seconds as an int, or a "
-                                                  f"datetime, not {describe(last_used)}")
 
 
 def delete_device(customer_id: object, device_id: object) -> Operation:

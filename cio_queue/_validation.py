@@ -35,6 +35,7 @@ __all__ = [
     "STRUCTURED_ATTRIBUTES",
     "check_attributes",
     "check_choice",
+    "check_device_fields",
     "check_event_id",
     "check_event_name",
     "check_id",
@@ -388,3 +389,19 @@ def check_event_id(value: object) -> str:
         raise InvalidEventError("id", "must be a non-blank str (a ULID is best) or None")
     utf8_len(value, "id")
     return value
+
+
+def check_device_fields(device: dict[str, Any]) -> None:
+    """Refuse device fields that have no v2 form, so both transports take the same input.
+
+    ``attributes`` must be a mapping (it becomes the v2 ``attributes``) and ``last_used``
+    unix seconds as an int or a datetime.
+    """
+    attributes = device.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise InvalidEventError("data.attributes", f"must be a dict, not {describe(attributes)}")
+    last_used = device.get("last_used")
+    if last_used is not None and (type(last_used) is not int
+                                  or not 0 <= last_used <= MAX_TIMESTAMP):
+        raise InvalidEventError("data.last_used", "must be unix seconds as an int, or a "
+                                                  f"datetime, not {describe(last_used)}")

@@ -145,9 +145,9 @@ def test_the_methods_take_exactly_event_queue_arguments() -> None:
 @pytest.mark.parametrize("option", [{"spool_durability": "sync"},
                                     {"redis_durability": "sync"}])
 def test_a_durability_the_calls_cannot_wait_for_is_refused_at_construction(
-        option: dict[str, str], tmp_path: Path) -> None:
+        option: dict[str, Any], tmp_path: Path) -> None:
     """Sync durability needs the call to wait for the write: a ConfigError, not a surprise."""
-    extra = ({"spool_path": str(tmp_path)} if "spool_durability" in option
+    extra: dict[str, Any] = ({"spool_path": str(tmp_path)} if "spool_durability" in option
              else {"redis_url": "redis://127.0.0.1:6379/0"})
     config = QueueConfig(site_id="site", api_key="key", base_url="http://127.0.0.1:9",
                          **extra, **option)
