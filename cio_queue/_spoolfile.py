@@ -147,6 +147,11 @@ class SpoolFile:
         """Close the database and release the lock; delete the file if no row is left."""
         try:
             (left,) = self._db.execute("SELECT count(*) FROM spool").fetchone()
+            if left:
+                # A file left for the next start keeps its rows, not its peak: trim() gives
+                # pages back in steps while running, and may leave fewer than a step.
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.executescript("PRAGMA incremental_vacuum;")
             self._db.close()  # checkpoints and deletes the -wal file
             if not left:
                 _remove_files(self.path)

@@ -174,7 +174,7 @@ async def test_removed_rows_are_deleted_from_the_file(tmp_path: Path) -> None:
 
 
 async def test_the_file_shrinks_once_a_backlog_is_removed(tmp_path: Path) -> None:
-    """Removing most rows gives their pages back: the file does not keep its peak size."""
+    """Removing most rows gives their pages back: the file left behind keeps its rows only."""
     store = await SpoolStore.open(tmp_path, durability="sync")
     added = [store.add(b"x" * 2_000) for _ in range(2_000)]
     for _, durable in added:
