@@ -13,8 +13,10 @@ import errno
 import logging
 import os
 import random
+import shutil
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -234,15 +236,40 @@ async def test_a_path_below_a_file_is_refused_at_open(tmp_path: Path) -> None:
         await SpoolStore.open(blocker)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to a read-only directory")
+NOBODY: Final = 65534
+"""The uid a test run as root takes on to meet a directory it cannot write."""
+
+
 async def test_a_read_only_directory_is_refused_at_open(tmp_path: Path) -> None:
-    """A directory the process cannot write raises SpoolError at open."""
-    os.chmod(tmp_path, 0o500)
+    """A directory the process cannot write raises SpoolError at open.
+
+    Root writes anywhere, so as root (CI) the test drops its effective uid to nobody's for
+    the open (every thread's, as Linux applies it process-wide) and takes it back after.
+    """
+    if os.geteuid() != 0:
+        os.chmod(tmp_path, 0o500)
+        try:
+            with pytest.raises(SpoolError, match="Permission denied"):
+                await SpoolStore.open(tmp_path)
+        finally:
+            os.chmod(tmp_path, 0o700)
+        return
+    # pytest's own temporary directories are root's alone (0700): nobody could not even
+    # look into them, which is another error than the one meant here.
+    parent = Path(tempfile.mkdtemp())
     try:
-        with pytest.raises(SpoolError, match="Permission denied"):
-            await SpoolStore.open(tmp_path)
+        os.chmod(parent, 0o755)
+        read_only = parent / "spool"
+        os.mkdir(read_only, mode=0o555)
+        os.seteuid(NOBODY)
+        try:
+            with pytest.raises(SpoolError, match="Permission denied"):
+                await SpoolStore.open(read_only)
+        finally:
+            os.seteuid(0)
+        assert os.listdir(read_only) == []
     finally:
-        os.chmod(tmp_path, 0o700)
+        shutil.rmtree(parent)
 
 
 async def test_a_full_disk_at_open_is_a_clear_spool_error(
