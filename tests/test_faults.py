@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import bisect
 import json
+import logging
 import os
 import time
 from collections import Counter, defaultdict
@@ -664,3 +665,38 @@ async def test_on_a_healthy_server_every_operation_is_delivered_exactly_once(
     assert {key: len(copies) for key, copies in accepted.items()} == dict.fromkeys(receipts, 1)
     assert events == Counter(r.event_id for r in receipts.values() if r.event_id is not None)
     assert sum(events.values()) == sum(1 for key in receipts if key[0] in "cv")
+
+
+# --- 9. the log agrees with the statistics ---------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_batch_log_lines_add_up_to_the_statistics(
+        transport: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Summed over the per-batch lines, each count is statistics()'s, under faults."""
+    rates = FaultRates(server_error=0.2, rate_limited=0.1, retry_after=0.0)
+    async with poison_fake(faults=rates, seed=9) as fake:
+        cfg = config(fake.url, transport=transport, batch_size=25, max_concurrency=4,
+                     rate_limited_pause=0.01,
+                     retry=RetryPolicy(attempts=2, timeout=60, wait_initial=0.005,
+                                       wait_max=0.01, wait_jitter=0.0, retry_after_max=0.01))
+        with caplog.at_level(logging.DEBUG, logger="cio_queue"), anyio.fail_after(60):
+            async with EventQueue(cfg) as queue:
+                for i in range(400):
+                    name = f"poison-{i}" if i % 50 == 7 else f"ev-{i}"
+                    await queue.track(f"c{i}", name, {"n": i})
+                await queue.flush()
+            stats = queue.statistics()
+    lines = [r for r in caplog.records
+             if getattr(r, "cio_event", None) in ("cio_queue.batch_sent",
+                                                  "cio_queue.batch_failed")]
+    summed = Counter[str]()
+    for record in lines:
+        for name in ("operations", "requests", "delivered", "rejected", "failed", "held"):
+            summed[name] += getattr(record, name)
+    assert min(stats.failed, stats.rejected, stats.retries) > 0  # the faults happened
+    assert (summed["delivered"], summed["rejected"], summed["failed"]) == (
+        stats.delivered, stats.rejected, stats.failed)
+    assert summed["requests"] == stats.requests == len(fake.log)
+    assert summed["operations"] - summed["held"] == stats.enqueued == 400
+    assert len(lines) == stats.batches
