@@ -20,27 +20,38 @@ CHILD_LIFETIME: Final = 60.0
 """Seconds after which a child gives up waiting for the parent and exits."""
 
 
-def pace(url: str, name: str, rate: float, go: Event, results: Queue[Any], *,
-         seconds: float, gate_at: float | None = None, gate_seconds: float = 0.0) -> None:
+def pace(url: str, name: str, rate: float, ready: Queue[Any], go: Event, results: Queue[Any],
+         *, seconds: float, gate_at: float | None = None, gate_seconds: float = 0.0) -> None:
     """Ask for starts as fast as grants come for ``seconds``; report their Redis times.
 
-    With ``gate_at``, close the gate for ``gate_seconds`` that many seconds in, and report
-    when it was closed and until when, by Redis' clock.
+    The child says ``ready`` once connected, and its clock starts at ``go``, so that every
+    child's ``seconds`` are the same seconds whatever the time each took to start. With
+    ``gate_at``, close the gate for ``gate_seconds`` that many seconds in, and report when
+    it was closed and until when, by Redis' clock. A child that a closed gate held goes on
+    past ``seconds`` until it is granted a start after the gate reopened (at most
+    GATE_GRACE seconds more): a loaded machine may delay the gate, never skip the resume.
     """
-    asyncio.run(_pace(url, name, rate, go, results, seconds, gate_at, gate_seconds))
+    asyncio.run(_pace(url, name, rate, ready, go, results, seconds, gate_at, gate_seconds))
 
 
-async def _pace(url: str, name: str, rate: float, go: Event, results: Queue[Any],
-                seconds: float, gate_at: float | None, gate_seconds: float) -> None:
+GATE_GRACE: Final = 10.0
+
+
+async def _pace(url: str, name: str, rate: float, ready: Queue[Any], go: Event,
+                results: Queue[Any], seconds: float, gate_at: float | None,
+                gate_seconds: float) -> None:
     redis = connect(url)
     pacer = FleetPacer(redis, name, rate)
     await pacer.gate_remaining()  # connected and the scripts compiled before the start
+    ready.put(name)
     if not go.wait(CHILD_LIFETIME):
         return
     grants: list[float] = []
     gate: tuple[int, int] | None = None
+    held_at = 0.0  # when a closed gate last refused this child a start (Redis time)
     start = time.monotonic()
-    while (elapsed := time.monotonic() - start) < seconds:
+    while (elapsed := time.monotonic() - start) < seconds or (
+            held_at and grants[-1:] < [held_at] and elapsed < seconds + GATE_GRACE):
         if gate_at is not None and gate is None and elapsed >= gate_at:
             await pacer.close_gate(gate_seconds)
             until = int(await redis.get(f"{name}:gate") or 0)
@@ -49,7 +60,9 @@ async def _pace(url: str, name: str, rate: float, go: Event, results: Queue[Any]
         if turn.granted:
             grants.append(turn.server_time)
         elif turn.wait:
-            await asyncio.sleep(min(turn.wait, seconds - elapsed))
+            if await pacer.gate_remaining() > 0:
+                held_at = turn.server_time
+            await asyncio.sleep(min(turn.wait, max(0.001, seconds - elapsed)))
     stats = pacer.statistics()
     await redis.aclose()
     results.put({"grants": grants, "gate": gate, "late": stats.late})

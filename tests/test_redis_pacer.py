@@ -34,15 +34,19 @@ def _run_fleet(url: str, name: str, seconds: float, **first: Any) -> list[dict[s
     """
     context = multiprocessing.get_context("spawn")
     go = context.Event()
-    results = context.Queue()
-    children = [context.Process(target=redis_children.pace, args=(url, name, RATE, go, results),
+    ready, results = context.Queue(), context.Queue()
+    children = [context.Process(target=redis_children.pace,
+                                args=(url, name, RATE, ready, go, results),
                                 kwargs={"seconds": seconds, **(first if n == 0 else {})})
                 for n in range(PROCESSES)]
     for child in children:
         child.start()
     try:
+        for _ in children:  # all connected: their clocks start together at go
+            ready.get(timeout=30)
         go.set()
-        reports = [results.get(timeout=30 + seconds) for _ in children]
+        reports = [results.get(timeout=30 + seconds + redis_children.GATE_GRACE)
+                   for _ in children]
         for child in children:
             child.join(timeout=10)
             assert child.exitcode == 0
