@@ -171,7 +171,7 @@ async def test_an_entry_read_while_its_partition_is_given_back_goes_to_the_next_
             await anyio.sleep(0.01)
         pytest.fail("a's read never blocked")
 
-    heartbeat = a._heartbeat  # the interleaving needs the call itself
+    heartbeat = a._leases._heartbeat  # the interleaving needs the call itself
     forced = False
 
     async def heartbeat_with_arrival(keys: list[str], args: list[Any]) -> Any:
@@ -185,16 +185,16 @@ async def test_an_entry_read_while_its_partition_is_given_back_goes_to_the_next_
                 await returned.wait()  # the read returned the entry, and a dealt with it
         return await heartbeat(keys=keys, args=args)
 
-    monkeypatch.setattr(a, "_heartbeat", heartbeat_with_arrival)
+    monkeypatch.setattr(a._leases, "_heartbeat", heartbeat_with_arrival)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(take)
         b = await Consumer.join(second, "ops", "senders", "m1", partitions=1, lease=30)
         assert b.partitions == ()  # a holds the only partition
-        a._beat_now.set()  # a heartbeat now: a learns its share is 0
+        a._leases.beat_now()  # a heartbeat now: a learns its share is 0
         await wait_until(lambda: a.partitions == (), 10, "a gives its partition back")
         tasks.cancel_scope.cancel()
     assert forced
-    b._beat_now.set()  # b takes the free partition now
+    b._leases.beat_now()  # b takes the free partition now
     await wait_until(lambda: b.partitions == (0,), 10, "b takes the partition over")
     got_b: list[Delivery] = []
     await _drain(b, got_b, lambda: bool(got_b), 10)

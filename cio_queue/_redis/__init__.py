@@ -10,7 +10,8 @@ what they must share, through redis-py's asyncio client (``redis.asyncio``):
 - :class:`Consumer` is one member of a consumer group: it leases partitions, hands out
   their entries in stream order, takes over the partitions of dead members with their
   unacknowledged entries, and acknowledges an entry only when the queue says it is
-  settled (``_consumer``).
+  settled (``_consumer``; its leases are kept by ``_leases``, its acknowledgements
+  written in group commits by ``_acks``).
 - :class:`FleetPacer` is :class:`~cio_queue._pacing.RequestPacer`'s contract for the
   whole fleet: one Lua script grants a start or says how long to wait, and a 429 seen by
   any process closes the gate for all (``_pacer``).

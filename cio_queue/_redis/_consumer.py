@@ -2,26 +2,17 @@
 
 Stage: the source of the queue's operations in a fleet. Three tasks of the consumer's
 own keep it a member: the lease keeper (every third of the lease: heartbeat, renew,
-take or give back partitions, look for strays), the acker (XACK and XDEL in group
-commits), and the caller's own ``fetch`` calls.
-
-How partitions are shared: every member scores itself ``now + lease`` (Redis time) in
-the group's members set at each heartbeat, so a member that stops heartbeating drops out
-after one lease. Sorting the live names gives each member its rank, and its share is
-``partitions // live``, plus one for the first ``partitions % live`` ranks. A member
-takes free partitions (``SET NX PX``) up to its share in its own order of preference
-(rendezvous hashing of name and partition, so members prefer different partitions and a
-change of membership moves few of them), and gives back those above its share, once
-everything it handed out of them was acknowledged. All of one heartbeat is one Lua
-script, so two members never both believe they hold a partition.
+take or give back partitions, look for strays; ``_leases``), the acker (XACK and XDEL in
+group commits, with the dead letters; ``_acks``), and the caller's own ``fetch`` calls.
+This module owns the reading (new entries with XREADGROUP, a takeover's with
+XAUTOCLAIM) and the record of what was handed out and not yet acknowledged, which both
+of the others consult.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -31,9 +22,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from .._exceptions import ConfigError, QueueUsageError
 from .._log import log
-from ._deadletters import RECORD_FIELD
+from ._acks import AckWriter
 from ._errors import RedisUnavailableError
-from ._outage import Outage, stop_tasks, wait_event
+from ._leases import Lease, Leases, LeaseState
+from ._outage import Outage, stop_tasks
 from ._streams import FIELD, StreamLayout, check_client, check_layout, text
 
 if TYPE_CHECKING:
@@ -55,76 +47,6 @@ LEAVE_TIMEOUT: Final = 1.0
 """Seconds ``aclose()`` spends giving the leases back, after the acknowledgements."""
 MAX_BLOCK: Final = 2.0
 """Seconds one blocking read waits at most: well inside the client's socket timeout."""
-ACK_LINGER: Final = 0.002
-"""Seconds an acknowledgement waits for company before its XACK is sent."""
-
-# One heartbeat, atomically: refresh this member, count the live ones, work out its
-# share, renew or give back the partitions it holds and take free ones up to its share.
-# Replies {share, live, state per lease key}: 0 not ours, 1 renewed, 2 given back,
-# 3 taken now.
-_HEARTBEAT: Final = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local name, lease = ARGV[1], tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + lease, name)
-redis.call('PEXPIRE', KEYS[1], lease * 3)
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-table.sort(members)
-local rank = 0
-for i, member in ipairs(members) do
-  if member == name then rank = i - 1 end
-end
-local partitions = #KEYS - 1
-local share = math.floor(partitions / #members)
-if rank < partitions % #members then share = share + 1 end
-local reply = {share, #members}
-local held = 0
-for i = 2, #KEYS do
-  local state = 0
-  if redis.call('GET', KEYS[i]) == name then
-    if ARGV[i + 1] == 'give' then
-      redis.call('DEL', KEYS[i])
-      state = 2
-    else
-      redis.call('PEXPIRE', KEYS[i], lease)
-      state = 1
-      held = held + 1
-    end
-  end
-  reply[i + 1] = state
-end
-for i = 2, #KEYS do
-  if held >= share then break end
-  if reply[i + 1] == 0 and ARGV[i + 1] == 'keep'
-      and redis.call('SET', KEYS[i], name, 'NX', 'PX', lease) then
-    reply[i + 1] = 3
-    held = held + 1
-  end
-end
-return reply
-"""
-
-# Leave the group: give back every lease this member holds and drop out of the members.
-_LEAVE: Final = """
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
-"""
-
-
-class LeaseState(enum.Enum):
-    """What a member does with a partition it holds."""
-
-    CLAIMING = "claiming"
-    """Just taken: earlier holders' unacknowledged entries are handed out first."""
-    READING = "reading"
-    """New entries are read and handed out."""
-    RELEASING = "releasing"
-    """Above this member's share: nothing new goes out; given back once all is acked."""
-
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -160,29 +82,6 @@ class ConsumerStatistics:
     acked: int
     outstanding: int
     connected: bool
-
-
-class _Ack:
-    """An acknowledgement waiting for its group commit, with the dead letter it carries."""
-
-    __slots__ = ("dead_letter", "entry_id", "future")
-
-    def __init__(self, entry_id: str, future: asyncio.Future[None],
-                 dead_letter: bytes | None = None) -> None:
-        self.entry_id = entry_id
-        self.future = future
-        self.dead_letter = dead_letter
-
-
-class _Lease:
-    __slots__ = ("cursor", "index", "state", "stream", "valid_until")
-
-    def __init__(self, index: int, stream: str, valid_until: float) -> None:
-        self.index = index
-        self.stream = stream
-        self.state = LeaseState.CLAIMING
-        self.cursor = "0-0"  # where the takeover's XAUTOCLAIM goes on
-        self.valid_until = valid_until  # monotonic; never later than Redis' own expiry
 
 
 class Consumer:
@@ -228,24 +127,16 @@ class Consumer:
         self._lease = lease
         self._streams = [layout.partition(p) for p in range(layout.partitions)]
         self._index = {stream: p for p, stream in enumerate(self._streams)}
-        self._order = sorted(range(layout.partitions), reverse=True,
-                             key=lambda p: hashlib.blake2b(f"{name}/{p}".encode()).digest())
-        self._lease_keys = [layout.members(group)] + [layout.lease(group, p) for p in self._order]
-        self._heartbeat = redis.register_script(_HEARTBEAT)
-        self._leave = redis.register_script(_LEAVE)
-        self._held: dict[int, _Lease] = {}
         self._outstanding: dict[int, set[str]] = {p: set() for p in range(layout.partitions)}
-        self._acks: dict[int, list[_Ack]] = {}
-        self._ack_ready = asyncio.Event()
-        self._acks_idle = asyncio.Event()
-        self._acks_idle.set()
-        self._beat_now = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closed = self._stopping = False
         self._outage = Outage("consumer", stream=layout.stream, group=group, consumer=name)
-        self._share = self._live = self._turn = 0
-        self._delivered = self._claimed = self._acked = 0
+        self._leases = Leases(redis, layout, group, name, lease,
+                              outstanding=self._outstanding, outage=self._outage)
+        self._acks = AckWriter(redis, layout, group, dead_letters=dead_letters,
+                               outage=self._outage, outstanding=self._outstanding,
+                               committed=self._leases.acks_committed)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._turn = self._delivered = self._claimed = 0
 
     def __repr__(self) -> str:
         return f"<Consumer {self.name!r} of {self.group!r} on {self.layout.stream!r}>"
@@ -281,17 +172,18 @@ class Consumer:
         await check_layout(redis, consumer.layout)
         try:
             await consumer._create_groups()
-            await consumer._beat()
+            await consumer._leases.beat()
         except RedisError as exc:
             raise RedisUnavailableError(f"Redis is unreachable: {exc}") from exc
         consumer._tasks = [
-            asyncio.create_task(consumer._keep_leases(), name=f"cio_queue-leases-{name}"),
-            asyncio.create_task(consumer._send_acks(), name=f"cio_queue-acks-{name}"),
+            asyncio.create_task(consumer._leases.keep(), name=f"cio_queue-leases-{name}"),
+            asyncio.create_task(consumer._acks.run(), name=f"cio_queue-acks-{name}"),
         ]
         for task in consumer._tasks:
             task.add_done_callback(consumer._task_ended)
         log.info("cio_queue.redis_consumer_joined", stream=stream, group=group, consumer=name,
-                 partitions=sorted(consumer._held), share=consumer._share, live=consumer._live)
+                 partitions=sorted(consumer._leases.held), share=consumer._leases.share,
+                 live=consumer._leases.live)
         return consumer
 
     async def __aenter__(self) -> Consumer:
@@ -304,7 +196,7 @@ class Consumer:
     @property
     def partitions(self) -> tuple[int, ...]:
         """The partitions this member holds now, ascending."""
-        return tuple(sorted(self._held))
+        return tuple(sorted(self._leases.held))
 
     async def fetch(self, count: int = DEFAULT_FETCH, wait: float = 1.0) -> list[Delivery]:
         """Return the next entries of the partitions held, waiting up to ``wait`` seconds.
@@ -353,22 +245,14 @@ class Consumer:
             QueueUsageError: a dead letter, but the consumer joined without
                 ``dead_letters``.
         """
-        if dead_letter is not None and self.dead_letters is None:
-            raise QueueUsageError("this consumer joined without a dead-letter stream")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._acks.setdefault(partition, []).append(_Ack(entry_id, future, dead_letter))
-        self._acks_idle.clear()
-        self._ack_ready.set()
-        return future
+        return self._acks.queue(partition, entry_id, dead_letter)
 
     def statistics(self) -> ConsumerStatistics:
         """Return a snapshot of the state and counters."""
         return ConsumerStatistics(
-            held=self.partitions,
-            releasing=tuple(sorted(p for p, lease in self._held.items()
-                                   if lease.state is LeaseState.RELEASING)),
-            share=self._share, live=self._live, delivered=self._delivered,
-            claimed=self._claimed, acked=self._acked,
+            held=self.partitions, releasing=self._leases.releasing(),
+            share=self._leases.share, live=self._leases.live, delivered=self._delivered,
+            claimed=self._claimed, acked=self._acks.acked,
             outstanding=sum(len(ids) for ids in self._outstanding.values()),
             connected=not self._outage.down)
 
@@ -387,23 +271,16 @@ class Consumer:
         self._closed = True
         try:
             end = time.monotonic() + DEFAULT_CLOSE if deadline is None else deadline
-            await wait_event(self._acks_idle, end - time.monotonic())
+            await self._acks.wait_idle(end - time.monotonic())
         finally:
             with anyio.CancelScope(shield=True):
-                self._stopping = True  # ends the loops even if a cancellation is swallowed
+                self._leases.stop()  # ends the loops even if a cancellation is swallowed
+                self._acks.stop()
                 await stop_tasks(self._tasks)
-                try:
-                    async with asyncio.timeout(LEAVE_TIMEOUT):
-                        await self._leave(keys=self._lease_keys, args=[self.name])
-                except (RedisError, TimeoutError) as exc:
-                    log.warning("cio_queue.redis_consumer_leave_failed",
-                                consumer=self.name, error=f"{type(exc).__name__}: {exc}")
-                for entries in self._acks.values():
-                    for ack in entries:
-                        ack.future.cancel()
-                self._held.clear()
+                await self._leases.leave(LEAVE_TIMEOUT)
+                self._acks.cancel_queued()
                 log.info("cio_queue.redis_consumer_left", stream=self.layout.stream,
-                         group=self.group, consumer=self.name, acked=self._acked,
+                         group=self.group, consumer=self.name, acked=self._acks.acked,
                          outstanding=sum(len(ids) for ids in self._outstanding.values()))
 
     # --- reading ---------------------------------------------------------------------
@@ -411,7 +288,7 @@ class Consumer:
     async def _fetch_claimed(self, count: int) -> list[Delivery] | None:
         """Hand out entries of partitions being taken over; None when there are none."""
         now = time.monotonic()
-        claiming = [lease for lease in self._held.values()
+        claiming = [lease for lease in self._leases.held.values()
                     if lease.state is LeaseState.CLAIMING and lease.valid_until > now]
         if not claiming:
             return None
@@ -424,8 +301,7 @@ class Consumer:
         """Read new entries of the partitions that are READING, blocking up to ``wait``."""
         streams = self._readable(time.monotonic() + wait, count)
         if not streams:
-            self._changed.clear()
-            await wait_event(self._changed, wait)
+            await self._leases.next_beat(wait)
             return []
         reply: Any = await self._redis.xreadgroup(
             self.group, self.name, dict.fromkeys(streams, ">"),
@@ -438,7 +314,7 @@ class Consumer:
 
         Only partitions that are READING and stay held past ``valid_until`` qualify.
         """
-        streams = [lease.stream for lease in self._held.values()
+        streams = [lease.stream for lease in self._leases.held.values()
                    if lease.state is LeaseState.READING and lease.valid_until > valid_until]
         if len(streams) > count:
             self._turn = (self._turn + 1) % len(streams)
@@ -449,7 +325,7 @@ class Consumer:
         deliveries: list[Delivery] = []
         for stream, entries in reply:
             partition = self._index[text(stream)]
-            lease = self._held.get(partition)
+            lease = self._leases.held.get(partition)
             if lease is None or lease.state is not LeaseState.READING:
                 # Its lease ran out during the read, or it is being given back (perhaps
                 # already planned so, as nothing of it was outstanding): the entries stay
@@ -464,7 +340,7 @@ class Consumer:
         self._delivered += len(deliveries)
         return deliveries
 
-    async def _claim(self, leases: list[_Lease], count: int) -> list[Delivery]:
+    async def _claim(self, leases: list[Lease], count: int) -> list[Delivery]:
         """Take over the pending entries of freshly taken partitions, in stream order."""
         deliveries: list[Delivery] = []
         for lease in leases:
@@ -472,7 +348,8 @@ class Consumer:
                                                  min_idle_time=0, start_id=lease.cursor,
                                                  count=count)
             self._outage.recovered()
-            if lease is not self._held.get(lease.index) or lease.state is not LeaseState.CLAIMING:
+            if (lease is not self._leases.held.get(lease.index)
+                    or lease.state is not LeaseState.CLAIMING):
                 continue  # lost or being given back during the call: as in _take
             outstanding = self._outstanding[lease.index]
             for entry_id, fields in reply[1]:
@@ -498,10 +375,7 @@ class Consumer:
         record = fields.get(FIELD) if fields else None
         if record is None:
             # Deleted after it was read (Redis 6.2 still lists it), or not ours: drop it.
-            self._acks.setdefault(partition, []).append(
-                _Ack(entry_id, asyncio.get_running_loop().create_future()))
-            self._acks_idle.clear()
-            self._ack_ready.set()
+            self._acks.queue(partition, entry_id)
             return None
         return Delivery(entry_id, partition, record)
 
@@ -519,145 +393,6 @@ class Consumer:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-
-    # --- leases ----------------------------------------------------------------------
-
-    async def _keep_leases(self) -> None:
-        while not self._stopping:
-            try:
-                await self._beat()
-                if any(self._givable(lease) for lease in self._held.values()):
-                    await self._beat()  # give back at once what is already drained
-                await self._find_strays()
-                self._outage.recovered()
-                delay = self._lease / 3
-            except RedisError as exc:
-                delay = min(self._lease / 3, self._outage.failed(exc))
-            await wait_event(self._beat_now, delay)
-            self._beat_now.clear()
-
-    def _givable(self, lease: _Lease) -> bool:
-        return lease.state is LeaseState.RELEASING and not self._outstanding[lease.index]
-
-    async def _beat(self) -> None:
-        """Run one heartbeat and bring the local view of the leases in line with it."""
-        started = time.monotonic()
-        held = self._held
-        plans = ["give" if p in held and self._givable(held[p]) else "keep" for p in self._order]
-        reply = await self._heartbeat(keys=self._lease_keys,
-                                      args=[self.name, round(self._lease * 1000), *plans])
-        self._share, self._live = int(reply[0]), int(reply[1])
-        valid_until = started + self._lease
-        for partition, state in zip(self._order, reply[2:], strict=True):
-            lease = held.get(partition)
-            if state in (1, 3):
-                if lease is None:
-                    held[partition] = _Lease(partition, self._streams[partition], valid_until)
-                    log.debug("cio_queue.redis_partition_taken", consumer=self.name,
-                              partition=partition)
-                else:
-                    lease.valid_until = valid_until
-            elif lease is not None:
-                del held[partition]
-                if state == 0:
-                    log.warning("cio_queue.redis_partition_lost", consumer=self.name,
-                                partition=partition)
-        self._rebalance()
-        self._changed.set()
-
-    def _rebalance(self) -> None:
-        """Mark the least preferred partitions above the share for giving back."""
-        held = self._held
-        surplus = len(held) - self._share
-        for partition in reversed(self._order):
-            lease = held.get(partition)
-            if lease is None:
-                continue
-            if surplus > 0 and lease.state is not LeaseState.RELEASING:
-                lease.state = LeaseState.RELEASING
-                surplus -= 1
-            elif surplus < 0 and lease.state is LeaseState.RELEASING:
-                lease.state = LeaseState.CLAIMING  # kept after all: look for strays first
-                lease.cursor = "0-0"
-                surplus += 1
-
-    async def _find_strays(self) -> None:
-        """Claim again a held partition whose pending entries are not all handed out here.
-
-        Strays are entries read by a member whose lease ran out during the read, or read
-        by this member and dropped for the same reason or because the partition was being
-        given back meanwhile.
-        """
-        reading = [lease for lease in self._held.values() if lease.state is LeaseState.READING]
-        if not reading:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for lease in reading:
-            pipe.xpending(lease.stream, self.group)
-        for lease, summary in zip(reading, await pipe.execute(), strict=True):
-            if self._strays(lease, summary) and self._held.get(lease.index) is lease:
-                lease.state = LeaseState.CLAIMING
-                lease.cursor = "0-0"
-
-    def _strays(self, lease: _Lease, summary: dict[str, Any]) -> bool:
-        """Whether an XPENDING summary shows entries this member has not handed out."""
-        pending = {text(member["name"]): int(member["pending"])
-                   for member in summary.get("consumers") or ()}
-        mine = pending.pop(self.name, 0)
-        return bool(pending) or mine > len(self._outstanding[lease.index])
-
-    # --- acknowledgements ------------------------------------------------------------
-
-    async def _send_acks(self) -> None:
-        while not self._stopping:
-            if not self._acks:
-                self._acks_idle.set()
-                self._ack_ready.clear()
-                await self._ack_ready.wait()
-            await asyncio.sleep(ACK_LINGER)
-            batch, self._acks = self._acks, {}
-            try:
-                await self._commit_until_done(batch)
-            finally:  # stopped mid-commit: it may or may not have happened
-                if self._stopping:
-                    for entries in batch.values():
-                        for ack in entries:
-                            ack.future.cancel()
-            self._outage.recovered()
-            self._acknowledged(batch)
-            if any(self._givable(lease) for lease in self._held.values()):
-                self._beat_now.set()
-
-    async def _commit_until_done(self, batch: dict[int, list[_Ack]]) -> None:
-        """Commit ``batch``, retrying with the outage's backoff while Redis is away."""
-        while True:
-            try:
-                await self._commit_acks(batch)
-                return
-            except RedisError as exc:
-                await asyncio.sleep(self._outage.failed(exc))
-
-    def _acknowledged(self, batch: dict[int, list[_Ack]]) -> None:
-        """Note a committed batch: its entries are no longer outstanding."""
-        for partition, entries in batch.items():
-            outstanding = self._outstanding[partition]
-            for ack in entries:
-                outstanding.discard(ack.entry_id)
-                if not ack.future.done():
-                    ack.future.set_result(None)
-            self._acked += len(entries)
-
-    async def _commit_acks(self, batch: dict[int, list[_Ack]]) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        for partition, entries in batch.items():
-            ids = [ack.entry_id for ack in entries]
-            for ack in entries:
-                if ack.dead_letter is not None:
-                    assert self.dead_letters is not None
-                    pipe.xadd(self.dead_letters, {RECORD_FIELD: ack.dead_letter})
-            pipe.xack(self._streams[partition], self.group, *ids)
-            pipe.xdel(self._streams[partition], *ids)
-        await pipe.execute()
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
