@@ -136,9 +136,15 @@ def check_redis_url(url: object) -> None:
     except ValueError:
         raise ConfigError("redis_url has an invalid host or port; it must look like "
                           "'redis://[:password@]host[:port][/db]'") from None
-    if parts.scheme != "unix" and not parts.hostname:
+    if parts.scheme != "unix":
+        _check_redis_host_and_database(parts.hostname, parts.path)
+
+
+def _check_redis_host_and_database(hostname: str | None, path: str) -> None:
+    """A TCP Redis URL names a host, and its path, if any, is a database number."""
+    if not hostname:
         raise ConfigError("redis_url names no host; it must look like "
                           "'redis://[:password@]host[:port][/db]'")
-    database = parts.path.strip("/")
-    if parts.scheme != "unix" and database and not database.isdigit():
+    database = path.strip("/")
+    if database and not database.isdigit():
         raise ConfigError("redis_url's path must be a database number, e.g. '/0'")
