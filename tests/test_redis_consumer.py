@@ -14,6 +14,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
+from cio_queue import QueueClosedError
 from cio_queue._redis import Consumer, Delivery, Producer, connect
 from tests import redis_children
 from tests.redis_support import RedisServer, wait_until
@@ -203,3 +204,23 @@ async def test_an_entry_read_while_its_partition_is_given_back_goes_to_the_next_
     await a.aclose()
     await b.aclose()
     await second.aclose()
+
+
+async def test_an_ack_after_aclose_comes_back_cancelled_and_the_entry_stays_pending(
+        redis: Redis) -> None:
+    """Nothing sends an ack queued after aclose(): its future is cancelled, never left hanging."""
+    await _produce(redis, 1)
+    consumer = await Consumer.join(redis, "ops", "senders", "a", partitions=PARTITIONS,
+                                   lease=1.0)
+    taken: list[Delivery] = []
+    with anyio.fail_after(10):
+        while not taken:
+            taken.extend(await consumer.fetch(count=1, wait=0.1))
+        await consumer.aclose()
+        (delivery,) = taken
+        late = consumer.ack_nowait(delivery.partition, delivery.entry_id)
+        assert late.cancelled()
+        with pytest.raises(QueueClosedError, match="closed; the entry stays pending"):
+            await consumer.ack(delivery.partition, delivery.entry_id)
+    pending = await redis.xpending(f"ops:{delivery.partition}", "senders")
+    assert pending["pending"] == 1

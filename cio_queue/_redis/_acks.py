@@ -73,12 +73,19 @@ class AckWriter:
               ) -> asyncio.Future[None]:
         """Queue an acknowledgement (and dead letter) for the next commit; return its future.
 
+        Once ``stop`` was called nothing will send it: the future comes back cancelled, as
+        for an acknowledgement the close gave up on (the entry stays pending for the next
+        holder), instead of one that never resolves.
+
         Raises:
             QueueUsageError: a dead letter, but there is no dead-letter stream.
         """
         if dead_letter is not None and self.dead_letters is None:
             raise QueueUsageError("this consumer joined without a dead-letter stream")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._stopping:
+            future.cancel()
+            return future
         self._queued.setdefault(partition, []).append(_Ack(entry_id, future, dead_letter))
         self._idle.clear()
         self._ready.set()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from .._exceptions import ConfigError, QueueUsageError
+from .._exceptions import ConfigError, QueueClosedError, QueueUsageError
 from .._log import log
 from ._acks import AckWriter
 from ._errors import RedisUnavailableError
@@ -228,8 +228,15 @@ class Consumer:
         Returns once Redis confirmed it. While Redis is unreachable this waits for as
         long as the outage lasts; a cancelled caller leaves the acknowledgement queued,
         and it is still sent.
+
+        Raises:
+            QueueClosedError: the consumer was closed; the entry stays pending, and its
+                partition's next holder hands it out again.
         """
-        await asyncio.shield(self.ack_nowait(partition, entry_id))
+        acked = self.ack_nowait(partition, entry_id)
+        if acked.cancelled():
+            raise QueueClosedError("this consumer is closed; the entry stays pending")
+        await asyncio.shield(acked)
 
     def ack_nowait(self, partition: int, entry_id: str, dead_letter: bytes | None = None
                    ) -> asyncio.Future[None]:
