@@ -1,4 +1,7 @@
-"""cio-queue: a non-blocking, batching asyncio client for the Customer.io Track API."""
+"""cio-queue: a non-blocking, batching asyncio client for the Customer.io Track API.
+
+Stage: none; the public names of every stage, gathered for ``import cio_queue``.
+"""
 
 from ._before_send import OperationView
 from ._config import (

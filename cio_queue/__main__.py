@@ -1,4 +1,7 @@
-"""``python -m cio_queue``: the command line."""
+"""``python -m cio_queue``: the command line.
+
+Stage: outside the pipeline; the command line.
+"""
 
 import sys
 

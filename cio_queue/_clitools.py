@@ -1,4 +1,7 @@
-"""What the command line's subcommands share: signal handling and argument types."""
+"""What the command line's subcommands share: signal handling and argument types.
+
+Stage: outside the pipeline; the command line.
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._endpoint import Region, RegionName, check_base_url, endpoint_from, region_of
+from ._endpoint import (
+    Region,
+    RegionName,
+    check_base_url,
+    check_redis_url,
+    endpoint_from,
+    region_of,
+)
 from ._exceptions import ConfigError
 from ._otel import metrics_api_available
 from ._retry import RetryPolicy
@@ -392,9 +399,7 @@ def _check_fleet(config: QueueConfig) -> None:
             raise ConfigError(f"{', '.join(changed)} need redis_url; set redis_url to the "
                               "fleet's Redis, e.g. 'redis://localhost:6379/0'")
         return
-    if not (isinstance(config.redis_url, str)
-            and config.redis_url.startswith(("redis://", "rediss://", "unix://"))):
-        raise ConfigError("redis_url must be a redis://, rediss:// or unix:// URL")
+    check_redis_url(config.redis_url)
     _check_fleet_names(config)
     _check_fleet_values(config)
     from ._redis import require_redis  # noqa: PLC0415 - only fleets need redis-py

@@ -33,7 +33,7 @@ from ._accumulator import BatchAccumulator
 from ._config import QueueConfig
 from ._courier import Closing, Courier, Done, Parcel, Retry, Split, Step, Stranded
 from ._exceptions import RateLimitedError, UnauthorizedError
-from ._ledger import Entry, Ledger, State
+from ._ledger import Entry, Ledger, State, Verdict, may_succeed_later
 from ._log import log
 from ._operations import order_keys
 from ._outcome import OutcomeStatus
@@ -59,8 +59,8 @@ class _Batch:
         self.started = started
         self.open = 0
         self.requests = 0
-        self.counts = dict.fromkeys(("delivered", "rejected", "failed", "spooled", "stranded",
-                                     "held"), 0)
+        self.counts = dict.fromkeys(("delivered", "rejected", "failed", "spooled", "retrying",
+                                     "stranded", "held"), 0)
         self.status: int | None = None
         self.error: str | None = None
 
@@ -99,6 +99,11 @@ class Dispatcher:
         # Each person's line of ordered operations: the head is in flight, the rest wait.
         self._lines: dict[tuple[str, str], deque[Entry]] = {}
         self._ordered = config.order_per_person
+        # With a spool, an ordered operation whose retries ran out while the API was down
+        # is not put back in the spool (the ledger's respool, at the tail, behind newer
+        # operations of its person): it tries again where it is, holding its line.
+        self._retry_in_place = config.order_per_person and config.spool_path is not None
+        self._retry_pause = config.retry.wait_max
         self._released: list[Entry] = []  # came to the head of their lines: go next
         self._wake = asyncio.Event()
         self.batches = self.requests = self.retries = self.rate_limited = 0
@@ -346,7 +351,11 @@ class Dispatcher:
     def _decide(self, parcel: Parcel, step: Done) -> None:
         batch: _Batch = parcel.batch
         decide, counts = self._ledger.decide, batch.counts
+        again: list[Entry] = []
         for entry, verdict in zip(parcel.entries, step.verdicts, strict=True):
+            if self._retry_in_place and _keeps_its_place(entry, verdict):
+                again.append(entry)
+                continue
             decide(entry, verdict)
             counts["spooled" if entry.state is State.SPOOLED
                    else _COUNT_NAMES[verdict.status]] += 1
@@ -354,6 +363,11 @@ class Dispatcher:
                 self._release(entry, stranded=False)
         if step.error is not None:
             batch.status, batch.error = step.status, str(step.error)
+        if again:
+            counts["retrying"] += len(again)
+            batch.open += 1
+            self._retry_later(Parcel(again, v2=parcel.v2, batch=batch),
+                              self._clock() + self._retry_pause)
         batch.close_parcel(self._clock())
 
     def _retry_later(self, parcel: Parcel, due: float) -> None:
@@ -370,6 +384,11 @@ class Dispatcher:
         if self._lines:
             for entry in parcel.entries:
                 self._release(entry, stranded=True)
+
+
+def _keeps_its_place(entry: Entry, verdict: Verdict) -> bool:
+    """An ordered, spooled operation given up while the API was down: it tries again."""
+    return entry.key is not None and may_succeed_later(verdict) and bool(order_keys(entry.op))
 
 
 def _parcels(entries: list[Entry], batch: _Batch) -> list[Parcel]:

@@ -1,4 +1,4 @@
-"""Where requests go: the data centres, the region setting, and the base URL's rules.
+"""Where requests go: the data centres, the region setting, the base URL's and Redis URL's rules.
 
 Stage: none; part of the configuration, read when a QueueConfig is made or read from the
 environment. The rules keep the API key safe: a base URL is only scheme, host and port,
@@ -15,7 +15,8 @@ from urllib.parse import SplitResult, urlsplit
 
 from ._exceptions import ConfigError
 
-__all__ = ["Region", "RegionName", "check_base_url", "endpoint_from", "region_of"]
+__all__ = ["Region", "RegionName", "check_base_url", "check_redis_url", "endpoint_from",
+           "region_of"]
 
 _BOOLEANS: Final = {"1": True, "true": True, "yes": True, "0": False, "false": False,
                     "no": False}
@@ -121,3 +122,23 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_redis_url(url: object) -> None:
+    """Refuse a Redis URL redis-py would choke on; the messages never repeat it (a password)."""
+    if not (isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://"))):
+        raise ConfigError("redis_url must be a redis://, rediss:// or unix:// URL")
+    if not url.isprintable() or " " in url:
+        raise ConfigError("redis_url must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError("redis_url has an invalid host or port; it must look like "
+                          "'redis://[:password@]host[:port][/db]'") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError("redis_url names no host; it must look like "
+                          "'redis://[:password@]host[:port][/db]'")
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ConfigError("redis_url's path must be a database number, e.g. '/0'")

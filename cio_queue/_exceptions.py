@@ -1,5 +1,7 @@
 """Exceptions raised by cio-queue.
 
+Stage: none; the errors of every stage (see below which raises which).
+
 ``ConfigError`` comes from the configuration and the next four from intake, at the call
 site; ``SpoolError`` from the spool (``spool_path``), when the queue starts or when a
 commit fails; the delivery errors are the courier's, and travel in the Outcome. The tree::

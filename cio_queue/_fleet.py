@@ -171,7 +171,14 @@ class Fleet:
     # --- taking ----------------------------------------------------------------------
 
     async def run_taker(self) -> None:
-        """Join the consumer group and admit entries while the queue runs."""
+        """Join the consumer group and admit entries while the queue runs.
+
+        It joins only after ``open`` checked the stream: a stream with another layout is
+        then refused once, by ``start()``, instead of by whichever check ran first.
+        """
+        await self._opened.wait()
+        if self._error is not None:
+            return
         consumer = await self._join()
         if consumer is None:
             return

@@ -1,5 +1,7 @@
 """The import's progress bar and summary table on a terminal, drawn by rich.
 
+Stage: outside the pipeline; the command line (the import's display).
+
 Imported only when stderr is a terminal and rich is installed (the ``cli`` extra);
 ``_importcli`` falls back to plain lines otherwise. rich draws the bar from a thread of its
 own, refreshing a few times a second; the event loop only updates the task's fields.

@@ -1,12 +1,13 @@
 """``cio-queue import FILE``: the import's command line, its progress display and summary.
 
-Outside the pipeline: it drives a :class:`~cio_queue._import.FileImport` as a user's script
-would. On a terminal the progress is a bar drawn by rich (the ``cli`` extra), with the
-rate, the time left and the counts; without rich, or when stderr is not a terminal, it is
-a plain line every ``--progress-every`` seconds. The summary goes to stdout: a table on a
-terminal, plain aligned text otherwise. Exit status: 0 when every line of the file has been
-delivered (for ``--dry-run``: is valid), 1 otherwise, 2 for bad usage or a file that cannot
-be read; never a traceback.
+Stage: outside the pipeline; the command line. It drives a
+:class:`~cio_queue._import.FileImport` as a user's script would. On a terminal the progress
+is a bar drawn by rich (the ``cli`` extra), with the rate, the time left and the counts;
+without rich, or when stderr is not a terminal, it is a plain line every
+``--progress-every`` seconds. The summary goes to stdout: a table on a terminal, plain
+aligned text otherwise. Exit status: 0 when every line of the file has been delivered (for
+``--dry-run``: is valid), 1 otherwise, 2 for bad usage or a file that cannot be read; never
+a traceback.
 """
 
 from __future__ import annotations

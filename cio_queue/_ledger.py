@@ -31,7 +31,8 @@ from ._exceptions import DeliveryError
 from ._operations import Operation
 from ._outcome import Outcome, OutcomeStatus, Receipt
 
-__all__ = ["DELIVERED", "Entry", "Ledger", "Recorder", "Source", "State", "Verdict"]
+__all__ = ["DELIVERED", "Entry", "Ledger", "Recorder", "Source", "State", "Verdict",
+           "may_succeed_later"]
 
 
 class State(enum.Enum):
@@ -67,7 +68,7 @@ RETURNED: Final = "returned"
 """The reason of an operation taken from the fleet's stream and left there unsent."""
 
 
-def _may_succeed_later(verdict: Verdict) -> bool:
+def may_succeed_later(verdict: Verdict) -> bool:
     """A give-up on an error that is retryable: the API was down, failing or throttling."""
     return (verdict.status is OutcomeStatus.FAILED and verdict.error is not None
             and verdict.error.retryable)
@@ -213,7 +214,7 @@ class Ledger:
             return
         self._in_flight -= 1
         recorder = self.recorder if entry.source is None else self.source
-        if (self.respool is not None and entry.key is not None and _may_succeed_later(verdict)
+        if (self.respool is not None and entry.key is not None and may_succeed_later(verdict)
                 and self.respool(entry)):
             entry.state = State.SPOOLED
             del self._live[entry]

@@ -1,5 +1,7 @@
 """Logging: structured events through the standard library's ``cio_queue`` logger.
 
+Stage: none; the logging every stage uses.
+
 A library must not configure logging, so every event goes to ``logging.getLogger("cio_queue")``
 and the application's logging settings decide what is shown. Each event keeps its fields
 twice: rendered into the message (``cio_queue.closed delivered=10 failed=0``), so a plain

@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
+from ._apirules import check_v2_call
 from ._exceptions import InvalidEventError
 from ._ulid import new_ulid
 from ._validation import (
@@ -333,26 +334,19 @@ def with_properties(data: object, properties: dict[str, Any]) -> object:
 
 RAW_KIND: Final = "batch"
 """The kind of an operation given in its v2 form (``EventQueue.batch``); it has no v1 form."""
-_RAW_TYPES: Final = frozenset({"person", "object", "delivery"})
 _RAW_EVENTS: Final = frozenset({"event", "page", "screen"})
 
 
 def raw_v2(operation: object, field: str) -> Operation:
     """Build an operation from a v2 batch element given as it is (``EventQueue.batch``).
 
-    The element is sanitised like event data (datetimes become unix seconds, NaN null)
-    and must name its ``type`` and ``action``; an event without an ``id`` gets a ULID, as
-    every other event does. The API validates the rest; the 32 KB limit is checked when
-    it is sealed.
+    The element is sanitised like event data (datetimes become unix seconds, NaN null),
+    then checked as the Track API documents v2 operations (``_apirules``); an event
+    without an ``id`` gets a ULID, as every other event does. It is sealed here, so that
+    ``batch()`` checks the 32 KB limit of every element before it queues any.
     """
     element = clean_mapping(operation, field)
-    for key in ("type", "action"):
-        value = element.get(key)
-        if not isinstance(value, str) or not value:
-            raise InvalidEventError(f"{field}.{key}", "is required: a v2 operation names its "
-                                                     "type and action")
-    if element["type"] not in _RAW_TYPES:
-        raise InvalidEventError(f"{field}.type", "must be 'person', 'object' or 'delivery'")
+    check_v2_call(element, field)
     event_id = None
     if element["action"] in _RAW_EVENTS:
         event_id = element.setdefault("id", new_ulid())
@@ -360,7 +354,12 @@ def raw_v2(operation: object, field: str) -> Operation:
             raise InvalidEventError(f"{field}.id", "must be a non-blank str (a ULID is best)")
     identifiers = element.get("identifiers")
     person = next(iter(identifiers.values()), None) if isinstance(identifiers, dict) else None
-    return Operation(RAW_KIND, "POST", "", element, customer_id=person, event_id=event_id)
+    op = Operation(RAW_KIND, "POST", "", element, customer_id=person, event_id=event_id)
+    op.v2 = orjson.dumps(element)
+    if len(op.v2) > MAX_V2_OPERATION_BYTES:
+        raise InvalidEventError(field, f"is {len(op.v2)} bytes as a v2 batch operation; the "
+                                       f"limit is {MAX_V2_OPERATION_BYTES}")
+    return op
 
 
 # --- builders, one per EventQueue method -------------------------------------------

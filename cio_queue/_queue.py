@@ -275,10 +275,12 @@ class EventQueue:
         """Enqueue operations given in their v2 form, like the official SDK's ``batch()``.
 
         Each is a ``/api/v2/batch`` element, sent by that endpoint whatever the transport;
-        all are checked before any is queued.
+        all are checked before any is queued, as the Track API documents them (type,
+        action, identifiers and each action's fields; the 32 KB limit).
 
         Raises:
-            InvalidEventError: not a list of dicts, or one lacks its type or action.
+            InvalidEventError: not a list of dicts, or one the API would refuse, naming it
+                and its field (``operations[1].timestamp``); nothing is queued.
         """
         self._ready()
         if not isinstance(operations, list | tuple):

@@ -28,7 +28,11 @@ would for an ``await``-ing caller.
 
 Two private seams of EventQueue stand in for hooks the core does not have yet: the intake
 hooks ``_ready()``/``_submit()`` that :class:`_Intake` overrides, and the admission of an
-operation built elsewhere, :func:`_admit_built`.
+operation built elsewhere, ``_syncthread._admit_built``.
+
+This module is the facade; the crossing between the threads (receipts, places, the
+inbox) is ``_synchandoff``, and the queue thread with its loop and EventQueue is
+``_syncthread``.
 
 A forked child (gunicorn ``--preload``, Celery prefork) forgets its parent's thread and
 starts its own on first use. At interpreter exit every running queue is closed (drained
@@ -40,573 +44,26 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
-import contextlib
-import dataclasses
 import inspect
 import os
 import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._before_send import apply_before_send
 from ._config import OnOutcome, QueueConfig
-from ._exceptions import QueueClosedError, QueueFullError, QueueUsageError
-from ._log import log
+from ._exceptions import QueueClosedError, QueueUsageError
 from ._operations import Operation
-from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
+from ._outcome import Receipt, Statistics
 from ._queue import EventQueue
 from ._region import AccountRegion
 from ._sender import Sender
+from ._synchandoff import CLOSED_MESSAGE, RUNNING, SyncReceipt
+from ._syncthread import CLOSE_MARGIN, Runtime
 
 __all__ = ["CLOSE_MARGIN", "SyncEventQueue", "SyncReceipt"]
-
-CLOSE_MARGIN: Final = 3.0
-"""Seconds past the drain deadline that :meth:`SyncEventQueue.close` waits for the queue
-thread: the EventQueue's own two for the dead letters and connections, and one more for
-the thread's loop to wind down."""
-
-_THREAD_NAME: Final = "cio_queue.sync"
-_CLOSED_MESSAGE: Final = "this SyncEventQueue is closed; no new operations are accepted"
-
-# The states of one _Runtime, in order. Intake is open only while running.
-_RUNNING: Final = "running"
-_CLOSING: Final = "closing"
-_CLOSED: Final = "closed"
-
-
-def _admit_built(queue: EventQueue, op: Operation) -> Receipt:
-    """Admit an operation built and sealed elsewhere into ``queue``, on its loop, at once.
-
-    Stand-in for the core hook this module needs, ``EventQueue.admit_nowait(op) ->
-    Receipt``: a synchronous method, called on the queue's loop, that admits an operation
-    made by the ``_operations`` builders and already sealed for the queue's transport
-    (without sealing it again), applying the ``"raise"`` and drop overflow policies and
-    never waiting. Until the core has it, this drives the private ``_ready()`` and
-    ``_submit()``; ``_submit`` finishes in its first step whenever the overflow policy is
-    not ``"block"``, which the SyncEventQueue never gives its EventQueue.
-    """
-    queue._ready()  # private: this is the stand-in for the hook (see the docstring)
-    submit = queue._submit(op)
-    try:
-        submit.send(None)
-    except StopIteration as finished:
-        receipt: Receipt = finished.value
-        return receipt
-    submit.close()
-    raise RuntimeError("EventQueue._submit waited; a SyncEventQueue never lets it block")
-
-
-class SyncReceipt(Receipt):
-    """Returned by every SyncEventQueue call; ``result()`` blocks for the final Outcome.
-
-    Waiting is optional: the operation is delivered (or its failure recorded) whether or
-    not anybody waits. ``kind`` and ``event_id`` are known at once. It is a Receipt, so
-    async code may ``await receipt.wait()`` too (the wait runs in a worker thread).
-    """
-
-    __slots__ = ("_core", "_runtime")
-
-    def __init__(self, kind: str, event_id: str | None, runtime: _Runtime) -> None:
-        super().__init__(kind, event_id)
-        self._runtime = runtime
-        self._core: Receipt | None = None  # the EventQueue's receipt, once admitted there
-
-    def __repr__(self) -> str:
-        outcome = self.outcome
-        state = outcome.status.value if outcome is not None else "pending"
-        return f"<SyncReceipt {self.kind} {state}>"
-
-    @property
-    def outcome(self) -> Outcome | None:
-        """The Outcome once settled, else None."""
-        if self._outcome is not None:  # set here only if it never reached the EventQueue
-            return self._outcome
-        core = self._core
-        return None if core is None else core.outcome
-
-    def done(self) -> bool:
-        """Return whether the operation has settled."""
-        return self.outcome is not None
-
-    def result(self, timeout: float | None = None) -> Outcome:
-        """Block until the operation settles and return its Outcome.
-
-        Args:
-            timeout: the longest to wait, in seconds; None waits as long as delivery takes
-                (bounded by the retry policy's ``timeout`` and the shutdown deadline).
-
-        Raises:
-            TimeoutError: the operation had not settled within ``timeout``; it goes on.
-            QueueUsageError: called on the queue's own thread (from an ``on_outcome``
-                callback), where it would wait forever, or in a forked child for an
-                operation of the parent's.
-        """
-        outcome = self.outcome
-        if outcome is not None:
-            return outcome
-        return self._runtime.wait_for(self, timeout)
-
-    async def wait(self) -> Outcome:
-        """Wait, from async code, until the operation settles; see :meth:`result`."""
-        outcome = self.outcome
-        if outcome is not None:
-            return outcome
-        return await asyncio.to_thread(self.result)
-
-
-class _Waiter:
-    """A caller blocked on a full queue (``overflow="block"``), until it is given a place."""
-
-    __slots__ = ("cond", "granted")
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self.cond = threading.Condition(lock)
-        self.granted = False
-
-
-_Item = tuple[Operation, SyncReceipt]
-
-
-class _Runtime:
-    """One process's queue thread, its EventQueue, and the hand-off to it.
-
-    Shared between threads, guarded by ``lock``: ``state``, ``inbox``, ``awake``, ``held``,
-    ``waiters``, ``finished`` and ``requests``. Owned by the queue thread: everything else
-    that changes.
-    """
-
-    def __init__(self, config: QueueConfig, on_outcome: OnOutcome | None,
-                 sender: Sender | None) -> None:
-        self.config = config
-        self.on_outcome = on_outcome
-        self.sender = sender
-        self.pid = os.getpid()
-        self.capacity = config.max_queue_size
-        self.policy = config.overflow
-        self.batch_transport = config.transport == "batch"
-        self.filtered_here = 0  # dropped by before_send in a caller's thread
-        self.lock = threading.Lock()
-        self.state = _RUNNING
-        self.inbox: deque[_Item] = deque()
-        self.awake = False  # a _drain is scheduled and has not yet taken the inbox
-        self.held = 0  # places taken: operations in the inbox or pending in the EventQueue
-        self.waiters: deque[_Waiter] = deque()  # callers blocked for a place, in order
-        self.taken = threading.Condition(self.lock)  # the queue thread took the inbox
-        self.inbox_waiters = 0
-        self.finished = False  # the queue thread has ended; `final` is set
-        self.final = Statistics()
-        self.requests: set[concurrent.futures.Future[Statistics]] = set()
-        self.settled = threading.Condition()  # notified when operations settled
-        self.result_waiters = 0
-        # Owned by the queue thread:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.queue: EventQueue | None = None
-        self.thread: threading.Thread | None = None
-        self.thread_id: int | None = None
-        self.freed = 0  # settled since the last _release
-        self.release_scheduled = False
-        self.failed_here = 0  # never reached the EventQueue (a crashed pipeline)
-        self.callbacks: set[asyncio.Task[Any]] = set()
-        self.close_request: asyncio.Future[float | None] | None = None
-        self.started = threading.Event()
-        self.start_error: BaseException | None = None
-
-    # --- the queue thread ---------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the queue thread and wait until its EventQueue runs.
-
-        Raises:
-            Whatever starting the EventQueue raised.
-        """
-        thread = threading.Thread(target=self._run, name=_THREAD_NAME, daemon=True)
-        self.thread = thread
-        thread.start()
-        self.started.wait()
-        if self.start_error is not None:
-            raise self.start_error
-
-    def _run(self) -> None:
-        self.thread_id = threading.get_ident()
-        loop = asyncio.new_event_loop()
-        self.loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as error:  # noqa: BLE001 - reported to the caller or logged
-            if not self.started.is_set():
-                self.start_error = error
-            else:
-                log.exception("cio_queue.sync_thread_failed")
-        finally:
-            self._finish()
-            self.started.set()
-            _cancel_remaining(loop)
-            loop.close()
-
-    async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
-        inner = self.config
-        if inner.overflow not in ("drop_newest", "drop_oldest"):
-            # Places are counted by the callers, so the EventQueue always has room for an
-            # operation that took one; it must never block the loop if it had not.
-            inner = dataclasses.replace(inner, overflow="drop_newest")
-        # before_send runs in the caller's thread (_Intake), not again on this one.
-        inner = dataclasses.replace(inner, before_send=None)
-        queue = EventQueue(inner, on_outcome=self._settled, sender=self.sender)
-        self.queue = queue
-        await queue.start()
-        self.close_request = loop.create_future()
-        self.started.set()
-        timeout = await self.close_request
-        self._drain()  # what was accepted before intake stopped
-        closing = asyncio.ensure_future(queue.aclose())
-        if timeout is not None:
-            await asyncio.wait({closing}, timeout=timeout)
-            # Cancelling aclose() cuts the drain short; the rest is dead-lettered.
-            closing.cancel()
-        try:
-            await closing
-        except asyncio.CancelledError:
-            if not closing.cancelled():
-                raise
-        if self.callbacks:
-            await asyncio.wait(self.callbacks, timeout=CLOSE_MARGIN)
-
-    def _finish(self) -> None:
-        """The thread is ending: settle anything left behind, publish the final statistics."""
-        with self.lock:
-            self.state = _CLOSED
-            left, self.inbox = self.inbox, deque()
-            for waiter in self.waiters:
-                waiter.cond.notify()
-            self.taken.notify_all()
-        for op, receipt in left:  # only if the loop itself failed
-            self._settle_here(op, receipt, "internal_error")
-        self.final = self._snapshot()
-        with self.lock:
-            self.finished = True
-            requests, self.requests = self.requests, set()
-        for request in requests:
-            _resolve(request, self.final)
-        with self.settled:
-            self.settled.notify_all()
-
-    # --- intake (caller threads) ----------------------------------------------------------
-
-    def put(self, op: Operation) -> SyncReceipt:
-        """Take a place for ``op`` (or apply the overflow policy) and hand it over."""
-        receipt = SyncReceipt(op.kind, op.event_id, self)
-        with self.lock:
-            if self.state is not _RUNNING:
-                raise QueueClosedError(_CLOSED_MESSAGE)
-            if self.held < self.capacity and not self.waiters:
-                self.held += 1
-            else:
-                self._overflow()
-            self.inbox.append((op, receipt))
-            if self.awake:
-                return receipt
-            self.awake = True
-        self._wake()
-        return receipt
-
-    def _overflow(self) -> None:
-        """Apply the overflow policy to a full queue (lock held); return holding a place."""
-        if self.policy == "raise":
-            raise QueueFullError(f"the queue holds {self.capacity} pending operations "
-                                 "(overflow='raise')")
-        if self.policy == "block":
-            self._refuse_waiting_on_own_thread()
-            self._wait_for_place()
-            return
-        # Drop policies: the EventQueue drops when the operation reaches it. Only if the
-        # queue thread has fallen a whole queue behind does the caller wait for it (not
-        # for the network), so the inbox stays bounded.
-        while len(self.inbox) >= self.capacity:
-            self._refuse_waiting_on_own_thread()
-            self.inbox_waiters += 1
-            try:
-                self.taken.wait()
-            finally:
-                self.inbox_waiters -= 1
-            if self.state is not _RUNNING:
-                raise QueueClosedError("the SyncEventQueue closed while this call waited")
-        self.held += 1
-
-    def _refuse_waiting_on_own_thread(self) -> None:
-        if self.on_own_thread():
-            raise QueueUsageError("a call from the queue's own thread (an on_outcome "
-                                  "callback) cannot wait for room in its full queue")
-
-    def _wait_for_place(self) -> None:
-        """Wait (lock held) for a place, first come first served, within enqueue_timeout."""
-        timeout = self.config.enqueue_timeout
-        waiter = _Waiter(self.lock)
-        self.waiters.append(waiter)
-        try:
-            self._wait_granted(waiter, None if timeout is None else time.monotonic() + timeout)
-        finally:
-            if not waiter.granted:
-                self.waiters.remove(waiter)
-        if self.state is not _RUNNING:
-            if waiter.granted:
-                self.held -= 1
-            raise QueueClosedError("the SyncEventQueue closed while this call waited")
-        if not waiter.granted:
-            raise QueueFullError(f"no room in the queue within enqueue_timeout={timeout}s "
-                                 "(overflow='block')")
-
-    def _wait_granted(self, waiter: _Waiter, deadline: float | None) -> None:
-        """Sleep on the waiter's condition until granted, closed, or the deadline."""
-        while not waiter.granted and self.state is _RUNNING:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return
-            waiter.cond.wait(remaining)
-
-    def _wake(self) -> None:
-        assert self.loop is not None
-        # RuntimeError: the loop has closed, and its last _drain took this operation.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._drain)
-
-    # --- hand-off and settling (queue thread) -----------------------------------------------
-
-    def _drain(self) -> None:
-        """Admit everything in the inbox into the EventQueue."""
-        with self.lock:
-            self.awake = False
-            if not self.inbox:
-                return
-            batch, self.inbox = self.inbox, deque()
-            if self.inbox_waiters:
-                self.taken.notify_all()
-        queue = self.queue
-        assert queue is not None
-        for op, receipt in batch:
-            try:
-                receipt._core = _admit_built(queue, op)
-            except QueueClosedError:  # the EventQueue gave up after an internal error
-                with self.lock:
-                    self.state = _CLOSED if self.state is _RUNNING else self.state
-                self._settle_here(op, receipt, "queue_closed")
-            except Exception:  # noqa: BLE001 - whatever it was, the operation gets an outcome
-                log.exception("cio_queue.sync_admit_failed", kind=op.kind)
-                self._settle_here(op, receipt, "internal_error")
-
-    def filter(self, op: Operation) -> SyncReceipt:
-        """Settle an operation the before_send hook dropped (in the caller's thread)."""
-        receipt = SyncReceipt(op.kind, op.event_id, self)
-        outcome = Outcome(OutcomeStatus.FILTERED, op.kind, op.customer_id, op.event_id,
-                          reason="before_send")
-        receipt._outcome = outcome
-        with self.lock:
-            self.filtered_here += 1
-        if self.on_outcome is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(self._report, receipt, outcome)  # on its thread
-        return receipt
-
-    def _settle_here(self, op: Operation, receipt: SyncReceipt, reason: str) -> None:
-        """Fail an operation that never reached the EventQueue, and report it."""
-        self.failed_here += 1
-        self._free_place()
-        self._report(receipt, Outcome(OutcomeStatus.FAILED, op.kind, op.customer_id,
-                                      op.event_id, reason=reason))
-
-    def _report(self, receipt: SyncReceipt, outcome: Outcome) -> None:
-        receipt._outcome = outcome
-        callback = self.on_outcome
-        if callback is None:
-            return
-        try:
-            result = callback(outcome)
-        except Exception:  # noqa: BLE001 - a user's callback never stops delivery
-            log.exception("cio_queue.on_outcome_failed", kind=outcome.kind)
-            return
-        if not asyncio.iscoroutine(result):
-            return
-        loop = self.loop
-        if loop is not None and loop.is_running():
-            task = loop.create_task(result, name="cio_queue.on_outcome")
-            self.callbacks.add(task)
-            task.add_done_callback(self.callbacks.discard)
-        else:  # the loop itself failed: there is nowhere left to run it
-            result.close()
-
-    def _settled(self, outcome: Outcome) -> Any:
-        """The EventQueue's on_outcome: free the operation's place, run the user's callback."""
-        self._free_place()
-        callback = self.on_outcome
-        return None if callback is None else callback(outcome)
-
-    def _free_place(self) -> None:
-        """Count a settled operation; places go back once per loop iteration.
-
-        So a burst of settled operations costs one lock and one wake-up of the waiting
-        callers, not one each.
-        """
-        self.freed += 1
-        if not self.release_scheduled:
-            self.release_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self._release)
-
-    def _release(self) -> None:
-        """Give freed places to blocked callers, oldest first, then back to the pool."""
-        self.release_scheduled = False
-        freed, self.freed = self.freed, 0
-        with self.lock:
-            waiters = self.waiters
-            while freed and waiters:
-                waiter = waiters.popleft()
-                waiter.granted = True
-                waiter.cond.notify()
-                freed -= 1
-            self.held -= freed
-        if self.result_waiters:
-            with self.settled:
-                self.settled.notify_all()
-
-    def _snapshot(self) -> Statistics:
-        """The statistics, with the inbox counted as queued (on the queue thread)."""
-        queue = self.queue
-        core = queue.statistics() if queue is not None else Statistics()
-        with self.lock:
-            transit = len(self.inbox)
-            filtered = self.filtered_here
-        here = self.failed_here
-        return dataclasses.replace(
-            core, enqueued=core.enqueued + transit + here + filtered,
-            failed=core.failed + here, filtered=core.filtered + filtered,
-            pending=core.pending + transit, queued=core.queued + transit)
-
-    # --- requests from other threads ------------------------------------------------------
-
-    def on_own_thread(self) -> bool:
-        """Tell whether the caller is the queue thread, where blocking would deadlock."""
-        return threading.get_ident() == self.thread_id
-
-    def request(self, make: Callable[[], Coroutine[Any, Any, Statistics]]
-                ) -> concurrent.futures.Future[Statistics]:
-        """Run ``make()`` on the loop; the future gets its result, or the final statistics."""
-        future: concurrent.futures.Future[Statistics] = concurrent.futures.Future()
-        with self.lock:
-            if self.finished:
-                future.set_result(self.final)
-                return future
-            self.requests.add(future)
-
-        def begin() -> None:
-            task = asyncio.ensure_future(make())
-            task.add_done_callback(lambda done: self._answer(future, done))
-
-        assert self.loop is not None
-        # RuntimeError: the loop has closed; _finish answers every request.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(begin)
-        return future
-
-    def _answer(self, future: concurrent.futures.Future[Statistics],
-                task: asyncio.Future[Statistics]) -> None:
-        with self.lock:
-            self.requests.discard(future)
-        if task.cancelled():
-            _resolve(future, self._snapshot())
-        elif (error := task.exception()) is not None:
-            if not future.done():
-                future.set_exception(error)
-        else:
-            _resolve(future, task.result())
-
-    def statistics(self) -> Statistics:
-        """A consistent snapshot, taken on the queue thread."""
-        if self.finished:
-            return self.final
-        if self.on_own_thread():
-            return self._snapshot()
-        return self.request(self._snapshot_async).result()
-
-    async def _snapshot_async(self) -> Statistics:
-        return self._snapshot()
-
-    async def flush_async(self) -> Statistics:
-        """Admit the inbox, then wait for everything pending to settle (on the loop)."""
-        self._drain()
-        assert self.queue is not None
-        await self.queue.flush()
-        return self._snapshot()
-
-    def begin_close(self, timeout: float | None) -> None:
-        """Stop intake, fail blocked callers, and ask the queue thread to close."""
-        with self.lock:
-            if self.state is not _RUNNING:
-                return
-            self.state = _CLOSING
-            for waiter in self.waiters:
-                waiter.cond.notify()
-            self.taken.notify_all()
-        assert self.loop is not None
-        with contextlib.suppress(RuntimeError):  # the thread has ended already
-            self.loop.call_soon_threadsafe(self._close_requested, timeout)
-
-    def _close_requested(self, timeout: float | None) -> None:
-        if self.close_request is not None and not self.close_request.done():
-            self.close_request.set_result(timeout)
-
-    def wait_closed(self, timeout: float | None) -> Statistics:
-        """Wait for the queue thread to end; return the final statistics."""
-        assert self.thread is not None
-        drain = self.config.shutdown_timeout if timeout is None else min(
-            timeout, self.config.shutdown_timeout)
-        self.thread.join(drain + CLOSE_MARGIN)
-        if self.finished:
-            return self.final
-        log.error("cio_queue.close_timeout", waited=drain + CLOSE_MARGIN,
-                  hint="the queue thread did not finish; is an on_outcome callback blocking?")
-        queue = self.queue
-        return queue.statistics() if queue is not None else Statistics()
-
-    def wait_for(self, receipt: SyncReceipt, timeout: float | None) -> Outcome:
-        """Block until ``receipt`` has its outcome (see SyncReceipt.result)."""
-        if self.on_own_thread():
-            raise QueueUsageError("SyncReceipt.result() on the queue's own thread (in an "
-                                  "on_outcome callback) would wait forever")
-        if os.getpid() != self.pid:
-            raise QueueUsageError("this receipt belongs to the parent process's queue; a "
-                                  "forked child cannot wait for it")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.settled:
-            self.result_waiters += 1
-            try:
-                while (outcome := receipt.outcome) is None:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError(f"the {receipt.kind} operation had not settled "
-                                           f"within {timeout}s; it goes on in the background")
-                    self.settled.wait(remaining)
-            finally:
-                self.result_waiters -= 1
-        return outcome
-
-
-def _resolve(future: concurrent.futures.Future[Statistics], stats: Statistics) -> None:
-    if not future.done():
-        future.set_result(stats)
-
-
-def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what is left on the loop and let it unwind, as asyncio.run() does."""
-    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.wait(tasks, timeout=CLOSE_MARGIN))
-    loop.run_until_complete(loop.shutdown_asyncgens())
 
 
 class _Intake(EventQueue):
@@ -625,7 +82,7 @@ class _Intake(EventQueue):
 
     def __init__(self, owner: SyncEventQueue) -> None:
         self._owner = owner
-        self._runtime: _Runtime | None = None
+        self._runtime: Runtime | None = None
 
     def _ready(self) -> None:
         self._runtime = self._owner._running()
@@ -710,7 +167,7 @@ class SyncEventQueue:
         self._config = config
         self._on_outcome = on_outcome if on_outcome is not None else config.on_outcome
         self._sender = sender
-        self._runtime: _Runtime | None = None
+        self._runtime: Runtime | None = None
         self._closed = False
         self._start_lock = threading.Lock()
         _live_queues.add(self)
@@ -743,16 +200,16 @@ class SyncEventQueue:
         """
         self._running()
 
-    def _running(self) -> _Runtime:
+    def _running(self) -> Runtime:
         runtime = self._runtime
-        if runtime is not None and runtime.state is _RUNNING and not self._closed:
+        if runtime is not None and runtime.state is RUNNING and not self._closed:
             return runtime
         with self._start_lock:
             runtime = self._runtime
-            if self._closed or (runtime is not None and runtime.state is not _RUNNING):
-                raise QueueClosedError(_CLOSED_MESSAGE)
+            if self._closed or (runtime is not None and runtime.state is not RUNNING):
+                raise QueueClosedError(CLOSED_MESSAGE)
             if runtime is None:
-                runtime = _Runtime(self._config, self._on_outcome, self._sender)
+                runtime = Runtime(self._config, self._on_outcome, self._sender)
                 runtime.start()
                 self._runtime = runtime
             return runtime
@@ -761,7 +218,8 @@ class SyncEventQueue:
         """Enqueue operations in their v2 form, like ``EventQueue.batch`` (no await).
 
         Raises:
-            InvalidEventError: not a list of dicts, or one lacks its type or action.
+            InvalidEventError: not a list of dicts, or one the API would refuse, naming it
+                and its field (``operations[1].timestamp``); nothing is queued.
         """
         receipts = _drive(EventQueue.batch(_Intake(self), operations))
         return [receipt for receipt in receipts if isinstance(receipt, SyncReceipt)]
@@ -830,7 +288,7 @@ class SyncEventQueue:
             if runtime is None and self._sender is not None and not self._closed:
                 # Never started, but the caller's sender may hold resources: close it on
                 # a loop, as EventQueue.aclose() would.
-                runtime = _Runtime(self._config, self._on_outcome, self._sender)
+                runtime = Runtime(self._config, self._on_outcome, self._sender)
                 runtime.start()
                 self._runtime = runtime
             self._closed = True

@@ -1,5 +1,7 @@
 """Typed events and people: declare a workspace's events once, and let mypy and pyright check calls.
 
+Stage: intake; a typed facade whose methods are EventQueue's own.
+
 A workspace has a fixed set of event names, each with its own data, and a typo in a name
 silently makes a new event that no campaign listens to. Declare them once, then use a
 :class:`TypedEventQueue`::

@@ -1,5 +1,7 @@
 """Event ids: ULIDs made at enqueue, when an operation is validated and built.
 
+Stage: intake, at the call site.
+
 A ULID is 48 bits of milliseconds and 80 random bits in 26 Crockford base-32 characters,
 so ids sort by creation time and a retried event keeps the id the API dedupes on. The
 generator is reseeded in a forked child, which would otherwise repeat its parent's ids.

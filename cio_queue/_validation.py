@@ -1,5 +1,7 @@
 """Validation of the caller's input at enqueue: the first stage of the pipeline.
 
+Stage: intake, at the call site.
+
 The checks every builder in ``_operations`` runs in the caller's stack: ids, event
 names, timestamps and event ids, the sanitising of data and attribute values the way the
 official ``customerio`` SDK does it (``clean_mapping``), and the Track API's size limits

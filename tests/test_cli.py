@@ -229,3 +229,20 @@ async def test_fake_server_serves_what_it_prints_until_a_signal(stop: signal.Sig
     assert status == 0, stderr
     assert "Traceback" not in stderr
     assert "2 operations accepted" in stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["replay"], ["import"], ["fake-server"],
+                                     ["worker"], ["status"]])
+def test_help_is_plain_text_that_names_every_command(
+        command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--help exits 0 with plain text (no markup from docstrings) for each command."""
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: cio-queue")
+    assert "``" not in out
+    assert ":class:" not in out
+    if not command:
+        for name in ("demo", "replay", "import", "fake-server", "worker", "status"):
+            assert name in out

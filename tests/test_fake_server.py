@@ -342,9 +342,39 @@ async def test_v2_entity_accepts_every_person_action(
 
 
 @pytest.mark.parametrize(
+    "op",
+    [
+        {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "acme"},
+         "action": "identify", "attributes": {"name": "Acme"},
+         "cio_relationships": [{"identifiers": {"id": "42"}}]},
+        {"type": "object", "identifiers": {"cio_object_id": "o1"}, "action": "delete"},
+        {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "acme"},
+         "action": "identify_anonymous", "anonymous_id": "anon-1"},
+        {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "acme"},
+         "action": "add_relationships", "cio_relationships": [{"identifiers": {"id": "42"}}]},
+        {"type": "delivery", "identifiers": {"id": "RPIy"}, "action": "event", "name": "opened",
+         "attributes": {"device_token": "t"}},
+    ],
+)
+async def test_v2_entity_accepts_object_and_delivery_operations(
+    fake: FakeTrackAPI, session: aiohttp.ClientSession, op: dict[str, Any]
+) -> None:
+    """Objects and deliveries, which the Track API documents too, are accepted and recorded."""
+    status, payload, _ = await call(session, fake, "POST", "/api/v2/entity", op)
+    assert (status, payload) == (200, {})
+    assert fake.operations == [AcceptedOperation("v2", op)]
+    assert fake.accepted_events() == []  # a delivery's event is a metric, not a person's
+
+
+@pytest.mark.parametrize(
     ("op", "field"),
     [
-        ({"type": "object", "action": "identify", "identifiers": {"object_id": "1"}}, "type"),
+        ({"type": "account", "action": "identify", "identifiers": {"id": "1"}}, "type"),
+        ({"type": "object", "action": "identify", "identifiers": {"object_id": "1"}},
+         "identifiers"),
+        ({"type": "object", "action": "add_device",
+          "identifiers": {"object_type_id": "1", "object_id": "1"}}, "action"),
+        ({"type": "delivery", "action": "event", "identifiers": {"id": "d"}}, "name"),
         (person("explode"), "action"),
         ({"type": "person", "action": "delete"}, "identifiers"),
         ({**person("delete"), "identifiers": {"id": "1", "email": "e"}}, "identifiers"),

@@ -218,6 +218,18 @@ def test_fleet_options_need_redis_url() -> None:
         QueueConfig(site_id="s", api_key="k", redis_url="http://x")
 
 
+@pytest.mark.parametrize(("url", "message"), [
+    ("redis://:hunter2@host:port", "invalid host or port"),
+    ("redis://:hunter2@:6379", "names no host"),
+    ("redis://:hunter2@host/zero", "database number"),
+    ("redis://:hunter2@ho st", "spaces"),
+])
+def test_a_bad_redis_url_is_a_config_error_that_never_repeats_it(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        QueueConfig(site_id="s", api_key="k", redis_url=url)
+    assert "hunter2" not in str(caught.value)
+
+
 def test_the_redis_password_never_shows_in_a_repr() -> None:
     config = QueueConfig(site_id="s", api_key="k", redis_url="redis://:hunter2@localhost:6379/0")
     assert "hunter2" not in repr(config)

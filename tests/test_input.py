@@ -13,15 +13,25 @@ import contextlib
 import enum
 import json
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cio_queue import EventQueue, InvalidEventError, QueueConfig, RetryPolicy, Transport
+from cio_queue import (
+    Event,
+    EventCatalog,
+    EventQueue,
+    InvalidEventError,
+    QueueConfig,
+    RetryPolicy,
+    SyncEventQueue,
+    Transport,
+    TypedEventQueue,
+)
 from cio_queue import _operations as ops
 from cio_queue.testing import validate_request
 
@@ -388,7 +398,7 @@ def mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 plain_text = st.text(string.ascii_letters + string.digits + "@._-", min_size=1, max_size=12)
 ids = mostly(st.one_of(st.sampled_from(["42", "a@b.co", "cio_1"]), plain_text,
                        st.integers(0, 2**63)))
-names = mostly(plain_text)
+names = mostly(st.one_of(plain_text, st.sampled_from(["purchase", "anything"])))
 data = mostly(st.one_of(st.none(), st.dictionaries(texts, anything, max_size=4)))
 event_ids = mostly(st.none())
 timestamps = mostly(st.sampled_from([None, 1_700_000_000]))
@@ -404,6 +414,35 @@ def keywords(*reserved: str) -> st.SearchStrategy[dict[str, Any]]:
                            st.one_of(anything, st.dictionaries(texts, anything, max_size=3)),
                            max_size=4)
 
+
+# batch()'s v2 elements: documented shapes mostly, any value in any field now and then.
+person_ids = st.dictionaries(st.sampled_from(["id", "email", "cio_id", "phone", "anonymous_id"]),
+                             ids, min_size=1, max_size=2)
+other_ids = st.sampled_from([{"object_type_id": "1", "object_id": "acme"},
+                             {"cio_object_id": "o1"}, {"object_id": "acme"}, {"id": "RPIy"}])
+single_ids = st.dictionaries(st.sampled_from(["id", "email", "cio_id"]), ids, min_size=1,
+                             max_size=1)
+relationships = st.sampled_from([[{"identifiers": {"id": "42"}}], [],
+                                 [{"identifiers": {"object_type_id": "1", "object_id": "a"},
+                                   "relationship_attributes": {"role": "admin"}}]])
+v2_element = st.fixed_dictionaries(
+    {"type": mostly(st.sampled_from(["person", "object", "delivery"])),
+     "action": mostly(st.sampled_from([
+         "identify", "identify_anonymous", "delete", "event", "page", "screen", "add_device",
+         "delete_device", "merge", "suppress", "unsuppress", "add_relationships",
+         "delete_relationships", "bogus"]))},
+    optional={
+        "identifiers": mostly(st.one_of(person_ids, other_ids)),
+        "name": names, "attributes": data, "id": event_ids, "anonymous_id": names,
+        "timestamp": mostly(st.sampled_from([1_700_000_000, datetime(2024, 1, 1), "soon", 1.5])),
+        "device": mostly(st.fixed_dictionaries(
+            {"token": names, "platform": platforms},
+            optional={"last_used": timestamps, "attributes": st.just({"app_version": "1.2"})})),
+        "cio_relationships": mostly(relationships),
+        "primary": mostly(single_ids), "secondary": mostly(single_ids),
+    },
+)
+operations = mostly(st.lists(mostly(v2_element), max_size=3))
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -429,6 +468,7 @@ calls = st.one_of(
                                                               "platform")),
     call("delete_device", ids, ids),
     call("merge_customers", id_types, ids, id_types, ids),
+    call("batch", operations),
 )
 KNOWN: list[Call] = [
     ("add_device", ("42", "tok", ["ios"]), {}),
@@ -466,9 +506,25 @@ def _api_problem(op: ops.Operation) -> str | None:
     return "; ".join(problems) or None
 
 
+def _build_raw(operations: object) -> None:
+    """Build and seal batch()'s elements; each one accepted must pass the API."""
+    if not isinstance(operations, list | tuple):
+        return  # batch() refuses it whole
+    for index, element in enumerate(operations):
+        try:
+            op = ops.raw_v2(element, f"operations[{index}]").seal(batch=True)
+        except InvalidEventError as error:
+            str(error).encode("utf-8")
+            continue
+        assert _api_problem(op) is None, (element, _api_problem(op))
+
+
 def _build_each_way(call_: Call) -> None:
     """Build and seal the call for both transports; accepted forms must pass the API."""
     method, args, kwargs = call_
+    if method == "batch":
+        _build_raw(*args)
+        return
     build: Build = getattr(ops, method)
     for batch in (False, True):
         try:
@@ -494,16 +550,68 @@ def test_known_offenders_raise_invalid_event_error(call_: Call) -> None:
         getattr(ops, method)(*_as_builder_call(method, args, kwargs))
 
 
+class SweepPurchase(TypedDict, total=False):
+    """A declared event's data."""
+
+    price: float
+    sku: str
+
+
+class SweepPerson(TypedDict, total=False):
+    """A declared person."""
+
+    email: str
+    plan: str
+
+
+class SweepEvents(EventCatalog):
+    """The sweep's catalog: one event with a TypedDict, one that takes any mapping."""
+
+    purchase: Event[SweepPurchase]
+    anything: Event[dict[str, Any]]
+
+
+def _typed_calls(method: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """A TypedEventQueue's forms of a call: identify takes its attributes as one mapping too."""
+    if method == "identify":
+        return [(args, kwargs), ((*args, kwargs), {})]
+    return [(args, kwargs)]
+
+
+@pytest.fixture(scope="module")
+def sync_queues() -> Iterator[dict[Transport, SyncEventQueue]]:
+    """A SyncEventQueue per transport, shared by the sweep's examples (each starts a thread)."""
+    queues: dict[Transport, SyncEventQueue] = {
+        transport: SyncEventQueue(_config(transport), sender=RecordingSender())
+        for transport in ("v1", "batch")}
+    yield queues
+    for queue in queues.values():
+        queue.close()
+
+
 @SWEEP
-@given(st.lists(calls, min_size=1, max_size=5))
-def test_event_queue_raises_only_invalid_event_error_for_any_value(batch: list[Call]) -> None:
-    """Any value for any EventQueue method argument: a receipt or InvalidEventError."""
+@given(batch=st.lists(calls, min_size=1, max_size=5))
+def test_event_queue_raises_only_invalid_event_error_for_any_value(
+        sync_queues: dict[Transport, SyncEventQueue], batch: list[Call]) -> None:
+    """Any value for any method argument, batch() included: a receipt or InvalidEventError.
+
+    For EventQueue, TypedEventQueue (checking events at run time) and SyncEventQueue.
+    """
     async def run(transport: Transport) -> None:
-        async with EventQueue(_config(transport), sender=RecordingSender()) as queue:
+        async with EventQueue(_config(transport), sender=RecordingSender()) as queue, \
+                TypedEventQueue(_config(transport), events=SweepEvents, person=SweepPerson,
+                                validate_events=True, sender=RecordingSender()) as typed:
             for method, args, kwargs in batch:
                 with contextlib.suppress(InvalidEventError):
                     await getattr(queue, method)(*args, **kwargs)
+                for typed_args, typed_kwargs in _typed_calls(method, args, kwargs):
+                    with contextlib.suppress(InvalidEventError):
+                        await getattr(typed, method)(*typed_args, **typed_kwargs)
 
     transports: tuple[Transport, ...] = ("v1", "batch")
     for transport in transports:
         asyncio.run(run(transport))
+        for method, args, kwargs in batch:
+            with contextlib.suppress(InvalidEventError):
+                getattr(sync_queues[transport], method)(*args, **kwargs)

@@ -134,3 +134,72 @@ async def test_a_killed_members_pending_entries_are_claimed_and_handed_out_again
     _in_order_per_person(got_b)  # takeover resends a's unacked entries before newer ones
     assert b.statistics().claimed >= len(unacked_by_a)
     await b.aclose()
+
+
+async def test_an_entry_read_while_its_partition_is_given_back_goes_to_the_next_holder_only(
+        redis: Redis, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that returns while its partition is being given back hands nothing out.
+
+    The interleaving: a's read is blocked on its partition when a learns that it must give
+    the partition to b; nothing handed out of it is outstanding, so a's next heartbeat
+    gives it back at once. An entry that arrives before Redis runs that heartbeat wakes the
+    read. Were a to hand it out, b, taking the partition over, would claim the same entry
+    (still pending for a) and hand it out again: one operation delivered twice with no
+    failure anywhere. The interleaving is forced by adding the entry, and letting a's read
+    return, inside a's heartbeat call.
+    """
+    second = connect(redis_server.url)
+    # One partition; "m2" ranks after "m1", so once both are live a's share is 0. A long
+    # lease: no heartbeat comes on its own during the test, only those asked for.
+    a = await Consumer.join(redis, "ops", "senders", "m2", partitions=1, lease=30)
+    got_a: list[Delivery] = []
+    read = anyio.Event()  # set when a read returned, then replaced
+
+    async def take() -> None:
+        nonlocal read
+        while True:
+            got_a.extend(await a.fetch(count=10, wait=2))
+            read.set()
+            read = anyio.Event()
+
+    async def until_a_read_blocks() -> None:
+        for _ in range(500):
+            clients = await redis.client_list()
+            if any(client.get("cmd") == "xreadgroup" and "b" in str(client.get("flags"))
+                   for client in clients):
+                return
+            await anyio.sleep(0.01)
+        pytest.fail("a's read never blocked")
+
+    heartbeat = a._heartbeat  # the interleaving needs the call itself
+    forced = False
+
+    async def heartbeat_with_arrival(keys: list[str], args: list[Any]) -> Any:
+        nonlocal forced
+        if "give" in args and not forced:  # planned with nothing outstanding
+            forced = True
+            with anyio.fail_after(10):
+                await until_a_read_blocks()
+                returned = read
+                await redis.xadd("ops:0", {b"r": b'{"late": true}'})
+                await returned.wait()  # the read returned the entry, and a dealt with it
+        return await heartbeat(keys=keys, args=args)
+
+    monkeypatch.setattr(a, "_heartbeat", heartbeat_with_arrival)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(take)
+        b = await Consumer.join(second, "ops", "senders", "m1", partitions=1, lease=30)
+        assert b.partitions == ()  # a holds the only partition
+        a._beat_now.set()  # a heartbeat now: a learns its share is 0
+        await wait_until(lambda: a.partitions == (), 10, "a gives its partition back")
+        tasks.cancel_scope.cancel()
+    assert forced
+    b._beat_now.set()  # b takes the free partition now
+    await wait_until(lambda: b.partitions == (0,), 10, "b takes the partition over")
+    got_b: list[Delivery] = []
+    await _drain(b, got_b, lambda: bool(got_b), 10)
+    assert [json.loads(d.record) for d in got_b] == [{"late": True}]
+    assert got_a == []  # handed out once, by the partition's next holder
+    await a.aclose()
+    await b.aclose()
+    await second.aclose()

@@ -30,7 +30,8 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from cio_queue import SpoolError
-from cio_queue._spool import ROW_OVERHEAD, SpoolStore, _SpoolFile
+from cio_queue._spool import ROW_OVERHEAD, SpoolStore
+from cio_queue._spoolfile import SpoolFile
 
 pytestmark = pytest.mark.anyio
 
@@ -92,14 +93,18 @@ async def test_sync_adds_from_many_tasks_share_a_few_group_commits(tmp_path: Pat
 
 
 async def test_batched_adds_are_committed_together_within_the_interval(tmp_path: Path) -> None:
-    """A burst of batched adds is one commit, made about commit_interval after the first."""
+    """A burst of batched adds is one commit, made no sooner than commit_interval later.
+
+    Only the lower bound is timed (a loaded machine can only make it later); that the
+    commit comes at all, and as one, is what bounds it from above.
+    """
     store = await SpoolStore.open(tmp_path, commit_interval=INTERVAL)
     started = time.monotonic()
     keys = [store.add(b"row %d" % number)[0] for number in range(100)]
     assert keys == list(range(1, 101))
     await wait_until(lambda: store.statistics().commits == 1)
     elapsed = time.monotonic() - started
-    assert elapsed < INTERVAL + MARGIN
+    assert elapsed >= INTERVAL
     assert store.statistics().unwritten == 0
     assert store.statistics().commits == 1
     assert await store.close() == 100
@@ -464,7 +469,7 @@ async def test_a_crashed_thread_fails_what_waits_and_refuses_more(
     def broken(*args: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(_SpoolFile, "commit", broken)
+    monkeypatch.setattr(SpoolFile, "commit", broken)
     _, durable = store.add(b"lost")
     assert durable is not None
     with anyio.fail_after(5), pytest.raises(SpoolError, match="thread stopped"):
@@ -486,42 +491,42 @@ async def test_a_crashed_thread_fails_what_waits_and_refuses_more(
 
 
 @pytest.mark.parametrize("durability", ["batched", "sync"])
-async def test_the_loop_never_waits_on_the_disk(tmp_path: Path, durability: str) -> None:
-    """While 50,000 rows are added and removed, a 5 ms timer is never 150 ms late."""
+async def test_the_loop_never_waits_on_the_disk(tmp_path: Path, durability: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the commit thread stuck inside a commit, the loop adds, removes and keeps time.
+
+    The disk is held still, not timed: if ``add`` or ``remove`` ever waited for the
+    thread (a lock held across the disk, a blocking hand-off), this test would hang until
+    its bound, whatever the machine's load.
+    """
+    entered, release = threading.Event(), threading.Event()
+    real_commit = SpoolFile.commit
+
+    def held_commit(file: SpoolFile, inserts: dict[int, bytes], deletes: set[int]) -> None:
+        entered.set()
+        release.wait(60)  # bounded: a broken test ends, it does not hang the suite
+        real_commit(file, inserts, deletes)
+
+    monkeypatch.setattr(SpoolFile, "commit", held_commit)
     store = await SpoolStore.open(tmp_path, durability="sync" if durability == "sync"
                                   else "batched")
-    lateness: list[float] = []
-    stop = anyio.Event()
-
-    async def watchdog() -> None:
-        while not stop.is_set():
-            started = time.perf_counter()
-            await anyio.sleep(0.005)
-            lateness.append(time.perf_counter() - started - 0.005)
-
     record = b"r" * 300
-    live: deque[int] = deque()
-    started = time.perf_counter()
+    live: deque[int] = deque([store.add(record)[0]])
     with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watchdog)
-            for number in range(50_000):
-                live.append(store.add(record)[0])
-                if len(live) > 2_000:  # settled in about the order they came
-                    store.remove(live.popleft())
-                if number % 100 == 99:
-                    await anyio.lowlevel.checkpoint()  # the app's other work
-                if number % 5_000 == 4_999:
-                    assert len(await store.load(live[0] - 1, 100)) == 100
-            while live:
+        await wait_until(entered.is_set, within=20)  # the thread is now inside the disk
+        for number in range(20_000):
+            live.append(store.add(record)[0])
+            if len(live) > 2_000:  # settled in about the order they came
                 store.remove(live.popleft())
-            await wait_until(lambda: store.statistics().unwritten == 0, within=20)
-            stop.set()
-    elapsed = time.perf_counter() - started
-    worst = max(lateness)
-    print(f"{durability}: 50,000 adds and removes in {elapsed:.2f} s, "
-          f"{store.statistics().commits} commits, worst timer lateness {worst * 1000:.1f} ms")
-    assert worst < 0.150
+            if number % 100 == 99:
+                await anyio.lowlevel.checkpoint()  # the app's other work
+        await anyio.sleep(0.01)  # and the loop's timers still fire
+        assert not release.is_set()
+        assert store.statistics().unwritten > 0  # none of it reached the disk yet
+        release.set()
+        while live:
+            store.remove(live.popleft())
+        await wait_until(lambda: store.statistics().unwritten == 0, within=20)
     assert await store.close() == 0
 
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from cio_queue import EventQueue, OutcomeStatus, QueueConfig, RetryPolicy, SpoolError, Statistics
+from cio_queue import (
+    EventQueue,
+    OutcomeStatus,
+    QueueConfig,
+    QueueFullError,
+    Receipt,
+    RetryPolicy,
+    SpoolError,
+    Statistics,
+)
+from cio_queue._pipeline import CLOSE_MARGIN
 from cio_queue.testing import FakeTrackAPI, refused_url
 
 from .recording import RecordingSender
@@ -139,3 +151,83 @@ async def test_an_outage_longer_than_the_retry_policy_loses_nothing(tmp_path: Pa
     assert {outcome.status for outcome in outcomes} == {OutcomeStatus.DELIVERED}
     assert ids == {receipt.event_id for receipt in receipts}
     assert (stats.delivered, stats.failed, stats.spooled, stats.pending) == (30, 0, 0, 0)
+
+
+@pytest.mark.parametrize("transport", ["batch", "v1"])
+async def test_a_persons_changes_keep_their_order_when_retries_run_out_in_an_outage(
+        tmp_path: Path, transport: str) -> None:
+    """A state change that runs out of retries tries again where it is, holding its line.
+
+    Put back in the spool behind the rest, it would come back after a newer change of the
+    same person, which would then be overwritten with the older value.
+    """
+    sender = RecordingSender()
+    sender.script.extend([503, 503])  # the first identify runs out of its two attempts
+    retry = RetryPolicy(attempts=2, wait_initial=0.05, wait_max=0.05, wait_jitter=0, timeout=30)
+    cfg = config(tmp_path / "spool", transport=transport, batch_size=1, retry=retry)
+    async with EventQueue(cfg, sender=sender) as queue:
+        first = await queue.identify("42", plan="old")
+        with anyio.fail_after(20):
+            await sender.wait_for(1)
+        second = await queue.identify("42", plan="new")
+        with anyio.fail_after(20):
+            outcomes = [await first.wait(), await second.wait()]
+    assert [o.status for o in outcomes] == [OutcomeStatus.DELIVERED] * 2
+    plans = [json.loads(r.body)["batch"][0]["attributes"]["plan"] if transport == "batch"
+             else json.loads(r.body)["plan"] for r in sender.requests]
+    assert plans == ["old", "old", "old", "new"]
+
+
+@pytest.mark.parametrize(("overflow", "status"), [("raise", None),
+                                                   ("drop_newest", OutcomeStatus.DROPPED)])
+async def test_a_full_spool_applies_the_overflow_policy(tmp_path: Path, overflow: str,
+                                                         status: OutcomeStatus | None) -> None:
+    """Memory full and max_spool_bytes reached: the overflow policy decides, never silence."""
+    sender = RecordingSender()
+    sender.hold.clear()  # nothing is answered: memory fills, then the spool
+    cfg = config(tmp_path / "spool", max_spool_bytes=32_768, overflow=overflow)
+    async with EventQueue(cfg, sender=sender) as queue:
+        accepted = []
+        refused: QueueFullError | Receipt | None = None
+        for i in range(1000):
+            try:
+                receipt = await queue.track(f"c{i:03}", "ev", {"pad": "x" * 100})
+            except QueueFullError as exc:
+                refused = exc
+                break
+            if receipt.done():
+                refused = receipt
+                break
+            accepted.append(receipt)
+        stats = queue.statistics()
+        assert stats.enqueued == settled_sum(stats)
+        assert 10 < len(accepted) < 1000  # memory (10) and some of the spool, then full
+        if status is None:
+            assert isinstance(refused, QueueFullError)
+        else:
+            assert isinstance(refused, Receipt)
+            assert refused.outcome is not None
+            assert (refused.outcome.status, refused.outcome.reason) == (status, "queue_full")
+            assert stats.dropped == 1
+        sender.hold.set()
+        with anyio.fail_after(20):
+            outcomes = [await r.wait() for r in accepted]
+    assert {o.status for o in outcomes} == {OutcomeStatus.DELIVERED}
+
+
+async def test_aclose_keeps_its_bound_with_a_spool_and_a_hung_api(tmp_path: Path) -> None:
+    """A hung API and a full spool: aclose() returns within shutdown_timeout + the margin."""
+    sender = RecordingSender()
+    sender.hold.clear()  # every request hangs
+    cfg = config(tmp_path / "spool", shutdown_timeout=0.5)
+    queue = EventQueue(cfg, sender=sender)
+    await queue.start()
+    for i in range(200):
+        await queue.track(f"c{i:03}", "ev")
+    started = time.monotonic()
+    with anyio.fail_after(30):
+        stats = await queue.aclose()
+    took = time.monotonic() - started
+    sender.hold.set()
+    assert took < 3 * (0.5 + CLOSE_MARGIN)
+    assert (stats.spooled, stats.pending, stats.failed) == (200, 0, 0)

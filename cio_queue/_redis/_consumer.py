@@ -449,8 +449,12 @@ class Consumer:
         deliveries: list[Delivery] = []
         for stream, entries in reply:
             partition = self._index[text(stream)]
-            if partition not in self._held:
-                continue  # its lease ran out during the read: the next holder claims them
+            lease = self._held.get(partition)
+            if lease is None or lease.state is not LeaseState.READING:
+                # Its lease ran out during the read, or it is being given back (perhaps
+                # already planned so, as nothing of it was outstanding): the entries stay
+                # pending, for the next holder (or this one, claiming again) to claim.
+                continue
             outstanding = self._outstanding[partition]
             for entry_id, fields in entries:
                 delivery = self._delivery(partition, text(entry_id), fields)
@@ -468,8 +472,8 @@ class Consumer:
                                                  min_idle_time=0, start_id=lease.cursor,
                                                  count=count)
             self._outage.recovered()
-            if lease is not self._held.get(lease.index):
-                continue  # lost during the call
+            if lease is not self._held.get(lease.index) or lease.state is not LeaseState.CLAIMING:
+                continue  # lost or being given back during the call: as in _take
             outstanding = self._outstanding[lease.index]
             for entry_id, fields in reply[1]:
                 entry = text(entry_id)
@@ -581,7 +585,8 @@ class Consumer:
         """Claim again a held partition whose pending entries are not all handed out here.
 
         Strays are entries read by a member whose lease ran out during the read, or read
-        by this member and dropped for the same reason.
+        by this member and dropped for the same reason or because the partition was being
+        given back meanwhile.
         """
         reading = [lease for lease in self._held.values() if lease.state is LeaseState.READING]
         if not reading:

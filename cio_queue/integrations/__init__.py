@@ -1,5 +1,7 @@
 """Helpers that wire a queue into a web framework's or task queue's lifecycle.
 
+Stage: outside the pipeline; integrations.
+
 One module per framework: ``starlette`` and ``fastapi`` (a lifespan), ``litestar`` (a
 plugin), ``aiohttp`` (a cleanup context and an ``AppKey``), ``flask``, ``django`` and
 ``celery`` (a :class:`~cio_queue.SyncEventQueue` per process, closed where the framework

@@ -1,5 +1,7 @@
 """aiohttp: one EventQueue per application, run by a cleanup context under an ``AppKey``.
 
+Stage: outside the pipeline; an integration.
+
 Usage::
 
     app = web.Application()

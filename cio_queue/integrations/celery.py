@@ -1,5 +1,7 @@
 """Celery: one SyncEventQueue per worker process, closed when that process stops.
 
+Stage: outside the pipeline; an integration.
+
 Usage::
 
     app = Celery("tasks", broker=...)

@@ -1,5 +1,7 @@
 """Django: one SyncEventQueue per process, configured by ``settings.CIO_QUEUE``.
 
+Stage: outside the pipeline; an integration.
+
 Usage::
 
     # settings.py: overrides for QueueConfig.from_env(), or a QueueConfig

@@ -1,5 +1,7 @@
 """FastAPI: the Starlette lifespan, and ``EventQueueDep`` to receive the queue in a handler.
 
+Stage: outside the pipeline; an integration.
+
 Usage::
 
     app = FastAPI(lifespan=lifespan(QueueConfig.from_env()))

@@ -1,5 +1,7 @@
 """Flask: one SyncEventQueue per app, kept in ``app.extensions``.
 
+Stage: outside the pipeline; an integration.
+
 Usage::
 
     app = Flask(__name__)

@@ -1,5 +1,7 @@
 """Litestar: a plugin that runs one EventQueue per app and injects it as a dependency.
 
+Stage: outside the pipeline; an integration.
+
 Usage::
 
     @post("/signup")

@@ -1,5 +1,7 @@
 """Starlette: one EventQueue per app, started and drained by the app's lifespan.
 
+Stage: outside the pipeline; an integration.
+
 Usage::
 
     app = Starlette(routes=..., lifespan=lifespan(QueueConfig.from_env()))

@@ -1,5 +1,7 @@
 """Run a fake Customer.io Track API on loopback for tests, demos and benchmarks.
 
+Stage: outside the pipeline; the testing kit.
+
 `FakeTrackAPI` is a real `aiohttp.web` server, so clients exercise their actual HTTP stack
 (connection pooling, timeouts, disconnects) instead of a mock. It validates requests the way
 the real Track API documents it (v1 and v2), records what it accepted, and injects faults

@@ -1,5 +1,7 @@
 """The faults the fake server injects: what they are, how often, and the answers they give.
 
+Stage: outside the pipeline; the testing kit's fake Track API.
+
 Faults come first from a script, in arrival order, then at random from `FaultRates` with a
 seeded generator, so a seed replays the same faults for the same arrival order.
 """

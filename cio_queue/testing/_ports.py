@@ -1,5 +1,7 @@
 """Hold a TCP port: reserved (bound, not listening) while the fake is down, listened on while up.
 
+Stage: outside the pipeline; the testing kit's fake Track API.
+
 A port freed by a stopped server can be taken before it starts again: by another server, or
 as the ephemeral source port of any outgoing connection. A socket bound to the port but not
 listening keeps it: the kernel refuses connections to it at once (nothing listens, so no

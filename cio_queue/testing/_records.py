@@ -1,4 +1,7 @@
-"""What the fake server records: each request it saw and each operation it accepted."""
+"""What the fake server records: each request it saw and each operation it accepted.
+
+Stage: outside the pipeline; the testing kit's fake Track API.
+"""
 
 from __future__ import annotations
 
@@ -96,7 +99,7 @@ def event_summary(accepted: AcceptedOperation) -> dict[str, Any] | None:
         body, data_key = op["body"], "data"
         customer: str | None = route.ids[0] if route.ids else None
         kind = body.get("type") or "event"
-    elif op.get("action") in EVENT_TYPES:
+    elif op.get("type") == "person" and op.get("action") in EVENT_TYPES:
         body, data_key = op, "attributes"
         customer = next(iter(op["identifiers"].values()))
         kind = op["action"]

@@ -1,4 +1,7 @@
-"""The answers the fake server sends: the v1 and v2 error shapes, outages and dropped calls."""
+"""The answers the fake server sends: the v1 and v2 error shapes, outages and dropped calls.
+
+Stage: outside the pipeline; the testing kit's fake Track API.
+"""
 
 from __future__ import annotations
 

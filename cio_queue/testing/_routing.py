@@ -1,4 +1,7 @@
-"""Route a raw Track API path to its endpoint, so an encoded slash (%2F) stays in one segment."""
+"""Route a raw Track API path to its endpoint, so an encoded slash (%2F) stays in one segment.
+
+Stage: outside the pipeline; the testing kit's fake Track API.
+"""
 
 from __future__ import annotations
 

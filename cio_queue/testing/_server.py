@@ -1,18 +1,18 @@
 """`FakeTrackAPI`: the aiohttp server, its lifecycle, and what it records.
 
+Stage: outside the pipeline; the testing kit's fake Track API.
+
 Each request is handled in one pass: its fault is decided on arrival (a real outage does not
-look at the request), then it is routed, authorised, validated by `_validation` and, if
-valid, recorded as accepted.
+look at the request), then it is routed, authorised and validated (`_rules`, with
+`_validation`) and, if valid, recorded as accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import bisect
 import contextlib
-import hmac
 import socket
 import threading
 import time
@@ -26,17 +26,12 @@ from aiohttp import web
 from ._faults import Fault, FaultPlan, FaultRates, fault_response
 from ._ports import bound_port, listening_socket, port_reservation
 from ._records import AcceptedOperation, Exchange, RecordedRequest, arrival, event_summary
-from ._responses import drop, meta_error, meta_errors, v2_error
-from ._routing import Route, match
-from ._validation import ValidationError, check_op, parse_batch, parse_entity, validate_v1
+from ._responses import drop
+from ._rules import REGION_URLS, TrackRules
 
 _SHUTDOWN_TIMEOUT: Final = 0.2  # seconds in-flight handlers get on stop() before being cancelled
 _CLIENT_MAX_SIZE: Final = 16 * 1024 * 1024  # large enough that oversized batches reach our 413
-_URLSAFE: Final = str.maketrans("-_", "+/")  # accept URL-safe base64 credentials too (Go SDK)
 _TURNS_TO_REACH_AIOHTTP: Final = 2  # loop turns from an accepted socket to aiohttp's handler
-
-
-_REGION_URLS: Final = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
 
 class FakeTrackAPI:
@@ -72,7 +67,7 @@ class FakeTrackAPI:
         `region` ("us" or "eu") is what `GET /api/v1/accounts/region` says the
         workspace's data centre is.
         """
-        if region not in _REGION_URLS:
+        if region not in REGION_URLS:
             raise ValueError("region must be 'us' or 'eu'")
         self.region = region
         self._site_id = site_id
@@ -313,7 +308,7 @@ class FakeTrackAPI:
                                f"{timeout:g} s, not {n}") from None
 
     def accepted_events(self) -> list[dict[str, Any]]:
-        """List the accepted events (v1 track/page/anonymous, v2 event/page/screen), in order.
+        """List accepted events (v1 track/page/anonymous, v2 person event/page/screen) in order.
 
         Each item has the keys ``api``, ``customer`` (the person identifier value, None for
         anonymous events), ``type``, ``name``, ``data``, ``id`` and ``timestamp``.
@@ -384,17 +379,6 @@ class FakeTrackAPI:
         exchange.status = response.status
         return response
 
-    def _authorized(self, request: web.Request) -> bool:
-        """Check HTTP Basic credentials (standard or URL-safe base64) in constant time."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(token.strip().translate(_URLSAFE), validate=True)
-        except (binascii.Error, ValueError):
-            return False
-        return hmac.compare_digest(decoded, self._credentials)
-
     def _accept(
         self, exchange: Exchange, api: str, status: int, answered: bool, ops: list[Any]
     ) -> None:
@@ -408,95 +392,13 @@ class FakeTrackAPI:
         self._notify()
 
     def _process(self, request: web.Request, exchange: Exchange, answered: bool) -> web.Response:
-        """Route, authorise, validate and (if valid) accept the request."""
-        route = match(exchange.method, exchange.path)
-        if route is None:
-            return meta_error(404, "Not Found")
-        if isinstance(route, set):
-            response = meta_error(405, "Method Not Allowed")
-            response.headers["Allow"] = ", ".join(sorted(route))
-            return response
-        if not self._authorized(request):
-            return meta_error(401, "Unauthorized request")
-        if route.api == "v1":
-            return self._process_v1(route, exchange, answered)
-        if route.kind == "entity":
-            return self._process_entity(exchange, answered)
-        return self._process_batch(exchange, answered)
-
-    def _process_v1(self, route: Route, exchange: Exchange, answered: bool) -> web.Response:
-        """Validate a v1 request, run the `reject` hook and accept it (or say the region)."""
-        if route.kind == "region":
-            return web.json_response({"url": _REGION_URLS[self.region], "region": self.region,
-                                      "environment_id": 1})
-        try:
-            parsed = validate_v1(route.kind, route.ids, exchange.body)
-        except ValidationError as problem:
-            if route.kind == "merge":
-                return meta_error(400, problem.message)
-            return meta_errors(400, problem.message)
-        if self.reject is not None:
-            reason = self.reject(exchange.snapshot(0))
-            if reason is not None:
-                return meta_errors(400, reason)
-        op = {"method": exchange.method, "path": exchange.path, "body": parsed}
-        self._accept(exchange, "v1", 200, answered, [op])
-        return web.json_response({}, status=200)
-
-    def _check_op(self, op: Any) -> None:
-        """Validate one v2 op including its size, then ask the `reject_op` hook."""
-        check_op(op)
-        self._ask_reject_op(op)
-
-    def _ask_reject_op(self, op: dict[str, Any]) -> None:
-        """Turn a reason from the `reject_op` hook into a `ValidationError`."""
-        reason = None if self.reject_op is None else self.reject_op(op)
-        if reason is not None:
-            raise ValidationError("", reason, "rejected")
-
-    def _process_entity(self, exchange: Exchange, answered: bool) -> web.Response:
-        """Handle `/api/v2/entity`: one op, accepted whole or refused with a 400."""
-        try:
-            op = parse_entity(exchange.body)
-            self._ask_reject_op(op)
-        except ValidationError as problem:
-            return v2_error(problem)
-        self._accept(exchange, "v2", 200, answered, [op])
-        return web.json_response({}, status=200)
-
-    def _process_batch(self, exchange: Exchange, answered: bool) -> web.Response:
-        """Handle `/api/v2/batch`: accept every valid op, report the others in a 207."""
-        try:
-            batch = parse_batch(exchange.body)
-            self._ask_malformed_op(batch)
-        except ValidationError as problem:
-            return v2_error(problem)
-        valid: list[Any] = []
-        errors: list[dict[str, Any]] = []
-        for index, op in enumerate(batch):
-            try:
-                self._check_op(op)
-            except ValidationError as problem:
-                errors.append(
-                    {
-                        "batch_index": index,
-                        "reason": problem.reason,
-                        "field": problem.field,
-                        "message": problem.message,
-                    }
-                )
-            else:
-                valid.append(op)
-        status = 207 if errors else 200
-        self._accept(exchange, "v2", status, answered, valid)
-        return web.json_response({"errors": errors} if errors else {}, status=status)
-
-    def _ask_malformed_op(self, batch: list[Any]) -> None:
-        """Fail the whole batch if the `malformed_op` hook calls one of its ops unparseable."""
-        if self.malformed_op is None:
-            return
-        if any(isinstance(op, dict) and self.malformed_op(op) for op in batch):
-            raise ValidationError("batch", "malformed operation", "parse_error")
+        """Answer as the Track API would (see `TrackRules`), and record what it accepted."""
+        rules = TrackRules(self._credentials, self.region, self.reject, self.reject_op,
+                           self.malformed_op)
+        response, accepted = rules.answer(request, exchange)
+        if accepted is not None:
+            self._accept(exchange, accepted.api, accepted.status, answered, accepted.ops)
+        return response
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -1,5 +1,7 @@
 """Serve a `FakeTrackAPI` from a thread of its own, for tests whatever runs their code.
 
+Stage: outside the pipeline; the testing kit.
+
 A sync test (Flask, Django, FastAPI's `TestClient`) has no event loop to run the server on,
 and an async test's loop belongs to its plugin (pytest-asyncio, anyio) and may end between
 fixtures. A thread with an event loop of its own serves the fake for all of them; the

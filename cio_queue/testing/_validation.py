@@ -1,8 +1,13 @@
 """Validate requests the way the Customer.io Track API documents it (v1 and v2).
 
-Every check raises `ValidationError` on the first problem it finds, naming the field, a v2
-reason code and a message; the server turns that into the matching error answer.
-`validate_request` runs the same rules on a whole request and lists the problems instead.
+Stage: outside the pipeline; the testing kit's fake Track API.
+
+The v2 operation rules and the limits live in ``cio_queue._apirules``, where the library
+can use them without importing this fake; this module adds the v1 bodies and the parsing
+of whole requests. Every check raises `ValidationError` on the first problem it finds,
+naming the field, a v2 reason code and a message; the server turns that into the
+matching error answer. `validate_request` runs the same rules on a whole request and
+lists the problems instead.
 """
 
 from __future__ import annotations
@@ -10,42 +15,58 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
+from .._apirules import (
+    EVENT_TYPES,
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_DATA_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_ID_BYTES,
+    MAX_V2_BATCH_BYTES,
+    MAX_V2_OP_BYTES,
+    MERGE_ID_TYPES,
+    PLATFORMS,
+    ValidationError,
+    check_attributes,
+    check_event,
+    check_identifier,
+    check_op,
+    check_optional,
+    check_single_key,
+    is_str,
+    json_size,
+    one_of,
+    validate_v2_op,
+)
 from ._routing import match
 
-MAX_ID_BYTES: Final = 150
-MAX_ATTRIBUTE_NAME_BYTES: Final = 150
-MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
-MAX_ATTRIBUTES: Final = 300
-MAX_EVENT_NAME_BYTES: Final = 100
-MAX_EVENT_DATA_BYTES: Final = 100_000
-MAX_V2_OP_BYTES: Final = 32 * 1024
-MAX_V2_BATCH_BYTES: Final = 500_000  # the whole batch body must be strictly below this
+# The rules live in the library (``cio_queue._apirules``), which checks v2 operations
+# at the call site with them; these names stay importable from here.
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_NAME_BYTES",
+    "MAX_ATTRIBUTE_VALUE_BYTES",
+    "MAX_EVENT_DATA_BYTES",
+    "MAX_EVENT_NAME_BYTES",
+    "MAX_ID_BYTES",
+    "MAX_V2_BATCH_BYTES",
+    "MAX_V2_OP_BYTES",
+    "ValidationError",
+    "check_op",
+    "json_size",
+    "parse_batch",
+    "parse_entity",
+    "parse_object",
+    "validate_request",
+    "validate_v1",
+    "validate_v2_op",
+]
 
-EVENT_TYPES: Final = frozenset({"event", "page", "screen"})
-_PLATFORMS: Final = frozenset({"ios", "android"})
-_MERGE_ID_TYPES: Final = frozenset({"id", "email", "cio_id"})
-_PERSON_ID_TYPES: Final = frozenset({"id", "email", "cio_id", "phone"})
 _BODYLESS_V1_KINDS: Final = frozenset({"delete", "delete_device", "suppress", "unsuppress"})
-# Reserved attributes whose values are structured by design: exempt from the 1000-byte value
-# limit, bounded instead by the 100 KB object/relationship size limit.
-_STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
-
-
-class ValidationError(Exception):
-    """Carry one validation problem: the field, a reason code, a message and the status."""
-
-    def __init__(self, field: str, message: str, reason: str = "invalid", status: int = 400):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.reason = reason
-        self.status = status
-
-    def describe(self) -> str:
-        """Render the problem as ``field: message`` (just the message without a field)."""
-        return f"{self.field}: {self.message}" if self.field else self.message
 
 
 # -- public entry point ----------------------------------------------------------------------
@@ -100,43 +121,7 @@ def _batch_problems(batch: list[Any]) -> list[str]:
     return problems
 
 
-# -- shared helpers --------------------------------------------------------------------------
-
-
-def json_size(value: Any) -> int:
-    """Measure a value as compact JSON bytes, the way clients are expected to size payloads."""
-    return len(json.dumps(value, separators=(",", ":")).encode())
-
-
-def _utf8_len(text: str) -> int:
-    """Count the UTF-8 bytes of a string (limits are in bytes, not characters)."""
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _is_int(value: Any) -> bool:
-    """Tell whether a JSON value is an integer (booleans excluded)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_str(value: Any) -> bool:
-    """Tell whether a JSON value is a string."""
-    return isinstance(value, str)
-
-
-def _is_object(value: Any) -> bool:
-    """Tell whether a JSON value is an object."""
-    return isinstance(value, dict)
-
-
-def _one_of(value: Any, allowed: frozenset[str]) -> TypeGuard[str]:
-    """Tell whether a JSON value is one of the allowed strings (lists and objects are not)."""
-    return isinstance(value, str) and value in allowed
-
-
-def _check_optional(value: Any, accept: Callable[[Any], bool], field: str, message: str) -> None:
-    """Refuse a value that is present (not None) but not accepted."""
-    if value is not None and not accept(value):
-        raise ValidationError(field, message)
+# -- parsing ----------------------------------------------------------------------------------
 
 
 def parse_object(body: bytes, field: str = "body") -> dict[str, Any]:
@@ -150,102 +135,13 @@ def parse_object(body: bytes, field: str = "body") -> dict[str, Any]:
     return value
 
 
-def _check_identifier(value: str, field: str) -> None:
-    """Require a non-empty identifier of at most 150 UTF-8 bytes."""
-    if not value:
-        raise ValidationError(field, f"{field} must not be empty", "required")
-    if _utf8_len(value) > MAX_ID_BYTES:
-        raise ValidationError(field, f"{field} exceeds {MAX_ID_BYTES} bytes", "too_large")
-
-
-def _check_attributes(attributes: Any, field: str) -> None:
-    """Apply the person-attribute limits: count, then each name and value."""
-    if not isinstance(attributes, dict):
-        raise ValidationError(field, f"{field} must be an object")
-    if len(attributes) > MAX_ATTRIBUTES:
-        message = f"{field} has more than {MAX_ATTRIBUTES} attributes"
-        raise ValidationError(field, message, "too_large")
-    for name, value in attributes.items():
-        _check_attribute(name, value, field)
-
-
-def _check_attribute(name: str, value: Any, field: str) -> None:
-    """Check one attribute's name and value sizes.
-
-    Values are measured as UTF-8 for strings and as compact JSON otherwise; the reserved
-    structured attributes (relationships, subscription preferences) may exceed 1000 bytes.
-    """
-    if _utf8_len(name) > MAX_ATTRIBUTE_NAME_BYTES:
-        message = f"attribute name {name[:40]!r}... exceeds {MAX_ATTRIBUTE_NAME_BYTES} bytes"
-        raise ValidationError(f"{field}.{name}", message, "too_large")
-    size = _utf8_len(value) if isinstance(value, str) else json_size(value)
-    if name in _STRUCTURED_ATTRIBUTES:
-        if size > MAX_EVENT_DATA_BYTES:
-            message = f"{name} exceeds {MAX_EVENT_DATA_BYTES} bytes"
-            raise ValidationError(f"{field}.{name}", message, "too_large")
-    elif size > MAX_ATTRIBUTE_VALUE_BYTES:
-        message = f"attribute {name!r} value exceeds {MAX_ATTRIBUTE_VALUE_BYTES} bytes"
-        raise ValidationError(f"{field}.{name}", message, "too_large")
-
-
-def _check_event(body: Mapping[str, Any], data_key: str) -> None:
-    """Validate the fields shared by v1 events and v2 event/page/screen ops."""
-    _check_event_name(body.get("name"))
-    _check_event_data(body.get(data_key), data_key)
-    message = "timestamp must be an integer (unix seconds)"
-    _check_optional(body.get("timestamp"), _is_int, "timestamp", message)
-    _check_optional(body.get("id"), _is_str, "id", "id must be a string")
-
-
-def _check_event_name(name: Any) -> None:
-    """Require a non-empty event name of at most 100 UTF-8 bytes."""
-    if not isinstance(name, str) or not name:
-        message = "name is required and must be a non-empty string"
-        raise ValidationError("name", message, "required")
-    if _utf8_len(name) > MAX_EVENT_NAME_BYTES:
-        raise ValidationError("name", f"name exceeds {MAX_EVENT_NAME_BYTES} bytes", "too_large")
-
-
-def _check_event_data(data: Any, data_key: str) -> None:
-    """Allow no event data, or an object of at most 100 KB as compact JSON."""
-    if data is None:
-        return
-    if not isinstance(data, dict):
-        raise ValidationError(data_key, f"{data_key} must be an object")
-    if json_size(data) > MAX_EVENT_DATA_BYTES:
-        message = f"{data_key} exceeds {MAX_EVENT_DATA_BYTES} bytes"
-        raise ValidationError(data_key, message, "too_large")
-
-
-def _check_single_key(
-    value: Any, field: str, allowed: frozenset[str], *, allow_int: bool = False
-) -> None:
-    """Require an object with exactly one allowed key whose value is a non-empty string.
-
-    With `allow_int`, an integer value is accepted too: the official SDKs send a v1 merge's
-    ids as given, so `merge_customers("id", 42, ...)` puts a JSON number on the wire.
-    """
-    if not isinstance(value, dict) or len(value) != 1:
-        raise ValidationError(field, f"{field} must be an object with exactly one key", "required")
-    ((key, ident),) = value.items()
-    if key not in allowed:
-        raise ValidationError(f"{field}.{key}", f"{field} key must be one of {sorted(allowed)}")
-    if allow_int and _is_int(ident):
-        ident = str(ident)
-    if not isinstance(ident, str) or not ident:
-        message = f"{field}.{key} must be a non-empty string"
-        raise ValidationError(f"{field}.{key}", message, "required")
-    if key == "id":
-        _check_identifier(ident, f"{field}.id")
-
-
 # -- v1 ----------------------------------------------------------------------------------------
 
 
 def validate_v1(kind: str, ids: tuple[str, ...], body: bytes) -> Any:
     """Validate a routed v1 request; return its parsed body or raise `ValidationError`."""
     for index, ident in enumerate(ids):
-        _check_identifier(ident, "customer id" if index == 0 else "device id")
+        check_identifier(ident, "customer id" if index == 0 else "device id")
     if kind in _BODYLESS_V1_KINDS:
         return parse_object(body) if body.strip() else None
     parsed = parse_object(body)
@@ -255,16 +151,16 @@ def validate_v1(kind: str, ids: tuple[str, ...], body: bytes) -> Any:
 
 def _check_v1_event(body: dict[str, Any]) -> None:
     """Check a v1 customer event (track or page view)."""
-    _check_event(body, "data")
+    check_event(body, "data")
     message = f"type must be one of {sorted(EVENT_TYPES)}"
-    _check_optional(body.get("type"), partial(_one_of, allowed=EVENT_TYPES), "type", message)
+    check_optional(body.get("type"), partial(one_of, allowed=EVENT_TYPES), "type", message)
 
 
 def _check_v1_anonymous_event(body: dict[str, Any]) -> None:
     """Check a v1 anonymous event: a customer event whose anonymous_id is a string if given."""
     _check_v1_event(body)
     message = "anonymous_id must be a string"
-    _check_optional(body.get("anonymous_id"), _is_str, "anonymous_id", message)
+    check_optional(body.get("anonymous_id"), is_str, "anonymous_id", message)
 
 
 def _check_v1_device(body: dict[str, Any]) -> None:
@@ -274,18 +170,18 @@ def _check_v1_device(body: dict[str, Any]) -> None:
         raise ValidationError("device", "device is required and must be an object", "required")
     if not isinstance(device.get("id"), str) or not device["id"]:
         raise ValidationError("device.id", "device.id must be a non-empty string", "required")
-    if not _one_of(device.get("platform"), _PLATFORMS):
+    if not one_of(device.get("platform"), PLATFORMS):
         raise ValidationError("device.platform", "device.platform must be 'ios' or 'android'")
 
 
 def _check_v1_merge(body: dict[str, Any]) -> None:
     """Check a v1 merge: primary and secondary, each one id (a number is fine for v1)."""
-    _check_single_key(body.get("primary"), "primary", _MERGE_ID_TYPES, allow_int=True)
-    _check_single_key(body.get("secondary"), "secondary", _MERGE_ID_TYPES, allow_int=True)
+    check_single_key(body.get("primary"), "primary", MERGE_ID_TYPES, allow_int=True)
+    check_single_key(body.get("secondary"), "secondary", MERGE_ID_TYPES, allow_int=True)
 
 
 _V1_BODY_CHECKS: Final[Mapping[str, Callable[[dict[str, Any]], None]]] = {
-    "identify": partial(_check_attributes, field="attributes"),
+    "identify": partial(check_attributes, field="attributes"),
     "event": _check_v1_event,
     "anonymous_event": _check_v1_anonymous_event,
     "add_device": _check_v1_device,
@@ -317,89 +213,3 @@ def parse_batch(body: bytes) -> list[Any]:
     if not isinstance(batch, list) or not batch:
         raise ValidationError("batch", "batch must be a non-empty list", "required")
     return batch
-
-
-def check_op(op: Any) -> None:
-    """Check one v2 op: at most 32 KB as compact JSON, then its fields."""
-    if json_size(op) > MAX_V2_OP_BYTES:
-        raise ValidationError("", f"operation exceeds {MAX_V2_OP_BYTES} bytes", "too_large")
-    validate_v2_op(op)
-
-
-def validate_v2_op(op: Any) -> None:
-    """Validate one v2 op (person type only); raise `ValidationError` on the first problem."""
-    if not isinstance(op, dict):
-        raise ValidationError("", "operation must be a JSON object", "invalid_json")
-    if op.get("type") != "person":
-        message = f"unsupported type {op.get('type')!r}; only 'person' is supported"
-        raise ValidationError("type", message)
-    action = op.get("action")
-    if not _one_of(action, _V2_ACTIONS):
-        raise ValidationError("action", f"unknown or missing action {action!r}", "required")
-    if action != "merge":
-        _check_single_key(op.get("identifiers"), "identifiers", _PERSON_ID_TYPES)
-    _V2_ACTION_CHECKS[action](op)
-
-
-def _check_v2_merge(op: dict[str, Any]) -> None:
-    """Check a v2 merge: primary and secondary instead of identifiers."""
-    if "identifiers" in op:
-        raise ValidationError("identifiers", "merge takes primary/secondary, not identifiers")
-    _check_single_key(op.get("primary"), "primary", _MERGE_ID_TYPES)
-    _check_single_key(op.get("secondary"), "secondary", _MERGE_ID_TYPES)
-
-
-def _check_v2_identify(op: dict[str, Any]) -> None:
-    """Check a v2 identify: optional attributes within limits, an optional integer timestamp."""
-    if op.get("attributes") is not None:
-        _check_attributes(op["attributes"], "attributes")
-    message = "timestamp must be an integer (unix seconds)"
-    _check_optional(op.get("timestamp"), _is_int, "timestamp", message)
-
-
-def _check_v2_device(op: dict[str, Any], *, full: bool) -> None:
-    """Check a v2 `device`: always a token; platform and optional fields when `full`."""
-    device = op.get("device")
-    if not isinstance(device, dict):
-        raise ValidationError("device", "device is required and must be an object", "required")
-    token = device.get("token")
-    if not isinstance(token, str) or not token:
-        message = "device.token must be a non-empty string"
-        raise ValidationError("device.token", message, "required")
-    if not full:
-        return
-    if not _one_of(device.get("platform"), _PLATFORMS):
-        raise ValidationError("device.platform", "device.platform must be 'ios' or 'android'")
-    message = "device.last_used must be an integer"
-    _check_optional(device.get("last_used"), _is_int, "device.last_used", message)
-    message = "device.attributes must be an object"
-    _check_optional(device.get("attributes"), _is_object, "device.attributes", message)
-
-
-def _check_v2_relationships(op: dict[str, Any]) -> None:
-    """Check a v2 add/delete_relationships: a non-empty cio_relationships list."""
-    relationships = op.get("cio_relationships")
-    if not isinstance(relationships, list) or not relationships:
-        message = "cio_relationships must be a non-empty list"
-        raise ValidationError("cio_relationships", message)
-
-
-def _no_fields(op: dict[str, Any]) -> None:
-    """Accept an action that needs nothing beyond its identifiers."""
-
-
-_V2_ACTION_CHECKS: Final[Mapping[str, Callable[[dict[str, Any]], None]]] = {
-    "identify": _check_v2_identify,
-    "delete": _no_fields,
-    "event": partial(_check_event, data_key="attributes"),
-    "page": partial(_check_event, data_key="attributes"),
-    "screen": partial(_check_event, data_key="attributes"),
-    "add_device": partial(_check_v2_device, full=True),
-    "delete_device": partial(_check_v2_device, full=False),
-    "merge": _check_v2_merge,
-    "suppress": _no_fields,
-    "unsuppress": _no_fields,
-    "add_relationships": _check_v2_relationships,
-    "delete_relationships": _check_v2_relationships,
-}
-_V2_ACTIONS: Final = frozenset(_V2_ACTION_CHECKS)
