@@ -34,15 +34,18 @@ class OperationView:
     Attributes:
         kind: the EventQueue method that made it: ``"identify"``, ``"track"``, ...
         customer_id: the person, as given (the anonymous id for ``track_anonymous``;
-            None for ``merge_customers`` and ``batch``).
+            for ``batch``, the first value of the element's ``identifiers``, or None;
+            None for ``merge_customers``).
         identifiers: the person as the API reads it, e.g. ``{"id": "42"}`` or
-            ``{"email": "ada@example.com"}`` (empty when there is no person); read-only,
-            derived from ``customer_id``, which is what to change.
+            ``{"email": "ada@example.com"}`` (empty for ``track_anonymous``,
+            ``merge_customers`` and ``batch``); read-only, derived from ``customer_id``,
+            which is what to change.
         name: the event name (the page for ``pageview``); None for other kinds.
         attributes: identify's attributes, an event's data, or ``add_device``'s extra
             device fields; empty for the other kinds. A copy: editing it in place is a
             change like any other, validated when the view is returned.
-        timestamp: an event's unix seconds, or None.
+        timestamp: an event's unix seconds when it has one, else None (a ``pageview``
+            never has one: setting it is an error, not ignored).
         id: an event's dedupe id, or None.
     """
 
@@ -166,6 +169,13 @@ def _rebuild(view: OperationView, original: ops.Operation) -> ops.Operation:
     return _REBUILDERS[view.kind](view, original)
 
 
+def _pageview(view: OperationView, _original: ops.Operation) -> ops.Operation:
+    if view.timestamp is not None:  # pageview() takes none; never drop it silently
+        raise InvalidEventError("timestamp", "a pageview has no timestamp; the API dates it "
+                                             "on arrival")
+    return ops.pageview(view.customer_id, view.name, view.attributes, view.id)
+
+
 def _device(view: OperationView, original: ops.Operation) -> ops.Operation:
     device = original.payload["device"]
     return ops.add_device(view.customer_id, device["id"], device["platform"], view.attributes)
@@ -177,7 +187,7 @@ _REBUILDERS: Final[dict[str, _Rebuilder]] = {
     "track": lambda v, _: ops.track(v.customer_id, v.name, v.attributes, v.id, v.timestamp),
     "track_anonymous": lambda v, _: ops.track_anonymous(v.customer_id, v.name, v.attributes,
                                                         v.id, v.timestamp),
-    "pageview": lambda v, _: ops.pageview(v.customer_id, v.name, v.attributes, v.id),
+    "pageview": _pageview,
     "backfill": lambda v, _: ops.backfill(v.customer_id, v.name, v.timestamp, v.attributes,
                                           v.id),
     "add_device": _device,

@@ -162,6 +162,20 @@ async def test_a_failing_hook_is_an_invalid_event_error_naming_it() -> None:
         assert queue.statistics().enqueued == 0
 
 
+async def test_a_timestamp_given_to_a_pageview_is_an_error_not_dropped() -> None:
+    """A pageview has no timestamp: setting one in the view raises rather than vanishing."""
+    def stamp(view: OperationView) -> OperationView:
+        return dataclasses.replace(view, timestamp=1_700_000_000)
+
+    sender = RecordingSender()
+    async with EventQueue(config(before_send=stamp), sender=sender) as queue:
+        with pytest.raises(InvalidEventError, match="timestamp: in before_send's result"):
+            await queue.pageview("42", "/home")
+        await queue.track("42", "ev")  # an event that has one takes it
+    assert queue.statistics().enqueued == 1
+    assert [element.get("timestamp") for element in elements(sender)] == [1_700_000_000]
+
+
 def test_a_sync_queue_runs_the_hook_in_the_callers_thread() -> None:
     """SyncEventQueue: the hook's errors raise at the call, its drops count as filtered."""
     def hook(view: OperationView) -> OperationView | None:
