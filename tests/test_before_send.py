@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
+import cio_queue
 from cio_queue import (
     EventQueue,
     InvalidEventError,
@@ -26,6 +27,7 @@ from cio_queue import (
     Statistics,
     SyncEventQueue,
 )
+from cio_queue.testing import FakeTrackAPI
 
 from .recording import RecordingSender
 
@@ -174,6 +176,29 @@ async def test_a_timestamp_given_to_a_pageview_is_an_error_not_dropped() -> None
         await queue.track("42", "ev")  # an event that has one takes it
     assert queue.statistics().enqueued == 1
     assert [element.get("timestamp") for element in elements(sender)] == [1_700_000_000]
+
+
+async def test_replay_runs_the_hook_of_the_config_it_is_given(tmp_path: Path) -> None:
+    """replay() enqueues each record again, so config.before_send sees it (README)."""
+    path = tmp_path / "dead.jsonl"
+    async with EventQueue(config(dead_letter_path=str(path)),
+                          sender=RecordingSender(lambda request: 400)) as queue:
+        with anyio.fail_after(10):
+            await (await queue.track("42", "purchase", {"price": 9.5})).wait()
+    seen: list[tuple[str, object]] = []
+
+    def stamp(view: OperationView) -> OperationView:
+        seen.append((view.kind, view.customer_id))
+        return dataclasses.replace(view, attributes={**view.attributes, "replayed": True})
+
+    async with FakeTrackAPI() as fake:
+        with anyio.fail_after(30):
+            stats = await cio_queue.replay(path, config(
+                site_id=fake.site_id, api_key=fake.api_key, base_url=fake.url,
+                before_send=stamp))
+        sent = [operation.op["attributes"] for operation in fake.operations]
+    assert (seen, stats.delivered, sent) == ([("track", "42")], 1,
+                                             [{"price": 9.5, "replayed": True}])
 
 
 def test_a_sync_queue_runs_the_hook_in_the_callers_thread() -> None:
