@@ -21,5 +21,6 @@ and of ``validate_events=True`` beside EventQueue's. So do the spool's:
 ``python -m benchmarks.spool`` (the store alone), ``python -m benchmarks.spool_queue``
 (enqueue cost and throughput with a spool, ``batched`` and ``sync``, beside the in-memory
 queue) and ``python -m benchmarks.spool_outage`` (the README's FastAPI example through a
-60 s outage of the API).
+60 s outage of the API). ``python -m benchmarks.before_send_cost`` measures what a
+``before_send`` hook adds per operation, passing, editing in place or replacing the view.
 """

@@ -364,9 +364,13 @@ class Pipeline:
     def _written(self, entries: list[Entry], written: bool) -> None:
         self.ledger.recorded(entries, written=written)
 
-    def _settled(self, outcome: Outcome) -> None:
+    def count(self, outcome: Outcome) -> None:
+        """Count in the metrics an operation settled outside the ledger (on this loop)."""
         if self._telemetry is not None:
             self._telemetry.settled(outcome)
+
+    def _settled(self, outcome: Outcome) -> None:
+        self.count(outcome)
         callback = self._on_outcome
         if callback is None:
             return

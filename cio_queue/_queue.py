@@ -17,7 +17,7 @@ from ._config import OnOutcome, QueueConfig
 from ._exceptions import InvalidEventError, QueueClosedError, QueueUsageError
 from ._intake import Intake
 from ._otel import metrics_for
-from ._outcome import Receipt, Statistics
+from ._outcome import Outcome, Receipt, Statistics
 from ._pipeline import Pipeline, wait_regardless
 from ._region import AccountRegion, check_account
 from ._sender import HttpSender, Sender
@@ -305,3 +305,12 @@ class EventQueue:
         run = self._run
         assert run is not None
         return await self._intake.submit(run, op)
+
+    def _count(self, outcome: Outcome) -> None:
+        """Count in the metrics an outcome settled outside this queue, on its loop.
+
+        A SyncEventQueue settles what its before_send drops in the caller's thread; its
+        queue thread reports those here, so the metrics count them as EventQueue's do.
+        """
+        if self._run is not None:
+            self._run.count(outcome)

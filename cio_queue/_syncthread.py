@@ -207,9 +207,18 @@ class Runtime(Handoff):
         receipt._outcome = outcome
         with self.lock:
             self.filtered_here += 1
-        if self.on_outcome is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(self._report, receipt, outcome)  # on its thread
+        loop = self.loop
+        if loop is not None:
+            # The queue has closed meanwhile if its loop has: nothing is left to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._filtered, receipt, outcome)  # on its thread
         return receipt
+
+    def _filtered(self, receipt: SyncReceipt, outcome: Outcome) -> None:
+        """Count a filtered operation in the EventQueue's metrics, and report it."""
+        if self.queue is not None:
+            self.queue._count(outcome)
+        self._report(receipt, outcome)
 
     def _settle_here(self, op: Operation, receipt: SyncReceipt, reason: str) -> None:
         """Fail an operation that never reached the EventQueue, and report it."""

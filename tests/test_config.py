@@ -228,3 +228,28 @@ def test_from_env_may_allow_plain_http_to_a_remote_fake() -> None:
     assert (config.base_url, config.allow_insecure_http) == ("http://fake-track-api:8080", True)
     with pytest.raises(ConfigError, match="CUSTOMERIO_ALLOW_INSECURE_HTTP"):
         QueueConfig.from_env({**env, "CUSTOMERIO_ALLOW_INSECURE_HTTP": "maybe"})
+
+
+@pytest.mark.parametrize(("value", "allowed"), [
+    ("true", True), ("1", True), ("yes", True), (" TRUE ", True), ("Yes", True),
+    ("false", False), ("0", False), ("no", False), ("False", False), ("", False),
+])
+def test_from_env_reads_allow_insecure_http_as_a_boolean(value: str, allowed: bool) -> None:
+    """true/1/yes and false/0/no, in any case (README "Security"); empty means unset."""
+    env = {"CUSTOMERIO_SITE_ID": "s", "CUSTOMERIO_API_KEY": "k",
+           "CUSTOMERIO_ALLOW_INSECURE_HTTP": value}
+    assert QueueConfig.from_env(env).allow_insecure_http is allowed
+    remote = {**env, "CUSTOMERIO_BASE_URL": "http://fake-track-api:8080"}
+    if allowed:
+        assert QueueConfig.from_env(remote).base_url == "http://fake-track-api:8080"
+    else:
+        with pytest.raises(ConfigError, match="plain http"):
+            QueueConfig.from_env(remote)
+
+
+@pytest.mark.parametrize("value", ["maybe", "on", "off", "2", "y", "n", "truee", "-1"])
+def test_from_env_refuses_any_other_allow_insecure_http(value: str) -> None:
+    env = {"CUSTOMERIO_SITE_ID": "s", "CUSTOMERIO_API_KEY": "k",
+           "CUSTOMERIO_ALLOW_INSECURE_HTTP": value}
+    with pytest.raises(ConfigError, match="CUSTOMERIO_ALLOW_INSECURE_HTTP must be true or false"):
+        QueueConfig.from_env(env)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
 
 import anyio
 import pytest
@@ -26,6 +28,9 @@ from hypothesis import strategies as st
 
 from cio_queue import (
     ConfigError,
+    EventQueue,
+    Outcome,
+    OutcomeStatus,
     QueueConfig,
     RejectedError,
     RetryPolicy,
@@ -461,6 +466,55 @@ async def test_response_headers_that_echo_the_credential_are_redacted() -> None:
     error = classify(response)
     assert isinstance(error, ServerError)
     assert error.retry_after == 1.0
+
+
+@pytest.mark.parametrize("transport", ["batch", "v1"])
+@pytest.mark.parametrize("status", [400, 401, 500])
+async def test_an_echoed_credential_reaches_no_log_outcome_or_dead_letter(
+        status: int, transport: Literal["batch", "v1"], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """End to end, through an EventQueue, a credential echoed back is blanked everywhere.
+
+    The server repeats it in its error body and headers; once delivery has failed,
+    neither the DEBUG logs, nor the outcome, its error and the statistics, nor the
+    dead-letter file hold any form of it.
+    """
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text=echo_page(request), headers={
+            "X-Echo-Authorization": request.headers["Authorization"],
+            "X-Echo-Key": API_KEY, "Retry-After": "0"})
+
+    caplog.set_level(logging.DEBUG)
+    dead_letters = tmp_path / "dead.jsonl"
+    outcomes: list[Outcome] = []
+    async with serve(handler) as url:
+        config = QueueConfig(site_id=SITE_ID, api_key=API_KEY, base_url=url,
+                             transport=transport, flush_interval=0.01, rate_limit=None,
+                             retry=RetryPolicy(attempts=2, wait_initial=0.01, wait_jitter=0),
+                             dead_letter_path=str(dead_letters), shutdown_timeout=5.0)
+        async with EventQueue(config, on_outcome=outcomes.append) as queue:
+            receipts = [await queue.identify("42", plan="pro"),
+                        await queue.track("42", "purchase", {"price": 9.5})]
+            with anyio.fail_after(10):
+                settled = [await receipt.wait() for receipt in receipts]
+    expected = {400: (OutcomeStatus.REJECTED, "rejected"),
+                401: (OutcomeStatus.FAILED, "unauthorized"),
+                500: (OutcomeStatus.FAILED, "retries_exhausted")}[status]
+    assert [(outcome.status, outcome.reason) for outcome in settled] == [expected] * 2
+    assert outcomes == settled
+    for outcome in settled:  # the echo did come back: blanked, not missing
+        assert outcome.error is not None
+        assert outcome.error.status == status
+        assert "Authorization: [REDACTED]" in str(outcome.error)
+        assert_no_secret(f"{outcome!r} {outcome} {outcome.reason} {outcome.error!s} "
+                         f"{outcome.error!r}")
+    assert_no_secret(repr(queue.statistics()))
+    records = dead_letters.read_bytes()
+    assert records.count(b"\n") == 2
+    assert_no_secret(records)
+    assert len(caplog.records) > 0
+    for record in caplog.records:
+        assert_no_secret(f"{record.getMessage()} {record.__dict__!r}")
 
 
 @pytest.mark.parametrize("raw", [

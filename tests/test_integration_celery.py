@@ -107,8 +107,13 @@ PREFORK_APP = textwrap.dedent("""
     shared = os.environ["CIO_TEST_CELERY_DIR"]
     app.conf.update(
         broker_url="filesystem://", result_backend=f"file://{shared}/results",
+        # Every folder of the transport in the test's directory: kombu's default
+        # control_folder, "control", is relative to whichever process binds a queue
+        # first (this test's, in the repository).
         broker_transport_options={"data_folder_in": f"{shared}/broker",
                                   "data_folder_out": f"{shared}/broker",
+                                  "control_folder": f"{shared}/control",
+                                  "processed_folder": f"{shared}/processed",
                                   "polling_interval": 0.05},
         task_always_eager=False, worker_prefetch_multiplier=1)
 """)

@@ -36,6 +36,7 @@ from cio_queue import (
     OutcomeStatus,
     QueueConfig,
     RetryPolicy,
+    SyncEventQueue,
 )
 from cio_queue.testing import FakeTrackAPI, Fault
 
@@ -148,6 +149,30 @@ async def test_outcomes_retries_429s_and_durations_are_recorded(
     ok = durations[key({**post, "http.response.status_code": 200})]
     assert 0 < ok.min <= ok.max < WAIT
     assert ok.explicit_bounds[:3] == (0.005, 0.01, 0.025)  # the semconv advice, in seconds
+
+
+def test_a_sync_queue_counts_what_its_before_send_drops() -> None:
+    """SyncEventQueue drops in the caller's thread; the metric counts it as EventQueue does."""
+    provider, reader = meter_provider()
+    outcomes: list[OutcomeStatus] = []
+
+    def no_test_users(view: OperationView) -> OperationView | None:
+        return None if str(view.customer_id).startswith("test-") else view
+
+    config = held_config(provider, before_send=no_test_users,
+                         on_outcome=lambda outcome: outcomes.append(outcome.status))
+    with SyncEventQueue(config, sender=RecordingSender()) as queue:
+        filtered = queue.track("test-1", "purchase")
+        delivered = queue.track("2", "purchase")
+        assert delivered.result(timeout=WAIT).status is OutcomeStatus.DELIVERED
+        assert filtered.result(timeout=WAIT).status is OutcomeStatus.FILTERED
+        queue.flush(timeout=WAIT)
+        found = collect(reader)
+    name = {"cio_queue.name": "default"}
+    assert sums(found["cio_queue.operations"]) == {
+        key({**name, "cio_queue.outcome": "delivered"}): 1,
+        key({**name, "cio_queue.outcome": "filtered", "cio_queue.reason": "before_send"}): 1}
+    assert sorted(status.value for status in outcomes) == ["delivered", "filtered"]
 
 
 async def test_gauges_read_depth_and_in_flight_and_report_nothing_once_stopped() -> None:

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tracemalloc
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -612,6 +613,18 @@ async def test_a_replay_lets_the_event_loop_run_every_few_operations(
     assert seen_in_all[0] == STALL_FILE  # the watcher saw every operation go in
     assert largest[0] <= SUBMIT_STEP, f"{largest[0]} operations enqueued without a yield"
     assert read_records(path) == []
+
+
+def test_the_stall_benchmark_runs() -> None:
+    """`python -m benchmarks.replay_stall` at its smallest: a smoke test, not a timing."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.replay_stall", "--records", "300"], cwd=root,
+        capture_output=True, text=True, timeout=120, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "300 delivered" in result.stdout
+    assert "during the replay" in result.stdout
+    assert "idle, the same" in result.stdout
 
 
 async def peak_memory_of_a_replay(path: Path, url: str) -> int:
