@@ -1,5 +1,7 @@
 """The cio-queue command line: demo, replay, import and fake-server.
 
+Stage: outside the pipeline; commands that drive a queue (or the fake) from a shell.
+
 demo tries the queue against a fake Track API, replay sends a dead-letter file again,
 import sends a JSON-lines or CSV file, and fake-server serves the fake Track API for
 local development.

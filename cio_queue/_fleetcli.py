@@ -1,5 +1,7 @@
 """The fleet's commands: ``cio-queue worker`` sends from the stream, ``cio-queue status`` shows it.
 
+Stage: outside the pipeline; the command line of a fleet.
+
 Both find the fleet's Redis in ``--redis-url`` or ``CIO_QUEUE_REDIS_URL``; the worker
 takes its credentials from the ``CUSTOMERIO_*`` variables, as replay does, and the
 stream's default name from ``CUSTOMERIO_SITE_ID``.

@@ -1,5 +1,7 @@
 """Operations: the validated, serialised form of one call, built at enqueue.
 
+Stage: intake.
+
 The second half of the enqueue stage: after ``_validation`` has checked the caller's
 input, every builder here (one per EventQueue method) returns an :class:`Operation` whose
 v1 request (method, percent-encoded path, JSON body bytes) is byte-for-byte what the

@@ -1,5 +1,7 @@
 """Exceptions of the fleet layer, in cio-queue's tree.
 
+Stage: the fleet link (what its Redis components raise).
+
 ::
 
     CioQueueError
