@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["CHILD_LIFETIME", "FakeProcess", "Member", "Work", "balanced", "close_all",
            "fake_process", "members", "wait_for"]
 
-CHILD_LIFETIME: Final = 120.0
+CHILD_LIFETIME: Final = 300.0
 """Seconds after which a child ends itself, whatever the parent does."""
 START_TIMEOUT: Final = 60.0
 """Seconds a child may take to import, start and say so (a loaded machine is slow)."""
