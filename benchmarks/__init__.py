@@ -21,5 +21,8 @@ and of ``validate_events=True`` beside EventQueue's. So do the spool's:
 ``python -m benchmarks.spool`` (the store alone), ``python -m benchmarks.spool_queue``
 (enqueue cost and throughput with a spool, ``batched`` and ``sync``, beside the in-memory
 queue) and ``python -m benchmarks.spool_outage`` (the README's FastAPI example through a
-60 s outage of the API).
+60 s outage of the API). And the fleet's: ``python -m benchmarks.redis_fleet`` (the
+producer's and the pacer's costs against redis-server) and ``python -m
+benchmarks.fleet_throughput`` (a fleet of 1, 2 and 4 processes beside one in-memory
+queue).
 """
