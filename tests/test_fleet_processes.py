@@ -320,6 +320,10 @@ def test_producers_and_consumers_ride_out_a_redis_restart_and_lose_nothing(
     ``redis_unreachable``; after the restart each logs ``redis_reconnected`` and catches
     up. Every produced id arrives at least once (an entry in hand when its lease lapsed
     during the outage may go out twice, with its event id).
+
+    tests/test_redis_restart.py restarts Redis under the Producer and the Consumer
+    themselves, in one process; this is the same through whole EventQueues, one process
+    each, as the issue's acceptance asks: the pacer, the ledger and the shutdown included.
     """
     with fake_process() as fake:
         config = options(fake, redis_server, rate_limit=100.0, batch_size=100)
