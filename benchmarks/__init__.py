@@ -23,4 +23,7 @@ and of ``validate_events=True`` beside EventQueue's. So do the spool's:
 queue) and ``python -m benchmarks.spool_outage`` (the README's FastAPI example through a
 60 s outage of the API). ``python -m benchmarks.before_send_cost`` measures what a
 ``before_send`` hook adds per operation, passing, editing in place or replacing the view.
+And the fleet's: ``python -m benchmarks.redis_fleet`` (the producer's and the pacer's
+costs against redis-server) and ``python -m benchmarks.fleet_throughput`` (a fleet of 1,
+2 and 4 processes beside one in-memory queue).
 """
