@@ -41,9 +41,6 @@ def add_fleet_parsers(sub: Any) -> None:
                         help="requests per second for the whole fleet (default 100; 0 for none)")
     worker.add_argument("--concurrency", type=number(int, 1), default=None,
                         help="requests in flight from this worker (default 10)")
-    worker.add_argument("--dead-letter-path",
-                        help="a file for what is unsent when the worker stops (default: none, "
-                             "it stays in the stream)")
     status = sub.add_parser("status", help="print the fleet's stream, consumers, lag, rate "
                                            "used and 429 gate")
     status.set_defaults(run=_status)
@@ -82,8 +79,7 @@ def _stream_of(args: argparse.Namespace) -> str:
 
 async def _worker(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"redis_url": redis_url_of(args), "redis_group": args.group,
-                                 "redis_stream": args.stream, "redis_consumer": args.name,
-                                 "dead_letter_path": args.dead_letter_path}
+                                 "redis_stream": args.stream, "redis_consumer": args.name}
     if args.partitions is not None:
         overrides["redis_partitions"] = args.partitions
     if args.rate_limit is not None:
