@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._exceptions import DeliveryError, QueueUsageError
+from ._log import log
 
-__all__ = ["Outcome", "OutcomeStatus", "Receipt", "Statistics"]
+__all__ = ["Outcome", "OutcomeStatus", "Receipt", "Statistics", "run_on_outcome"]
 
 
 class OutcomeStatus(enum.Enum):
@@ -173,3 +178,39 @@ class Statistics:
     retries: int = 0
     rate_limited: int = 0
     unauthorized: int = 0
+
+
+def run_on_outcome(callback: Callable[[Outcome], Any], outcome: Outcome,
+                   loop: asyncio.AbstractEventLoop | None,
+                   tasks: set[asyncio.Task[Any]]) -> None:
+    """Run the user's ``on_outcome`` for ``outcome``; it never stops delivery.
+
+    A sync callback runs here; an async one becomes a task of ``loop``, kept in ``tasks``
+    until it ends (so a close can wait for it). What either raises is logged, never
+    raised. With no running loop left (it failed), an async callback cannot run and is
+    closed unawaited.
+    """
+    try:
+        result = callback(outcome)
+    except Exception:  # noqa: BLE001 - a user's callback never stops delivery
+        log.exception("cio_queue.on_outcome_failed", kind=outcome.kind)
+        return
+    if not inspect.isawaitable(result):
+        return
+    if loop is None or not loop.is_running():
+        if inspect.iscoroutine(result):
+            result.close()
+        return
+    task = loop.create_task(_await(result), name="cio_queue.on_outcome")
+    tasks.add(task)
+    task.add_done_callback(functools.partial(_callback_done, tasks))
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _callback_done(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
+    tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cio_queue.on_outcome_failed", exc_info=task.exception())

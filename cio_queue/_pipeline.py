@@ -29,9 +29,8 @@ one error with the count.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -43,7 +42,7 @@ from ._dispatch import SHUTDOWN_REASON, Dispatcher
 from ._exceptions import ConfigError, SpoolError
 from ._ledger import Entry, Ledger
 from ._log import log
-from ._outcome import Outcome, OutcomeStatus, Statistics
+from ._outcome import Outcome, OutcomeStatus, Statistics, run_on_outcome
 from ._sender import Sender
 from ._spooled import Spooler
 from ._telemetry import Telemetry
@@ -371,23 +370,8 @@ class Pipeline:
 
     def _settled(self, outcome: Outcome) -> None:
         self.count(outcome)
-        callback = self._on_outcome
-        if callback is None:
-            return
-        try:
-            result = callback(outcome)
-        except Exception:  # noqa: BLE001 - a user's callback never stops delivery
-            log.exception("cio_queue.on_outcome_failed", kind=outcome.kind)
-            return
-        if inspect.isawaitable(result):
-            task = self.loop.create_task(_await(result), name="cio_queue.on_outcome")
-            self._callbacks.add(task)
-            task.add_done_callback(self._callback_done)
-
-    def _callback_done(self, task: asyncio.Task[Any]) -> None:
-        self._callbacks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("cio_queue.on_outcome_failed", exc_info=task.exception())
+        if self._on_outcome is not None:
+            run_on_outcome(self._on_outcome, outcome, self.loop, self._callbacks)
 
 
 async def _stop(tasks: list[asyncio.Task[None]], deadline: float) -> None:
@@ -414,10 +398,6 @@ def _announce_abandoned(unsent: int, error: BaseException | None) -> None:
         log.error("cio_queue.abandoned", count=unsent, hint=_ABANDONED_HINT)
     else:
         log.warning("cio_queue.abandoned", count=0, hint=_ABANDONED_HINT)
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 async def wait_regardless(task: asyncio.Task[None]) -> None:

@@ -50,7 +50,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from ._before_send import apply_before_send
 from ._config import OnOutcome, QueueConfig
@@ -60,7 +60,7 @@ from ._outcome import Receipt, Statistics
 from ._queue import EventQueue
 from ._region import AccountRegion
 from ._sender import Sender
-from ._synchandoff import CLOSED_MESSAGE, RUNNING, SyncReceipt
+from ._synchandoff import CLOSED_MESSAGE, RUNNING, SyncReceipt, drive
 from ._syncthread import CLOSE_MARGIN, Runtime
 
 __all__ = ["CLOSE_MARGIN", "SyncEventQueue", "SyncReceipt"]
@@ -103,15 +103,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _drive(running: Coroutine[Any, Any, T]) -> T:
-    """Run an EventQueue method's body on an _Intake, which never suspends, to its end."""
-    try:
-        running.send(None)
-    except StopIteration as finished:
-        result: T = finished.value
-        return result
-    running.close()
-    raise RuntimeError("an EventQueue method waited; _Intake never suspends")
+_NEVER_WAITS: Final = "an EventQueue method waited; _Intake never suspends"
 
 
 def _without_await(method: Callable[Concatenate[EventQueue, P], Coroutine[Any, Any, Receipt]]
@@ -119,7 +111,7 @@ def _without_await(method: Callable[Concatenate[EventQueue, P], Coroutine[Any, A
     """Make a SyncEventQueue method out of an EventQueue one: same arguments, no await."""
 
     def call(self: SyncEventQueue, /, *args: P.args, **kwargs: P.kwargs) -> SyncReceipt:
-        receipt = _drive(method(_Intake(self), *args, **kwargs))
+        receipt = drive(method(_Intake(self), *args, **kwargs), _NEVER_WAITS)
         assert isinstance(receipt, SyncReceipt)
         return receipt
 
@@ -231,7 +223,7 @@ class SyncEventQueue:
             InvalidEventError: not a list of dicts, or one the API would refuse, naming it
                 and its field (``operations[1].timestamp``); nothing is queued.
         """
-        receipts = _drive(EventQueue.batch(_Intake(self), operations))
+        receipts = drive(EventQueue.batch(_Intake(self), operations), _NEVER_WAITS)
         return [receipt for receipt in receipts if isinstance(receipt, SyncReceipt)]
 
     def check(self, timeout: float | None = None) -> AccountRegion:

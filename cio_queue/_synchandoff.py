@@ -18,14 +18,33 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Final
+from collections.abc import Coroutine
+from typing import Any, Final, TypeVar
 
 from ._config import QueueConfig
 from ._exceptions import QueueClosedError, QueueFullError, QueueUsageError
 from ._operations import Operation
 from ._outcome import Outcome, Receipt
 
-__all__ = ["CLOSED", "CLOSED_MESSAGE", "CLOSING", "RUNNING", "Handoff", "SyncReceipt"]
+__all__ = ["CLOSED", "CLOSED_MESSAGE", "CLOSING", "RUNNING", "Handoff", "SyncReceipt", "drive"]
+
+T = TypeVar("T")
+
+
+def drive(running: Coroutine[Any, Any, T], never_waits: str) -> T:
+    """Run a coroutine that never suspends to its end, synchronously; return its result.
+
+    How the SyncEventQueue reuses EventQueue's async code without an event loop in the
+    calling thread. Should it suspend after all, it is closed and ``RuntimeError(never_waits)``
+    says which promise broke.
+    """
+    try:
+        running.send(None)
+    except StopIteration as finished:
+        result: T = finished.value
+        return result
+    running.close()
+    raise RuntimeError(never_waits)
 
 CLOSED_MESSAGE: Final = "this SyncEventQueue is closed; no new operations are accepted"
 

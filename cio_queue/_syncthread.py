@@ -23,10 +23,10 @@ from ._config import OnOutcome, QueueConfig
 from ._exceptions import QueueClosedError
 from ._log import log
 from ._operations import Operation
-from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics
+from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics, run_on_outcome
 from ._queue import EventQueue
 from ._sender import Sender
-from ._synchandoff import CLOSED, CLOSING, RUNNING, Handoff, SyncReceipt
+from ._synchandoff import CLOSED, CLOSING, RUNNING, Handoff, SyncReceipt, drive
 
 __all__ = ["CLOSE_MARGIN", "Runtime"]
 
@@ -50,14 +50,8 @@ def _admit_built(queue: EventQueue, op: Operation) -> Receipt:
     not ``"block"``, which the SyncEventQueue never gives its EventQueue.
     """
     queue._ready()  # private: this is the stand-in for the hook (see the docstring)
-    submit = queue._submit(op)
-    try:
-        submit.send(None)
-    except StopIteration as finished:
-        receipt: Receipt = finished.value
-        return receipt
-    submit.close()
-    raise RuntimeError("EventQueue._submit waited; a SyncEventQueue never lets it block")
+    return drive(queue._submit(op),
+                 "EventQueue._submit waited; a SyncEventQueue never lets it block")
 
 
 class Runtime(Handoff):
@@ -229,23 +223,8 @@ class Runtime(Handoff):
 
     def _report(self, receipt: SyncReceipt, outcome: Outcome) -> None:
         receipt._outcome = outcome
-        callback = self.on_outcome
-        if callback is None:
-            return
-        try:
-            result = callback(outcome)
-        except Exception:  # noqa: BLE001 - a user's callback never stops delivery
-            log.exception("cio_queue.on_outcome_failed", kind=outcome.kind)
-            return
-        if not asyncio.iscoroutine(result):
-            return
-        loop = self.loop
-        if loop is not None and loop.is_running():
-            task = loop.create_task(result, name="cio_queue.on_outcome")
-            self.callbacks.add(task)
-            task.add_done_callback(self.callbacks.discard)
-        else:  # the loop itself failed: there is nowhere left to run it
-            result.close()
+        if self.on_outcome is not None:
+            run_on_outcome(self.on_outcome, outcome, self.loop, self.callbacks)
 
     def _settled(self, outcome: Outcome) -> Any:
         """The EventQueue's on_outcome: free the operation's place, run the user's callback."""

@@ -17,6 +17,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
+from ._apirules import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_DATA_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_ID_BYTES,
+    MAX_V2_OP_BYTES,
+)
 from ._exceptions import InvalidEventError
 from ._ulid import new_ulid
 
@@ -46,16 +55,11 @@ __all__ = [
     "utf8_len",
 ]
 
-MAX_ID_BYTES: Final = 150
-MAX_ATTRIBUTE_NAME_BYTES: Final = 150
-MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
-MAX_ATTRIBUTES: Final = 300
-MAX_EVENT_NAME_BYTES: Final = 100
-MAX_EVENT_DATA_BYTES: Final = 100_000
+# The Track API's documented limits live beside its v2 rules, in _apirules, once.
+MAX_V2_OPERATION_BYTES: Final = MAX_V2_OP_BYTES
+"""The Track API's limit on one operation inside a v2 batch."""
 MAX_TIMESTAMP: Final = 99_999_999_999
 """Eleven digits: anything larger is almost surely milliseconds, not the seconds the API wants."""
-MAX_V2_OPERATION_BYTES: Final = 32 * 1024
-"""The Track API's limit on one operation inside a v2 batch."""
 MAX_DEPTH: Final = 64
 MAX_INT_BITS: Final = 64
 """Larger ints are refused: JSON readers (and Python's own int-to-str limit) cannot take

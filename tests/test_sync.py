@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -243,6 +244,28 @@ def test_on_outcome_runs_once_per_operation_on_the_queue_thread(fake: ThreadedFa
     assert stats.delivered == 3
     assert seen == [(kind, "cio_queue.sync") for kind in ("track", "identify", "track")]
     assert refusals == ["refused"] * 3
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_raising_on_outcome_is_logged_and_delivery_goes_on(
+        fake: ThreadedFake, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A sync or async callback that raises is logged once per outcome, as EventQueue does."""
+    def bad_sync(outcome: Outcome) -> None:
+        raise RuntimeError("callback bug")
+
+    async def bad_async(outcome: Outcome) -> None:
+        raise RuntimeError("callback bug")
+
+    with caplog.at_level(logging.ERROR, logger="cio_queue"):
+        cio = SyncEventQueue(fake.config(),
+                             on_outcome=bad_sync if kind == "sync" else bad_async)
+        for n in range(3):
+            cio.track(str(n), "purchase")
+        stats = cio.close(WAIT)
+    assert stats.delivered == 3
+    failures = [r for r in caplog.records if "cio_queue.on_outcome_failed" in r.getMessage()]
+    assert len(failures) == 3
+    assert all("callback bug" in repr(r.exc_info) for r in failures)
 
 
 def test_overflow_raise_refuses_in_the_calling_thread(fake: ThreadedFake) -> None:
