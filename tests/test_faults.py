@@ -702,7 +702,9 @@ async def test_the_batch_log_lines_add_up_to_the_statistics(
     for record in lines:
         for name in ("operations", "requests", "delivered", "rejected", "failed", "held"):
             summed[name] += getattr(record, name)
-    assert min(stats.failed, stats.rejected, stats.retries) > 0  # the faults happened
+    # The faults happened. (Whether a batch fails twice in a row, and so ends failed,
+    # depends on which request draws which fault, which concurrency reorders.)
+    assert min(stats.rejected, stats.retries) > 0
     assert (summed["delivered"], summed["rejected"], summed["failed"]) == (
         stats.delivered, stats.rejected, stats.failed)
     assert summed["requests"] == stats.requests == len(fake.log)

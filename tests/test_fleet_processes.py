@@ -117,11 +117,13 @@ it has a backlog)."""
 FLEET_CONCURRENCY = 4
 """Requests in flight per consumer: enough to outrun the budget; fewer than the default,
 so that fewer workers ask the shared pacer for each of its 100 starts a second."""
-JITTER = 0.05
-"""Seconds of arrival jitter allowed at the fake: the pacer's guarantee is about starts
-(windows of 1 s + 20 ms, by Redis' clock); a request that starts on time can reach the
-fake's handler late on a loaded machine, when the fake's process waits for a CPU. So the
-fake's view is checked over windows of 1 s - JITTER."""
+JITTER = 0.2
+"""Seconds of clock jitter allowed: the pacer's guarantee is about grants (windows of 1 s +
+20 ms, by Redis' clock). A consumer notes a start just after its grant, and the fake notes
+an arrival when its handler runs; on a loaded machine either process can wait for a CPU
+first, which squeezes two notes closer than their grants were. So both views are checked
+over windows of 1 s - JITTER: a fleet whose budget is not shared (each consumer pacing
+itself, twice the rate) still shows about 160 in such a window, where the limit is 100."""
 
 
 def test_four_processes_deliver_100_000_operations_once_within_the_fleets_rate(
@@ -162,7 +164,7 @@ def test_four_processes_deliver_100_000_operations_once_within_the_fleets_rate(
     # (right after its grant), on the clock all processes share.
     starts = [at for consumer in consumers for at in consumer.events["starts"][1]]
     assert len(starts) == len(requests)
-    assert busiest_window(starts, 1.0) <= FLEET_RATE
+    assert busiest_window(starts, 1.0 - JITTER) <= FLEET_RATE
     # ...and the API's view: the fake's arrival times.
     assert busiest_window([at for at, _ in requests], 1.0 - JITTER) <= FLEET_RATE
     assert all(balanced(stats) for stats in finals)

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from cio_queue import QueueClosedError
 from cio_queue._redis import Consumer, Delivery, Producer, connect
+from cio_queue._redis import _consumer as consumer_module
 from tests import redis_children
 from tests.redis_support import RedisServer, wait_until
 
@@ -151,15 +152,18 @@ async def test_an_entry_read_while_its_partition_is_given_back_goes_to_the_next_
     """
     second = connect(redis_server.url)
     # One partition; "m2" ranks after "m1", so once both are live a's share is 0. A long
-    # lease: no heartbeat comes on its own during the test, only those asked for.
-    a = await Consumer.join(redis, "ops", "senders", "m2", partitions=1, lease=30)
+    # lease: no heartbeat comes on its own during the test, only those asked for. And
+    # reads that block for as long as the test may take: a read that ended on its own
+    # just as the partition was being given back would leave none blocked to interleave.
+    monkeypatch.setattr(consumer_module, "MAX_BLOCK", 30.0)
+    a = await Consumer.join(redis, "ops", "senders", "m2", partitions=1, lease=120)
     got_a: list[Delivery] = []
     read = anyio.Event()  # set when a read returned, then replaced
 
     async def take() -> None:
         nonlocal read
         while True:
-            got_a.extend(await a.fetch(count=10, wait=2))
+            got_a.extend(await a.fetch(count=10, wait=30))
             read.set()
             read = anyio.Event()
 
@@ -189,7 +193,7 @@ async def test_an_entry_read_while_its_partition_is_given_back_goes_to_the_next_
     monkeypatch.setattr(a._leases, "_heartbeat", heartbeat_with_arrival)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(take)
-        b = await Consumer.join(second, "ops", "senders", "m1", partitions=1, lease=30)
+        b = await Consumer.join(second, "ops", "senders", "m1", partitions=1, lease=120)
         assert b.partitions == ()  # a holds the only partition
         a._leases.beat_now()  # a heartbeat now: a learns its share is 0
         await wait_until(lambda: a.partitions == (), 10, "a gives its partition back")

@@ -107,6 +107,7 @@ async def test_batched_adds_are_committed_together_within_the_interval(tmp_path:
     await wait_until(lambda: store.statistics().commits == 1)
     elapsed = time.monotonic() - started
     assert elapsed >= INTERVAL
+    assert elapsed < INTERVAL + 2.0  # a loaded machine makes it later, never 40 times
     assert store.statistics().unwritten == 0
     assert store.statistics().commits == 1
     assert await store.close() == 100
@@ -261,7 +262,10 @@ async def test_a_read_only_directory_is_refused_at_open(tmp_path: Path) -> None:
         os.chmod(parent, 0o755)
         read_only = parent / "spool"
         os.mkdir(read_only, mode=0o555)
-        os.seteuid(NOBODY)
+        try:
+            os.seteuid(NOBODY)
+        except OSError as exc:  # a user namespace without nobody's uid mapped
+            pytest.skip(f"cannot take uid {NOBODY} here: {exc}")
         try:
             with pytest.raises(SpoolError, match="Permission denied"):
                 await SpoolStore.open(read_only)
@@ -539,6 +543,16 @@ async def test_the_loop_never_waits_on_the_disk(tmp_path: Path, durability: str,
                                   else "batched")
     record = b"r" * 300
     live: deque[int] = deque([store.add(record)[0]])
+    try:
+        await hold_the_disk_and_work(store, record, live, entered, release)
+    finally:
+        release.set()  # also when it failed, so that the commit thread ends
+    assert await store.close() == 0
+
+
+async def hold_the_disk_and_work(store: SpoolStore, record: bytes, live: deque[int],
+                                 entered: threading.Event, release: threading.Event) -> None:
+    """Add and remove 20,000 rows while the commit thread is held inside a commit."""
     with anyio.fail_after(30):
         await wait_until(entered.is_set, within=20)  # the thread is now inside the disk
         for number in range(20_000):
@@ -554,7 +568,6 @@ async def test_the_loop_never_waits_on_the_disk(tmp_path: Path, durability: str,
         while live:
             store.remove(live.popleft())
         await wait_until(lambda: store.statistics().unwritten == 0, within=20)
-    assert await store.close() == 0
 
 
 # --- crashes -----------------------------------------------------------------------------

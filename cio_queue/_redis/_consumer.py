@@ -234,9 +234,16 @@ class Consumer:
                 partition's next holder hands it out again.
         """
         acked = self.ack_nowait(partition, entry_id)
-        if acked.cancelled():
-            raise QueueClosedError("this consumer is closed; the entry stays pending")
-        await asyncio.shield(acked)
+        try:
+            await asyncio.shield(acked)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not acked.cancelled() or (task is not None and task.cancelling()):
+                raise  # the caller was cancelled
+            # The close gave the acknowledgement up (or came first): not the caller's
+            # cancellation, so not a CancelledError.
+            raise QueueClosedError("this consumer is closed; the entry stays pending"
+                                   ) from None
 
     def ack_nowait(self, partition: int, entry_id: str, dead_letter: bytes | None = None
                    ) -> asyncio.Future[None]:
