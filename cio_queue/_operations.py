@@ -64,6 +64,13 @@ EVENT_KINDS: Final = frozenset({"track", "track_anonymous", "pageview", "backfil
 _EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
+def _encode_v2(element: object) -> bytes:
+    """A v2 element's compact JSON, in a bytes object of its own size."""
+    # orjson (3.13) keeps each result in a 4 KiB allocation: a queued operation held 4 KiB
+    # for about 150 bytes of JSON. The copy (tens of nanoseconds) gives the rest back.
+    return memoryview(orjson.dumps(element)).tobytes()
+
+
 class Operation:
     """One validated operation, with its v1 request and, once sealed, its wire bytes.
 
@@ -132,7 +139,7 @@ class Operation:
             if head["v2"]:
                 op = cls(RAW_KIND, "POST", "", body, customer_id=head["c"],
                          event_id=head["e"], enqueued_at=head["t"])
-                op.v2 = orjson.dumps(body)
+                op.v2 = _encode_v2(body)
                 return op, kind
             op = cls(kind, head["m"], head["p"], body, customer_id=head["c"],
                      event_id=head["e"], enqueued_at=head["t"], suffix=head["s"])
@@ -171,7 +178,7 @@ class Operation:
             return self  # sealed already (a SyncEventQueue seals in the caller's thread)
         form = to_v2(self) if batch or self.kind == RAW_KIND else None
         if form is not None:
-            self.v2 = orjson.dumps(form)
+            self.v2 = _encode_v2(form)
             size = len(self.v2)
             if size > MAX_V2_OPERATION_BYTES:
                 raise InvalidEventError("operation", f"is {size} bytes as a v2 batch operation; "
@@ -321,7 +328,7 @@ def raw_v2(operation: object, field: str) -> Operation:
     identifiers = element.get("identifiers")
     person = next(iter(identifiers.values()), None) if isinstance(identifiers, dict) else None
     op = Operation(RAW_KIND, "POST", "", element, customer_id=person, event_id=event_id)
-    op.v2 = orjson.dumps(element)
+    op.v2 = _encode_v2(element)
     if len(op.v2) > MAX_V2_OPERATION_BYTES:
         raise InvalidEventError(field, f"is {len(op.v2)} bytes as a v2 batch operation; the "
                                        f"limit is {MAX_V2_OPERATION_BYTES}")
