@@ -183,7 +183,7 @@ class EventQueue:
 
     # --- the public operations, shaped like customerio.CustomerIO ------------------------
 
-    async def identify(self, id: str | int | None = None, **attributes: Any) -> Receipt:
+    async def identify(self, /, id: str | int | None = None, **attributes: Any) -> Receipt:
         """Create or update a person (v1 ``PUT /customers/{id}``, v2 ``identify``).
 
         ``identifier=`` (async-customerio's name) is taken as the id when ``id`` is not given.
@@ -227,12 +227,12 @@ class EventQueue:
         joined = ops.with_properties(data, properties)
         return await self._submit(ops.track_anonymous(anonymous_id, name, joined, id, timestamp))
 
-    async def pageview(self, customer_id: str | int, page: str, **data: Any) -> Receipt:
+    async def pageview(self, /, customer_id: str | int, page: str, **data: Any) -> Receipt:
         """Track a page view (an event of type ``page`` named after the page)."""
         self._ready()
         return await self._submit(ops.pageview(customer_id, page, data))
 
-    async def backfill(self, customer_id: str | int, name: str, timestamp: ops.Timestamp,
+    async def backfill(self, /, customer_id: str | int, name: str, timestamp: ops.Timestamp,
                        **data: Any) -> Receipt:
         """Track a past event with its required timestamp."""
         self._ready()
@@ -243,7 +243,7 @@ class EventQueue:
         self._ready()
         return await self._submit(ops.delete(customer_id))
 
-    async def add_device(self, customer_id: str | int, device_id: str, platform: str,
+    async def add_device(self, /, customer_id: str | int, device_id: str, platform: str,
                          **data: Any) -> Receipt:
         """Add or update a device; extra keyword arguments go into the device object."""
         self._ready()

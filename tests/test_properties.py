@@ -321,6 +321,7 @@ json_values = st.recursive(
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.text(max_size=10), json_values, max_size=5))
 @example({"plan": Plan.PRO, "tier": Tier.GOLD, "label": Label.HOT, "size": Size.LARGE})
+@example({"self": []})  # an attribute named like the method's own first parameter
 def test_json_ready_data_reaches_the_wire_as_json_dumps_writes_it(data: dict[str, Any]) -> None:
     """Data JSON can already encode (enum members too) is sent as json.dumps encodes it."""
     # Attributes within the API's 1000-byte value limit ("id" is identify's own argument).
