@@ -1,6 +1,6 @@
 import pytest
 
-from tests.redis_support import redis_server  # noqa: F401 - a fixture for the Redis tests
+from tests.redis_support import redis, redis_server  # noqa: F401 - fixtures for the Redis tests
 
 
 @pytest.fixture

@@ -13,12 +13,15 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import pytest
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = ["RedisServer", "find_redis_server", "redis_server", "wait_until"]
 
@@ -130,3 +133,13 @@ async def wait_until(condition: Callable[[], bool], seconds: float, what: str) -
         if time.monotonic() > deadline:
             pytest.fail(f"not within {seconds} s: {what}")
         await anyio.sleep(0.01)
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the test's redis-server, as the library makes them (``connect``)."""
+    from cio_queue._redis import connect  # noqa: PLC0415 - only the Redis tests need it
+
+    client = connect(redis_server.url)
+    yield client
+    await client.aclose()

@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,13 +23,6 @@ pytestmark = pytest.mark.anyio
 
 PARTITIONS = 4
 PEOPLE = 12
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = connect(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 async def _produce(redis: Redis, count: int) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -11,16 +10,8 @@ from redis.asyncio import Redis
 from cio_queue import _operations
 from cio_queue._deadrecord import dumps_record, operation_from_record, record_for
 from cio_queue._redis import DeadLetterStream, RedisUnavailableError, connect
-from tests.redis_support import RedisServer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = connect(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def _records(count: int) -> list[dict[str, object]]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from cio_queue._redis import FleetPacer, connect
+from cio_queue._redis import FleetPacer
 from tests import redis_children
 from tests.redis_support import RedisServer
 
@@ -18,13 +17,6 @@ pytestmark = pytest.mark.anyio
 
 PROCESSES = 4
 RATE = 50
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = connect(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def _run_fleet(url: str, name: str, seconds: float, **first: Any) -> list[dict[str, Any]]:

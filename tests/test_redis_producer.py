@@ -7,7 +7,6 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -26,13 +25,6 @@ from cio_queue._redis import (
 from tests.redis_support import RedisServer, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = connect(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def test_partition_of_is_stable_across_processes_and_releases() -> None:

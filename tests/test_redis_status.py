@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 from redis.asyncio import Redis
 
-from cio_queue._redis import Consumer, Delivery, FleetPacer, Producer, connect, status
-from tests.redis_support import RedisServer
+from cio_queue._redis import Consumer, Delivery, FleetPacer, Producer, status
 
 pytestmark = pytest.mark.anyio
 
 PARTITIONS = 4
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = connect(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 async def test_status_reports_partitions_members_leases_rate_and_gate(redis: Redis) -> None:
