@@ -14,18 +14,17 @@ stack and can never poison a batch.
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, TypeAlias
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import orjson
 
 from ._apirules import check_v2_call
 from ._exceptions import InvalidEventError
 from ._ulid import new_ulid
+from ._v2forms import RAW_KIND, V1_FROM_V2, device_token, person_identifiers, to_v2
 from ._validation import (
     MAX_EVENT_DATA_BYTES,
     MAX_V2_OPERATION_BYTES,
@@ -40,8 +39,8 @@ from ._validation import (
     clean_mapping,
 )
 
-__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "Operation", "Timestamp", "new_ulid",
-           "person_identifiers", "to_v2"]
+__all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "RAW_KIND", "Operation", "Timestamp", "device_token",
+           "new_ulid", "person_identifiers", "to_v2"]
 
 Timestamp: TypeAlias = int | float | datetime
 """When an event happened: unix seconds (a float is truncated), or a datetime (naive is UTC).
@@ -60,8 +59,6 @@ _V1_ENCODER: Final = json.JSONEncoder(allow_nan=False, check_circular=False)
 MERGE_ID_TYPES: Final = frozenset({"id", "email", "cio_id"})
 PLATFORMS: Final = frozenset({"ios", "android"})
 EVENT_KINDS: Final = frozenset({"track", "track_anonymous", "pageview", "backfill"})
-# What the API treats as an email when it reads an identifier from a v1 path.
-_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 def _encode_v2(element: object) -> bytes:
@@ -86,8 +83,8 @@ class Operation:
         v2: the compact JSON of its v2 batch element, once sealed for the batch transport.
     """
 
-    __slots__ = ("_body", "_path", "_suffix", "customer_id", "enqueued_at", "event_id", "kind",
-                 "method", "payload", "v2")
+    __slots__ = ("_body", "_path", "_payload", "_suffix", "customer_id", "enqueued_at",
+                 "event_id", "kind", "method", "v2")
 
     def __init__(self, kind: str, method: str, path: str | None, payload: dict[str, Any],
                  *, customer_id: object = None, event_id: str | None = None,
@@ -98,7 +95,7 @@ class Operation:
         # transport never needs it, and percent-encoding costs a tenth of an enqueue.
         self._path = path
         self._suffix = suffix
-        self.payload = payload
+        self._payload: dict[str, Any] | None = payload
         self.customer_id = customer_id
         self.event_id = event_id
         self.enqueued_at = time.time() if enqueued_at is None else enqueued_at
@@ -155,6 +152,14 @@ class Operation:
         return self._path
 
     @property
+    def payload(self) -> dict[str, Any]:
+        """The sanitised v1 body as a dict (made again from the wire bytes once sealed)."""
+        payload = self._payload
+        if payload is None:
+            payload = self._payload = _payload_of(self)
+        return payload
+
+    @property
     def body(self) -> bytes:
         """The v1 JSON body, exactly as the official SDK encodes it (encoded on first use)."""
         if self._body is None:
@@ -176,19 +181,28 @@ class Operation:
         """
         if self.v2 is not None or (not batch and self._body is not None):
             return self  # sealed already (a SyncEventQueue seals in the caller's thread)
-        form = to_v2(self) if batch or self.kind == RAW_KIND else None
-        if form is not None:
-            self.v2 = _encode_v2(form)
-            size = len(self.v2)
-            if size > MAX_V2_OPERATION_BYTES:
-                raise InvalidEventError("operation", f"is {size} bytes as a v2 batch operation; "
-                                                     f"the limit is {MAX_V2_OPERATION_BYTES}")
-        else:
-            size = len(self.body)
+        size = self._encode(batch)
         # The wire bytes contain the data, so a small message proves small data cheaply.
         if self.kind in EVENT_KINDS and size > MAX_EVENT_DATA_BYTES:
             self._check_data_size()
+        # The wire bytes hold the payload: while the operation waits, the dict is not kept
+        # (a few hundred bytes and a tracked object per queued operation); what needs it
+        # again (a dead letter, before_send on a copy) makes it from the bytes.
+        if self.v2 is None or self.kind in V1_FROM_V2:
+            self._payload = None
         return self
+
+    def _encode(self, batch: bool) -> int:
+        """Make the wire bytes of the form ``batch`` asks for; return their size."""
+        form = to_v2(self) if batch or self.kind == RAW_KIND else None
+        if form is None:
+            return len(self.body)
+        self.v2 = _encode_v2(form)
+        size = len(self.v2)
+        if size > MAX_V2_OPERATION_BYTES:
+            raise InvalidEventError("operation", f"is {size} bytes as a v2 batch operation; "
+                                                 f"the limit is {MAX_V2_OPERATION_BYTES}")
+        return size
 
     def _check_data_size(self) -> None:
         """Refuse event data over 100,000 bytes of compact JSON."""
@@ -197,103 +211,15 @@ class Operation:
             raise InvalidEventError("data", f"is {data_size} bytes of JSON; the limit is "
                                             f"{MAX_EVENT_DATA_BYTES}")
 
-
-def person_identifiers(customer_id: object) -> dict[str, str]:
-    """Map a v1 path identifier to v2 ``identifiers`` the way the API reads a v1 path.
-
-    A ``cio_`` prefix means a cio_id (sent without the prefix), an email-like value an
-    email, anything else an id.
-    """
-    text = customer_id if type(customer_id) is str else str(customer_id)
-    if text.startswith("cio_"):
-        return {"cio_id": text[4:]}
-    if "@" in text and _EMAIL.fullmatch(text):
-        return {"email": text}
-    return {"id": text}
-
-
-def _person(op: Operation, action: str) -> dict[str, Any]:
-    return {"type": "person", "identifiers": person_identifiers(op.customer_id),
-            "action": action}
-
-
-def _v2_identify(op: Operation) -> dict[str, Any]:
-    element = _person(op, "identify")
-    element["attributes"] = op.payload
-    return element
-
-
-def _v2_event(op: Operation) -> dict[str, Any]:
-    payload = op.payload
-    element = _person(op, "page" if op.kind == "pageview" else "event")
-    element["name"] = payload["name"]
-    element["id"] = payload["id"]
-    if "timestamp" in payload:
-        element["timestamp"] = payload["timestamp"]
-    element["attributes"] = payload["data"]
-    return element
-
-
-def _v2_add_device(op: Operation) -> dict[str, Any] | None:
-    extra = dict(op.payload["device"])
-    device: dict[str, Any] = {"token": extra.pop("id"), "platform": extra.pop("platform")}
-    if "last_used" in extra:
-        device["last_used"] = extra.pop("last_used")
-    given = extra.pop("attributes", None)
-    if given is not None and not isinstance(given, dict):
-        return None  # only in an old dead-letter record: it can still go by v1
-    # The caller's attributes mapping (the v1 device shape) is the v2 attributes; other
-    # keys join it, and the mapping wins a clash, being the more specific of the two.
-    device["attributes"] = {**extra, **given} if given else extra
-    element = _person(op, "add_device")
-    element["device"] = device
-    return element
-
-
-def device_token(op: Operation) -> str:
-    """The device token of a ``delete_device`` operation (the last segment of its path)."""
-    return unquote(op.path.rsplit("/", 1)[1])
-
-
-def _v2_delete_device(op: Operation) -> dict[str, Any]:
-    element = _person(op, "delete_device")
-    element["device"] = {"token": device_token(op)}
-    return element
-
-
-def _v2_merge(op: Operation) -> dict[str, Any]:
-    payload = op.payload
-    return {"type": "person", "action": "merge",
-            "primary": {k: str(v) for k, v in payload["primary"].items()},
-            "secondary": {k: str(v) for k, v in payload["secondary"].items()}}
-
-
-def _v2_bare(op: Operation) -> dict[str, Any]:
-    return _person(op, op.kind)  # delete, suppress, unsuppress: the action is the kind
-
-
-# The v2 batch element of each kind, or None. Kinds missing here have no v2 form and go
-# by v1: track_anonymous, because v2 has no anonymous person identifier.
-_V2_FORMS: Final[dict[str, Callable[[Operation], dict[str, Any] | None]]] = {
-    "identify": _v2_identify,
-    "track": _v2_event,
-    "backfill": _v2_event,
-    "pageview": _v2_event,
-    "add_device": _v2_add_device,
-    "delete_device": _v2_delete_device,
-    "merge_customers": _v2_merge,
-    "delete": _v2_bare,
-    "suppress": _v2_bare,
-    "unsuppress": _v2_bare,
-}
-
-
-def to_v2(op: Operation) -> dict[str, Any] | None:
-    """Return the v2 batch element of an operation, or None when it has no v2 form."""
-    if op.kind == RAW_KIND:
-        return op.payload
-    form = _V2_FORMS.get(op.kind)
-    return None if form is None else form(op)
+def _payload_of(op: Operation) -> dict[str, Any]:
+    """Make a sealed operation's v1 payload again from its wire bytes (see ``seal``)."""
+    if op.v2 is not None:
+        return V1_FROM_V2[op.kind](orjson.loads(op.v2))
+    assert op._body is not None, "an operation without a payload is sealed"
+    # json, not orjson: the body is json's own text, and orjson reads an int below -2**63
+    # (which v1 may carry) as a float.
+    payload: dict[str, Any] = json.loads(op._body)
+    return payload
 
 
 def with_properties(data: object, properties: dict[str, Any]) -> object:
@@ -305,8 +231,6 @@ def with_properties(data: object, properties: dict[str, Any]) -> object:
     return {**(data or {}), **properties}
 
 
-RAW_KIND: Final = "batch"
-"""The kind of an operation given in its v2 form (``EventQueue.batch``); it has no v1 form."""
 _RAW_EVENTS: Final = frozenset({"event", "page", "screen"})
 
 

@@ -32,6 +32,7 @@ from cio_queue import (
     Request,
     RetryPolicy,
 )
+from cio_queue._operations import Operation
 from cio_queue._ulid import new_ulid
 from cio_queue.testing import FakeTrackAPI, validate_request
 
@@ -247,6 +248,42 @@ def test_only_invalid_event_error_escapes_and_every_accepted_operation_is_valid(
             assert all(record.status == 200 for record in fake.log)
 
     asyncio.run(over_http())
+
+
+def test_a_sealed_operation_gives_back_its_payload_as_it_was_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued operation keeps only its wire bytes; the payload made from them is the same.
+
+    The same values, nested keys in the same order: a dead letter or a before_send copy
+    of a waiting operation reads exactly what the builder made.
+    """
+    seal = Operation.seal
+    seen: list[tuple[str, str, str]] = []
+
+    def checked_seal(op: Operation, *, batch: bool) -> Operation:
+        built = json.dumps(op.payload)  # key order kept: the record's text, not just its values
+        seal(op, batch=batch)
+        seen.append((op.kind, built, json.dumps(op.payload)))
+        return op
+
+    monkeypatch.setattr(Operation, "seal", checked_seal)
+
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.filter_too_much])
+    @given(st.lists(calls, min_size=1, max_size=8))
+    @example([("track", ("a", "ev", {"n": 1.5, "d": {"z": [1, "é"], "a": None}}, "e1", 7), {}),
+              ("backfill", ("a", "ev", 7), {"b": 2, "a": 1}), ("pageview", ("a", "/p"), {"q": 1}),
+              ("identify", ("a",), {"z": 1, "a": {"y": 2, "b": 3}}),
+              ("track_anonymous", ("x", "ev", {"n": -(2**64 - 1)}, None, None), {})])
+    def check(batch: list[Call]) -> None:
+        for transport in TRANSPORTS:
+            seen.clear()
+            asyncio.run(run_in_memory(batch, transport))
+            for kind, built, after in seen:
+                assert after == built, (transport, kind)
+
+    check()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

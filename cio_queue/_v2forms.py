@@ -1,0 +1,148 @@
+"""The v2 batch element of each operation kind, and the way back to the v1 payload.
+
+Stage: intake (``Operation.seal`` makes the v2 element of a call once, at enqueue).
+
+The batch transport sends each operation as one element of ``POST /api/v2/batch``: a
+person (``identifiers`` read from the v1 path id the way the API reads it) and an action.
+An operation that waits keeps only that element's bytes; :data:`V1_FROM_V2` makes its
+v1 payload again from them for the kinds that drop it (see ``Operation.seal``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    from ._operations import Operation
+
+__all__ = ["RAW_KIND", "V1_FROM_V2", "device_token", "person_identifiers", "to_v2"]
+
+RAW_KIND: Final = "batch"
+"""The kind of an operation given in its v2 form (``EventQueue.batch``); it has no v1 form."""
+# What the API treats as an email when it reads an identifier from a v1 path.
+_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def _event_of_v2(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The v1 event payload of a v2 event element, its keys in the order its builder set."""
+    def payload(element: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in keys:
+            if key == "type":
+                out["type"] = "page"
+            elif key == "data":
+                out["data"] = element["attributes"]
+            elif key in element:
+                out[key] = element[key]
+        return out
+    return payload
+
+
+# The v1 payload of a v2 element, for the kinds whose payload is dropped once sealed.
+V1_FROM_V2: Final[dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "identify": lambda element: element["attributes"],
+    "track": _event_of_v2(("name", "data", "id", "timestamp")),
+    "backfill": _event_of_v2(("name", "data", "timestamp", "id")),
+    "pageview": _event_of_v2(("type", "name", "data", "id")),
+}
+
+
+def person_identifiers(customer_id: object) -> dict[str, str]:
+    """Map a v1 path identifier to v2 ``identifiers`` the way the API reads a v1 path.
+
+    A ``cio_`` prefix means a cio_id (sent without the prefix), an email-like value an
+    email, anything else an id.
+    """
+    text = customer_id if type(customer_id) is str else str(customer_id)
+    if text.startswith("cio_"):
+        return {"cio_id": text[4:]}
+    if "@" in text and _EMAIL.fullmatch(text):
+        return {"email": text}
+    return {"id": text}
+
+
+def _person(op: Operation, action: str) -> dict[str, Any]:
+    return {"type": "person", "identifiers": person_identifiers(op.customer_id),
+            "action": action}
+
+
+def _v2_identify(op: Operation) -> dict[str, Any]:
+    element = _person(op, "identify")
+    element["attributes"] = op.payload
+    return element
+
+
+def _v2_event(op: Operation) -> dict[str, Any]:
+    payload = op.payload
+    element = _person(op, "page" if op.kind == "pageview" else "event")
+    element["name"] = payload["name"]
+    element["id"] = payload["id"]
+    if "timestamp" in payload:
+        element["timestamp"] = payload["timestamp"]
+    element["attributes"] = payload["data"]
+    return element
+
+
+def _v2_add_device(op: Operation) -> dict[str, Any] | None:
+    extra = dict(op.payload["device"])
+    device: dict[str, Any] = {"token": extra.pop("id"), "platform": extra.pop("platform")}
+    if "last_used" in extra:
+        device["last_used"] = extra.pop("last_used")
+    given = extra.pop("attributes", None)
+    if given is not None and not isinstance(given, dict):
+        return None  # only in an old dead-letter record: it can still go by v1
+    # The caller's attributes mapping (the v1 device shape) is the v2 attributes; other
+    # keys join it, and the mapping wins a clash, being the more specific of the two.
+    device["attributes"] = {**extra, **given} if given else extra
+    element = _person(op, "add_device")
+    element["device"] = device
+    return element
+
+
+def device_token(op: Operation) -> str:
+    """The device token of a ``delete_device`` operation (the last segment of its path)."""
+    return unquote(op.path.rsplit("/", 1)[1])
+
+
+def _v2_delete_device(op: Operation) -> dict[str, Any]:
+    element = _person(op, "delete_device")
+    element["device"] = {"token": device_token(op)}
+    return element
+
+
+def _v2_merge(op: Operation) -> dict[str, Any]:
+    payload = op.payload
+    return {"type": "person", "action": "merge",
+            "primary": {k: str(v) for k, v in payload["primary"].items()},
+            "secondary": {k: str(v) for k, v in payload["secondary"].items()}}
+
+
+def _v2_bare(op: Operation) -> dict[str, Any]:
+    return _person(op, op.kind)  # delete, suppress, unsuppress: the action is the kind
+
+
+# The v2 batch element of each kind, or None. Kinds missing here have no v2 form and go
+# by v1: track_anonymous, because v2 has no anonymous person identifier.
+_V2_FORMS: Final[dict[str, Callable[[Operation], dict[str, Any] | None]]] = {
+    "identify": _v2_identify,
+    "track": _v2_event,
+    "backfill": _v2_event,
+    "pageview": _v2_event,
+    "add_device": _v2_add_device,
+    "delete_device": _v2_delete_device,
+    "merge_customers": _v2_merge,
+    "delete": _v2_bare,
+    "suppress": _v2_bare,
+    "unsuppress": _v2_bare,
+}
+
+
+def to_v2(op: Operation) -> dict[str, Any] | None:
+    """Return the v2 batch element of an operation, or None when it has no v2 form."""
+    if op.kind == RAW_KIND:
+        return op.payload
+    form = _V2_FORMS.get(op.kind)
+    return None if form is None else form(op)
