@@ -31,7 +31,7 @@ from typing import Any, Final
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from cio_queue import EventQueue, Outcome, OutcomeStatus, QueueConfig, Request, Response
+from cio_queue import EventQueue, OutcomeStatus, QueueConfig, Request, Response
 from cio_queue._otel import metrics_for
 
 OPERATIONS: Final = 20_000
@@ -104,7 +104,7 @@ def hook_costs(calls: int) -> dict[str, float]:
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     telemetry = metrics_for(config(meter_provider=provider))
     assert telemetry is not None
-    outcome = Outcome(OutcomeStatus.DELIVERED, "track")
+    status = OutcomeStatus.DELIVERED
     counter = provider.get_meter("benchmark").create_counter("operations")
     attributes = {"cio_queue.name": "default", "cio_queue.outcome": "delivered"}
 
@@ -112,7 +112,7 @@ def hook_costs(calls: int) -> dict[str, float]:
         statement()
         return min(timeit.repeat(statement, number=calls, repeat=5)) / calls
 
-    return {"QueueMetrics.settled(): a dict tally": best(lambda: telemetry.settled(outcome)),
+    return {"QueueMetrics.settled(): a dict tally": best(lambda: telemetry.settled(status, None)),
             "SDK Counter.add(1, pre-built attributes)": best(lambda: counter.add(1, attributes))}
 
 

@@ -29,7 +29,7 @@ import anyio
 
 from ._exceptions import DeliveryError
 from ._operations import Operation
-from ._outcome import Outcome, OutcomeStatus, Receipt
+from ._outcome import OutcomeStatus, Receipt
 
 __all__ = ["DELIVERED", "Entry", "Ledger", "Recorder", "Source", "State", "Verdict",
            "may_succeed_later"]
@@ -119,7 +119,7 @@ class Ledger:
     """
 
     def __init__(self, capacity: int, *, recorder: Recorder | None,
-                 on_settled: Callable[[Outcome], None],
+                 on_settled: Callable[[Receipt, Verdict], None],
                  unspool: Callable[[int], None] | None = None,
                  source: Source | None = None) -> None:
         self.room = anyio.Semaphore(capacity, max_value=capacity, fast_acquire=True)
@@ -303,12 +303,12 @@ class Ledger:
         self._finish(entry, verdict)
 
     def _finish(self, entry: Entry, verdict: Verdict) -> None:
-        self.settled[verdict.status] += 1
-        op = entry.op
-        outcome = Outcome(verdict.status, entry.receipt.kind, op.customer_id, op.event_id,
-                          entry.attempts, verdict.reason, verdict.error)
-        entry.receipt._settle(outcome)
-        self._on_settled(outcome)
+        status = verdict.status
+        self.settled[status] += 1
+        op, receipt = entry.op, entry.receipt
+        receipt._settle_parts((status, op.customer_id, op.event_id, entry.attempts,
+                               verdict.reason, verdict.error))
+        self._on_settled(receipt, verdict)
 
     def _check_decided(self) -> None:
         if not self.queued and not self._in_flight:

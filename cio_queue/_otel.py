@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import urlsplit
 
 from ._log import log
-from ._outcome import Outcome, OutcomeStatus
+from ._outcome import OutcomeStatus
 from ._telemetry import Probe
 from ._version import __version__
 
@@ -167,9 +167,9 @@ class QueueMetrics:
         """Count a 429 pause."""
         self.pauses += 1
 
-    def settled(self, outcome: Outcome) -> None:
+    def settled(self, status: OutcomeStatus, reason: str | None) -> None:
         """Count a settled operation: one dict update, on the queue's loop."""
-        key = outcome.status, outcome.reason
+        key = status, reason
         operations = self.operations
         operations[key] = operations.get(key, 0) + 1
 

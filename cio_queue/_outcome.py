@@ -12,7 +12,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from ._exceptions import DeliveryError, QueueUsageError
 from ._log import log
@@ -42,6 +42,10 @@ class OutcomeStatus(enum.Enum):
     """In a fleet: it is in the Redis stream for a member to deliver: handed off by this
     queue (reason ``"handed_off"``), or taken from the stream by this queue and left there
     unsent when it stopped (reason ``"returned"``)."""
+
+    # Enum hashes a member by its name in Python code; members are singletons compared by
+    # identity, so identity's C hash agrees, and counting by status costs less per operation.
+    __hash__ = object.__hash__
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,15 @@ class Outcome:
     error: DeliveryError | None = None
 
 
+OutcomeParts: TypeAlias = tuple["OutcomeStatus", object, "str | None", int, "str | None",
+                                "DeliveryError | None"]
+"""An Outcome's fields but ``kind``, in order: what a receipt keeps until it is asked.
+
+Making a frozen dataclass costs about a microsecond, most operations are never asked
+about, and the counters need only the status and reason.
+"""
+
+
 class Receipt:
     """Returned by every enqueue call; ``await receipt.wait()`` gives the final Outcome.
 
@@ -88,17 +101,22 @@ class Receipt:
         self.kind = kind
         self.event_id = event_id
         self._loop = loop  # the queue's loop, where the outcome will be set
-        self._outcome: Outcome | None = None
+        # The Outcome, or its parts until somebody asks for it (see _settle_parts).
+        self._outcome: Outcome | OutcomeParts | None = None
         self._waiter: asyncio.Future[Outcome] | None = None
 
     def __repr__(self) -> str:
-        state = self._outcome.status.value if self._outcome else "pending"
+        outcome = self.outcome
+        state = outcome.status.value if outcome is not None else "pending"
         return f"<Receipt {self.kind} {state}>"
 
     @property
     def outcome(self) -> Outcome | None:
         """The Outcome once settled, else None."""
-        return self._outcome
+        outcome = self._outcome
+        if type(outcome) is tuple:
+            outcome = self._outcome = Outcome(outcome[0], self.kind, *outcome[1:])
+        return outcome  # type: ignore[return-value]  # not a tuple any more
 
     def done(self) -> bool:
         """Return whether the operation has settled."""
@@ -113,8 +131,9 @@ class Receipt:
         Raises:
             QueueUsageError: called from an event loop other than the queue's.
         """
-        if self._outcome is not None:
-            return self._outcome
+        outcome = self.outcome
+        if outcome is not None:
+            return outcome
         loop = asyncio.get_running_loop()
         if self._loop is not None and loop is not self._loop:
             raise QueueUsageError("this receipt belongs to a queue on another event loop; "
@@ -127,6 +146,13 @@ class Receipt:
         self._outcome = outcome
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(outcome)
+
+    def _settle_parts(self, parts: OutcomeParts) -> None:
+        """Settle, making the Outcome only once somebody asks (or already waits)."""
+        if self._waiter is not None:
+            self._settle(Outcome(parts[0], self.kind, *parts[1:]))
+        else:
+            self._outcome = parts
 
 
 @dataclass(frozen=True, slots=True)

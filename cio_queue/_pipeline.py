@@ -40,9 +40,9 @@ from ._courier import Closing, Courier
 from ._deadletter import DeadLetterWriter
 from ._dispatch import SHUTDOWN_REASON, Dispatcher
 from ._exceptions import ConfigError, SpoolError
-from ._ledger import Entry, Ledger
+from ._ledger import Entry, Ledger, Verdict
 from ._log import log
-from ._outcome import Outcome, OutcomeStatus, Statistics, run_on_outcome
+from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics, run_on_outcome
 from ._sender import Sender
 from ._spooled import Spooler
 from ._telemetry import Telemetry
@@ -366,11 +366,15 @@ class Pipeline:
     def count(self, outcome: Outcome) -> None:
         """Count in the metrics an operation settled outside the ledger (on this loop)."""
         if self._telemetry is not None:
-            self._telemetry.settled(outcome)
+            self._telemetry.settled(outcome.status, outcome.reason)
 
-    def _settled(self, outcome: Outcome) -> None:
-        self.count(outcome)
+    def _settled(self, receipt: Receipt, verdict: Verdict) -> None:
+        """The ledger settled an operation; its Outcome is made only if something reads it."""
+        if self._telemetry is not None:
+            self._telemetry.settled(verdict.status, verdict.reason)
         if self._on_outcome is not None:
+            outcome = receipt.outcome
+            assert outcome is not None
             run_on_outcome(self._on_outcome, outcome, self.loop, self._callbacks)
 
 

@@ -77,8 +77,9 @@ class SyncReceipt(Receipt):
     @property
     def outcome(self) -> Outcome | None:
         """The Outcome once settled, else None."""
-        if self._outcome is not None:  # set here only if it never reached the EventQueue
-            return self._outcome
+        own = super().outcome  # set here only if it never reached the EventQueue
+        if own is not None:
+            return own
         core = self._core
         return None if core is None else core.outcome
 

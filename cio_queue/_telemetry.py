@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ._outcome import Outcome, Statistics
+from ._outcome import OutcomeStatus, Statistics
 
 __all__ = ["Probe", "Telemetry"]
 
@@ -48,7 +48,7 @@ class Telemetry(Protocol):
     def throttled(self, seconds: float) -> None:
         """A 429 paused every sender for ``seconds``."""
 
-    def settled(self, outcome: Outcome) -> None:
+    def settled(self, status: OutcomeStatus, reason: str | None) -> None:
         """An operation ended (delivered, rejected, failed, dropped, filtered, ...)."""
 
 

@@ -40,9 +40,13 @@ def new_ulid() -> str:
         _ulid_time[0] = millis
         _ulid_time[1] = (_CROCKFORD[millis >> 45] + _encode_40(millis >> 5 & (1 << 40) - 1)
                          + _CROCKFORD[millis & 31])
-    randomness = _random.getrandbits(80)
-    return (str(_ulid_time[1]) + _encode_40(randomness >> 40)
-            + _encode_40(randomness & (1 << 40) - 1))
+    # 80 random bits drawn as 30 + 30 + 20, each an int of one machine digit, encoded
+    # 10 bits at a time: about half the cost of shifting one 80-bit int (once per event).
+    bits, pairs = _random.getrandbits, _PAIRS
+    high, middle, low = bits(30), bits(30), bits(20)
+    return (_ulid_time[1] + pairs[high >> 20] + pairs[high >> 10 & 1023] + pairs[high & 1023]
+            + pairs[middle >> 20] + pairs[middle >> 10 & 1023] + pairs[middle & 1023]
+            + pairs[low >> 10] + pairs[low & 1023])
 
 
 def ulid_of(millis: int, randomness: int) -> str:
