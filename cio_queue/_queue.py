@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from typing import Any
 
 from . import _operations as ops
@@ -301,10 +302,11 @@ class EventQueue:
         if self._born != _forks[0] or asyncio.get_running_loop() is not run.loop:
             self._check_context()
 
-    async def _submit(self, op: ops.Operation) -> Receipt:
+    def _submit(self, op: ops.Operation) -> Coroutine[Any, Any, Receipt]:
+        """Hand ``op`` to intake; the caller awaits intake's own coroutine (one frame less)."""
         run = self._run
         assert run is not None
-        return await self._intake.submit(run, op)
+        return self._intake.submit(run, op)
 
     def _count(self, outcome: Outcome) -> None:
         """Count in the metrics an outcome settled outside this queue, on its loop.

@@ -44,7 +44,8 @@ def new_ulid() -> str:
     # 10 bits at a time: about half the cost of shifting one 80-bit int (once per event).
     bits, pairs = _random.getrandbits, _PAIRS
     high, middle, low = bits(30), bits(30), bits(20)
-    return (_ulid_time[1] + pairs[high >> 20] + pairs[high >> 10 & 1023] + pairs[high & 1023]
+    prefix: str = _ulid_time[1]
+    return (prefix + pairs[high >> 20] + pairs[high >> 10 & 1023] + pairs[high & 1023]
             + pairs[middle >> 20] + pairs[middle >> 10 & 1023] + pairs[middle & 1023]
             + pairs[low >> 10] + pairs[low & 1023])
 

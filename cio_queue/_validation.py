@@ -113,6 +113,9 @@ def _id_text(value: object, field: str, *, allow_int: bool) -> str:
 
 def check_id(value: object, field: str, *, allow_int: bool = True) -> str:
     """Check a person or device id and return its path form, as ``str(value)``."""
+    if (type(value) is str and value.isascii() and 0 < len(value) <= MAX_ID_BYTES
+            and not value.isspace() and value != "cio_"):
+        return value  # the common case, decided without the calls below
     text = _id_text(value, field, allow_int=allow_int)
     if not text.strip():
         raise InvalidEventError(field, "must not be blank")
@@ -142,6 +145,9 @@ def check_path_id(value: object, field: str, *, allow_int: bool = True) -> str:
 
 def check_event_name(name: object, field: str = "name") -> str:
     """Check an event name (or page): a non-blank str of at most 100 bytes."""
+    if (type(name) is str and name.isascii() and 0 < len(name) <= MAX_EVENT_NAME_BYTES
+            and not name.isspace()):
+        return name  # the common case, decided without the calls below
     if not isinstance(name, str):
         raise InvalidEventError(field, f"must be a str, not {type(name).__name__}")
     if not name.strip():

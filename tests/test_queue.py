@@ -130,6 +130,26 @@ async def test_every_operation_ends_in_exactly_one_outcome() -> None:
     assert stats.retries == 2 * (FAST_RETRY.attempts - 1)
 
 
+async def test_an_outcome_read_after_settling_is_whole_and_the_same_each_time() -> None:
+    """A receipt nobody waited on makes its Outcome when read: every field, made once."""
+    sender = RecordingSender(lambda request: 400 if "/bad" in request.path else 200)
+    async with EventQueue(config(), sender=sender) as queue:
+        good = await queue.track("ok", "ev", {"a": 1})
+        bad = await queue.identify("bad", plan="x")
+    assert good.done() and bad.done()  # settled while nobody asked
+    outcome = good.outcome
+    assert outcome == Outcome(OutcomeStatus.DELIVERED, "track", "ok", good.event_id, 1)
+    assert good.outcome is outcome
+    with anyio.fail_after(5):
+        assert await good.wait() is outcome
+    refused = bad.outcome
+    assert refused is not None and refused.error is not None
+    assert (refused.status, refused.kind, refused.customer_id, refused.event_id,
+            refused.attempts, refused.reason, refused.error.status) == (
+        OutcomeStatus.REJECTED, "identify", "bad", None, 1, "rejected", 400)
+    assert repr(good) == "<Receipt track delivered>"
+
+
 async def test_statistics_invariant_holds_at_every_moment() -> None:
     """enqueued equals the sum of the outcomes plus pending in every snapshot."""
     sender = RecordingSender(lambda r: 500 if r.path.endswith("3/events") else 200)
