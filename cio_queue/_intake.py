@@ -10,6 +10,7 @@ dropped or filtered one settles at once. Nothing here sends.
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 import anyio
@@ -84,19 +85,26 @@ class Intake:
         return victim is not None
 
     async def _wait_for_room(self, run: Pipeline) -> None:
-        """Wait for a place, first come first served, within one ``enqueue_timeout``."""
+        """Wait for a place, first come first served, within one ``enqueue_timeout``.
+
+        One cancel scope serves both ends of the wait: its deadline, and the shutdown,
+        which cancels every scope in ``run.blocked`` once intake has stopped. (An anyio
+        scope costs about 8 µs on asyncio, and a producer held by a full queue pays it on
+        every call; two nested scopes cost twice that.)
+        """
         timeout = self._config.enqueue_timeout
-        with anyio.CancelScope() as closed:
-            run.blocked.add(closed)
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        with anyio.CancelScope(deadline=deadline) as waiting:
+            run.blocked.add(waiting)
             try:
-                with anyio.fail_after(timeout):
-                    await run.ledger.room.acquire()
-            except TimeoutError:
-                raise QueueFullError(f"no room in the queue within enqueue_timeout="
-                                     f"{timeout}s (overflow='block')") from None
+                await run.ledger.room.acquire()
             finally:
-                run.blocked.discard(closed)
-        if closed.cancelled_caught or not run.accepting:
-            if not closed.cancelled_caught:
-                run.ledger.room.release()
-            raise QueueClosedError("the EventQueue closed while this call waited")
+                run.blocked.discard(waiting)
+        if run.accepting:
+            if waiting.cancelled_caught:
+                raise QueueFullError(f"no room in the queue within enqueue_timeout="
+                                     f"{timeout}s (overflow='block')")
+            return
+        if not waiting.cancelled_caught:
+            run.ledger.room.release()
+        raise QueueClosedError("the EventQueue closed while this call waited")
