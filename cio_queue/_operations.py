@@ -24,7 +24,14 @@ import orjson
 from ._apirules import check_v2_call
 from ._exceptions import InvalidEventError
 from ._ulid import new_ulid
-from ._v2forms import RAW_KIND, V1_FROM_V2, device_token, person_identifiers, to_v2
+from ._v2forms import (
+    RAW_KIND,
+    V1_FROM_V2,
+    device_token,
+    person_identifiers,
+    rebuilds,
+    to_v2,
+)
 from ._validation import (
     MAX_EVENT_DATA_BYTES,
     MAX_V2_OPERATION_BYTES,
@@ -86,7 +93,7 @@ class Operation:
     __slots__ = ("_body", "_path", "_payload", "_suffix", "customer_id", "enqueued_at",
                  "event_id", "kind", "method", "v2")
 
-    def __init__(self, kind: str, method: str, path: str | None, payload: dict[str, Any],
+    def __init__(self, kind: str, method: str, path: str | None, payload: dict[str, Any] | None,
                  *, customer_id: object = None, event_id: str | None = None,
                  enqueued_at: float | None = None, suffix: str = "") -> None:
         self.kind = kind
@@ -138,9 +145,12 @@ class Operation:
                          event_id=head["e"], enqueued_at=head["t"])
                 op.v2 = _encode_v2(body)
                 return op, kind
-            op = cls(kind, head["m"], head["p"], body, customer_id=head["c"],
+            op = cls(kind, head["m"], head["p"], None, customer_id=head["c"],
                      event_id=head["e"], enqueued_at=head["t"], suffix=head["s"])
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            # The v1 body is json's own text: kept as it is, and the payload made from it
+            # by json when needed (orjson reads an int below -2**63 as a float).
+            op._body = record[record.index(b',"w":') + 5:-1]
+        except (KeyError, TypeError, ValueError) as exc:  # orjson's errors are ValueErrors
             raise ValueError(f"not a packed operation: {exc}") from None
         return op.seal(batch=batch), kind
 
@@ -188,7 +198,8 @@ class Operation:
         # The wire bytes hold the payload: while the operation waits, the dict is not kept
         # (a few hundred bytes and a tracked object per queued operation); what needs it
         # again (a dead letter, before_send on a copy) makes it from the bytes.
-        if self.v2 is None or self.kind in V1_FROM_V2:
+        payload = self._payload
+        if payload is not None and (self.v2 is None or rebuilds(self.kind, payload)):
             self._payload = None
         return self
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 if TYPE_CHECKING:
     from ._operations import Operation
 
-__all__ = ["RAW_KIND", "V1_FROM_V2", "device_token", "person_identifiers", "to_v2"]
+__all__ = ["RAW_KIND", "V1_FROM_V2", "device_token", "person_identifiers", "rebuilds", "to_v2"]
 
 RAW_KIND: Final = "batch"
 """The kind of an operation given in its v2 form (``EventQueue.batch``); it has no v1 form."""
@@ -48,6 +48,27 @@ V1_FROM_V2: Final[dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
     "backfill": _event_of_v2(("name", "data", "timestamp", "id")),
     "pageview": _event_of_v2(("type", "name", "data", "id")),
 }
+
+
+# The v1 payloads, keys in order, that V1_FROM_V2 gives back exactly: the builders' own.
+_EVENT_SHAPES: Final = {
+    "track": frozenset({("name", "data", "id"), ("name", "data", "id", "timestamp")}),
+    "backfill": frozenset({("name", "data", "timestamp", "id")}),
+    "pageview": frozenset({("type", "name", "data", "id")}),
+}
+
+
+def rebuilds(kind: str, payload: dict[str, Any]) -> bool:
+    """Whether :data:`V1_FROM_V2` makes ``payload`` again from its v2 element, exactly.
+
+    True for what the builders make; a payload of another shape (a dead-letter record
+    read back by an import, with keys of its own) is kept as it was given.
+    """
+    if kind == "identify":
+        return True  # its v2 attributes are the payload itself
+    shapes = _EVENT_SHAPES.get(kind)
+    return (shapes is not None and tuple(payload) in shapes
+            and payload.get("type", "page") == "page")
 
 
 def person_identifiers(customer_id: object) -> dict[str, str]:

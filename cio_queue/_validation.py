@@ -41,6 +41,7 @@ __all__ = [
     "MAX_STRUCTURED_ATTRIBUTE_BYTES",
     "MAX_TIMESTAMP",
     "MAX_V2_OPERATION_BYTES",
+    "MIN_INT",
     "STRUCTURED_ATTRIBUTES",
     "check_attributes",
     "check_choice",
@@ -64,6 +65,8 @@ MAX_DEPTH: Final = 64
 MAX_INT_BITS: Final = 64
 """Larger ints are refused: JSON readers (and Python's own int-to-str limit) cannot take
 them reliably."""
+MIN_INT: Final = -(2**63)
+"""The smallest int a JSON reader holds (int64); the largest, 2**64 - 1, is a uint64."""
 _NAIVE_EPOCH: Final = datetime(1970, 1, 1)  # naive on purpose: subtracted from naive values
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
 STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
@@ -207,9 +210,10 @@ def _check_key(key: object) -> None:
 
 
 def _clean_int(value: int, depth: int) -> int:
-    if value.bit_length() > MAX_INT_BITS:
-        raise _FieldError("", f"is an int beyond {MAX_INT_BITS} bits, which JSON readers "
-                              "cannot hold; send it as a str")
+    # JSON readers hold an int64 or a uint64: -2**63 up to 2**64 - 1 (orjson's range too).
+    if value.bit_length() > MAX_INT_BITS or value < MIN_INT:
+        raise _FieldError("", "is an int outside -2**63..2**64-1, which JSON readers cannot "
+                              "hold; send it as a str")
     return value
 
 
