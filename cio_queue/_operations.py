@@ -222,6 +222,7 @@ class Operation:
             raise InvalidEventError("data", f"is {data_size} bytes of JSON; the limit is "
                                             f"{MAX_EVENT_DATA_BYTES}")
 
+
 def _payload_of(op: Operation) -> dict[str, Any]:
     """Make a sealed operation's v1 payload again from its wire bytes (see ``seal``)."""
     if op.v2 is not None:
