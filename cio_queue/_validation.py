@@ -103,12 +103,20 @@ def utf8_len(value: str, field: str) -> int:
         raise InvalidEventError(field, _surrogate(exc)) from None
 
 
+_INT_RANGE: Final = "an int outside -2**63..2**64-1, which JSON readers cannot hold"
+
+
+def _json_int(value: int) -> bool:
+    """Whether JSON readers hold ``value``: an int64 or a uint64 (orjson's range too)."""
+    return value.bit_length() <= MAX_INT_BITS and value >= MIN_INT
+
+
 def _id_text(value: object, field: str, *, allow_int: bool) -> str:
     if isinstance(value, str):
         return str(value)
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
-        if value.bit_length() > MAX_INT_BITS:
-            raise InvalidEventError(field, f"is an int beyond {MAX_INT_BITS} bits")
+        if not _json_int(value):  # it is sent as text, but spooled and streamed as a number
+            raise InvalidEventError(field, f"is {_INT_RANGE}; send it as a str")
         return str(value)
     kinds = "a str or int" if allow_int else "a str"
     raise InvalidEventError(field, f"must be {kinds}, not {type(value).__name__}")
@@ -210,10 +218,8 @@ def _check_key(key: object) -> None:
 
 
 def _clean_int(value: int, depth: int) -> int:
-    # JSON readers hold an int64 or a uint64: -2**63 up to 2**64 - 1 (orjson's range too).
-    if value.bit_length() > MAX_INT_BITS or value < MIN_INT:
-        raise _FieldError("", "is an int outside -2**63..2**64-1, which JSON readers cannot "
-                              "hold; send it as a str")
+    if not _json_int(value):
+        raise _FieldError("", f"is {_INT_RANGE}; send it as a str")
     return value
 
 
