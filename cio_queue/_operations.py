@@ -139,17 +139,19 @@ class Operation:
         """
         try:
             head = orjson.loads(record)
-            kind, body = head["k"], head["w"]
+            kind = head["k"]
+            # The wire bytes as pack() embedded them, kept as they are: a v2 element is
+            # orjson's text already, and a v1 body json's (whose payload is made by json
+            # when needed: orjson reads an int below -2**63 as a float).
+            wire = record[record.index(b',"w":') + 5:-1]
             if head["v2"]:
-                op = cls(RAW_KIND, "POST", "", body, customer_id=head["c"],
+                op = cls(RAW_KIND, "POST", "", head["w"], customer_id=head["c"],
                          event_id=head["e"], enqueued_at=head["t"])
-                op.v2 = _encode_v2(body)
+                op.v2 = wire
                 return op, kind
             op = cls(kind, head["m"], head["p"], None, customer_id=head["c"],
                      event_id=head["e"], enqueued_at=head["t"], suffix=head["s"])
-            # The v1 body is json's own text: kept as it is, and the payload made from it
-            # by json when needed (orjson reads an int below -2**63 as a float).
-            op._body = record[record.index(b',"w":') + 5:-1]
+            op._body = wire
         except (KeyError, TypeError, ValueError) as exc:  # orjson's errors are ValueErrors
             raise ValueError(f"not a packed operation: {exc}") from None
         return op.seal(batch=batch), kind

@@ -41,20 +41,21 @@ def _event_of_v2(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str, 
     return payload
 
 
+# The keys of each event kind's v1 payload, in the order its builder sets them.
+_EVENT_KEYS: Final = {
+    "track": ("name", "data", "id", "timestamp"),
+    "backfill": ("name", "data", "timestamp", "id"),
+    "pageview": ("type", "name", "data", "id"),
+}
 # The v1 payload of a v2 element, for the kinds whose payload is dropped once sealed.
 V1_FROM_V2: Final[dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
     "identify": lambda element: element["attributes"],
-    "track": _event_of_v2(("name", "data", "id", "timestamp")),
-    "backfill": _event_of_v2(("name", "data", "timestamp", "id")),
-    "pageview": _event_of_v2(("type", "name", "data", "id")),
+    **{kind: _event_of_v2(keys) for kind, keys in _EVENT_KEYS.items()},
 }
-
-
-# The v1 payloads, keys in order, that V1_FROM_V2 gives back exactly: the builders' own.
+# The payload shapes V1_FROM_V2 gives back exactly: those keys, with or without a timestamp.
 _EVENT_SHAPES: Final = {
-    "track": frozenset({("name", "data", "id"), ("name", "data", "id", "timestamp")}),
-    "backfill": frozenset({("name", "data", "timestamp", "id")}),
-    "pageview": frozenset({("type", "name", "data", "id")}),
+    kind: frozenset({keys, tuple(key for key in keys if key != "timestamp")})
+    for kind, keys in _EVENT_KEYS.items()
 }
 
 

@@ -160,7 +160,7 @@ def test_a_payload_of_another_shape_than_the_builders_is_kept_as_given() -> None
     assert built.payload == {"name": "ev", "data": {"plan": "pro"}, "id": "E"}
 
 
-def test_a_packed_v1_body_comes_back_byte_for_byte() -> None:
+def test_packed_wire_bytes_come_back_byte_for_byte() -> None:
     """Unpacking keeps a v1 body's JSON text: an int below -2**63 stays an int.
 
     orjson reads such an int as a float; a spool row written before ints were held to
@@ -174,6 +174,9 @@ def test_a_packed_v1_body_comes_back_byte_for_byte() -> None:
         assert (kind, back.body) == ("track_anonymous", op.body)
         assert back.payload == payload
         assert type(back.payload["data"]["n"]) is int
+    sealed = ops.track("42", "ev", {"f": 1e16, "n": 2**64 - 1}, "E", None).seal(batch=True)
+    back, kind = ops.Operation.unpack(sealed.pack(), batch=True)
+    assert (kind, back.v2) == ("track", sealed.v2)  # a v2 element too, as it was packed
 
 
 @pytest.mark.parametrize("value", [-(2**63) - 1, -(2**64 - 1), 2**64, -(2**64)])
