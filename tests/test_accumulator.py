@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from cio_queue._accumulator import BatchAccumulator
+from cio_queue._accumulator import GRAIN, BatchAccumulator
 from cio_queue._pacing import RATE_GUARD, RequestPacer
 
 
@@ -43,6 +45,49 @@ def test_take_all_splits_into_batches_and_popleft_drops_the_oldest() -> None:
     assert acc.deadline() == 2.0
     assert acc.take_all() == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
     assert len(acc) == 0
+
+
+@given(gaps=st.lists(st.floats(0.0, 0.2), min_size=1, max_size=200),
+       takes=st.lists(st.integers(1, 7), max_size=60), drops=st.integers(0, 5))
+def test_an_items_batch_is_due_within_a_grain_before_its_own_deadline(
+        gaps: list[float], takes: list[int], drops: int) -> None:
+    """An item's batch is due by its own arrival + flush_interval, at most a grain early.
+
+    Whatever the arrivals, drops and takes, the oldest waiting item sets the deadline, and
+    sharing a run's time moves it earlier by less than flush_interval / GRAIN.
+    """
+    interval = 1.0
+    acc: BatchAccumulator[float] = BatchAccumulator(5, interval)
+    now = 0.0
+    for gap in gaps:
+        now += gap
+        acc.append(now, now)  # each item is its own arrival time
+    for _ in range(min(drops, len(acc))):
+        acc.popleft()
+    for count in [*takes, len(gaps)]:
+        if not len(acc):
+            break
+        oldest = acc._items[0]
+        deadline = acc.deadline()
+        assert deadline is not None
+        assert oldest + interval - interval / GRAIN <= deadline <= oldest + interval
+        assert acc.take(count)[0] == oldest
+    assert acc.deadline() is None
+
+
+def test_a_burst_keeps_one_arrival_time_per_run_not_per_item() -> None:
+    """10,000 items arriving within a grain take one run; spaced items one each."""
+    acc: BatchAccumulator[int] = BatchAccumulator(100, 5.0)
+    for i in range(10_000):
+        acc.append(i, 100.0 + i * 1e-6)
+    assert len(acc._runs) == 1
+    assert acc.deadline() == 105.0
+    acc.take_all()
+    for i in range(3):
+        acc.append(i, 200.0 + i * 5.0 / GRAIN)  # a grain apart: a run each
+    assert len(acc._runs) == 3
+    assert acc.take(2) == [0, 1]
+    assert acc.deadline() == 200.0 + 2 * 5.0 / GRAIN + 5.0
 
 
 def starts_of(pacer: RequestPacer, ready_at: list[float]) -> list[float]:
