@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import count
 from typing import Any, Final, Protocol
 
 import anyio
@@ -36,11 +37,15 @@ from ._packing import batch_body, partial_errors
 from ._region import REGION_REQUEST, read_region
 from ._sender import Request, Response, Sender, classify
 
-__all__ = ["Closing", "Courier", "Done", "Parcel", "Retry", "SharedBudget", "Split", "Step",
-           "Stranded"]
+__all__ = ["Closing", "Courier", "Done", "Order", "Parcel", "Retry", "SharedBudget", "Split",
+           "Step", "Stranded"]
 
 V1_PREFIX: Final = "/api/v1"
 V2_BATCH_PATH: Final = "/api/v2/batch"
+
+Order = tuple[float, int]
+"""A parcel's place in line (``Parcel.order``): older parcels go first."""
+_made: Final = count()  # parcels in the order they were made: ties in Parcel.order
 
 
 class SharedBudget(Protocol):
@@ -87,10 +92,12 @@ class Parcel:
         failures: failed attempts that count toward ``RetryPolicy.attempts``.
         throttles: 429 answers, which count toward ``RetryPolicy.throttled_attempts``.
         first_sent: when the first attempt started (monotonic seconds), or None.
+        order: the parcel's place in line, older first: when its oldest operation was
+            enqueued, then the order the parcels were made in.
     """
 
-    __slots__ = ("batch", "elapsed", "entries", "failures", "first_sent", "sent", "status",
-                 "throttles", "v2")
+    __slots__ = ("batch", "elapsed", "entries", "failures", "first_sent", "order", "sent",
+                 "status", "throttles", "v2")
 
     def __init__(self, entries: list[Entry], *, v2: bool, batch: Any) -> None:
         self.entries = entries
@@ -102,11 +109,8 @@ class Parcel:
         self.elapsed = 0.0  # how long the last attempt took, in seconds
         self.status: int | None = None  # the last attempt's HTTP status, None: no answer
         self.first_sent: float | None = None
-
-    @property
-    def seq(self) -> int:
-        """The admission number of its oldest operation: older parcels go first."""
-        return self.entries[0].seq
+        # A key per parcel, not a number per operation: a queued operation stays smaller.
+        self.order: Order = (entries[0].op.enqueued_at, next(_made))
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ import anyio
 
 from ._accumulator import BatchAccumulator
 from ._config import QueueConfig
-from ._courier import Closing, Courier, Done, Parcel, Retry, Split, Step, Stranded
+from ._courier import Closing, Courier, Done, Order, Parcel, Retry, Split, Step, Stranded
 from ._exceptions import RateLimitedError, UnauthorizedError
 from ._ledger import Entry, Ledger, State, Verdict, may_succeed_later
 from ._log import log
@@ -93,9 +93,9 @@ class Dispatcher:
         self._courier = courier
         self._closing = closing
         self._clock = clock
-        self._ready: asyncio.PriorityQueue[tuple[int, Parcel]] = asyncio.PriorityQueue()
+        self._ready: asyncio.PriorityQueue[tuple[Order, Parcel]] = asyncio.PriorityQueue()
         self._ready_limit = config.max_concurrency
-        self._backoff: list[tuple[float, int, Parcel]] = []
+        self._backoff: list[tuple[float, Order, Parcel]] = []
         # Each person's line of ordered operations: the head is in flight, the rest wait.
         self._lines: dict[tuple[str, str], deque[Entry]] = {}
         self._ordered = config.order_per_person
@@ -139,8 +139,8 @@ class Dispatcher:
         """Send what is queued at once; strand retries that could only start too late."""
         self._closing.begin(deadline)
         self.expedite()
-        keep: list[tuple[float, int, Parcel]] = []
-        late: list[tuple[float, int, Parcel]] = []
+        keep: list[tuple[float, Order, Parcel]] = []
+        late: list[tuple[float, Order, Parcel]] = []
         for item in self._backoff:
             (late if self._closing.crossed(item[0]) else keep).append(item)
         if late:
@@ -202,8 +202,8 @@ class Dispatcher:
     def _release_retries(self, now: float) -> None:
         backoff = self._backoff
         while backoff and backoff[0][0] <= now:
-            _, seq, parcel = heapq.heappop(backoff)
-            self._ready.put_nowait((seq, parcel))
+            _, order, parcel = heapq.heappop(backoff)
+            self._ready.put_nowait((order, parcel))
 
     def _launch(self, now: float) -> None:
         """Take a batch: operations released from their lines first, then what is due.
@@ -238,7 +238,7 @@ class Dispatcher:
         if not parcels:
             batch.log(now)
         for parcel in parcels:
-            self._ready.put_nowait((parcel.seq, parcel))
+            self._ready.put_nowait((parcel.order, parcel))
 
     def _take_released(self) -> list[Entry]:
         count = min(len(self._released), self.acc.batch_size)
@@ -313,7 +313,7 @@ class Dispatcher:
                 parcel.batch.open += len(parts) - 1
                 for part in parts:
                     half = Parcel(part, v2=True, batch=parcel.batch)
-                    self._ready.put_nowait((half.seq, half))
+                    self._ready.put_nowait((half.order, half))
             case Stranded():
                 self._strand(parcel)
 
@@ -374,7 +374,7 @@ class Dispatcher:
         if self._closing.crossed(due):
             self._strand(parcel)  # its backoff would end after the shutdown deadline
             return
-        heapq.heappush(self._backoff, (due, parcel.seq, parcel))
+        heapq.heappush(self._backoff, (due, parcel.order, parcel))
         self._wake.set()
 
     def _strand(self, parcel: Parcel) -> None:

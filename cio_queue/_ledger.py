@@ -77,7 +77,7 @@ def may_succeed_later(verdict: Verdict) -> bool:
 class Entry:
     """An accepted operation, its receipt, and its state in the ledger."""
 
-    __slots__ = ("attempts", "key", "op", "receipt", "seq", "source", "state", "verdict")
+    __slots__ = ("attempts", "key", "op", "receipt", "source", "state", "verdict")
 
     def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop | None = None,
                  receipt: Receipt | None = None) -> None:
@@ -85,13 +85,12 @@ class Entry:
         self.receipt = receipt if receipt is not None else Receipt(op.kind, op.event_id, loop)
         self.state = State.QUEUED
         self.attempts = 0
-        self.seq = 0
         self.key: int | None = None  # its row in the spool, if any
         self.source: object = None  # the stream entry it was taken from, in a fleet
         self.verdict: Verdict | None = None
 
     def __repr__(self) -> str:
-        return f"<Entry {self.seq} {self.op.kind} {self.state.value}>"
+        return f"<Entry {self.op.event_id} {self.op.kind} {self.state.value}>"
 
 
 class Recorder(Protocol):
@@ -135,7 +134,6 @@ class Ledger:
         self._live: dict[Entry, None] = {}  # admitted, not settled; in admission order
         self.enqueued = 0
         self.taken = 0  # operations taken from the fleet's stream
-        self._seq = 0
         self.queued = 0
         self._in_flight = 0
         self.settled = dict.fromkeys(OutcomeStatus, 0)
@@ -177,8 +175,6 @@ class Ledger:
         self._queue(entry)
 
     def _queue(self, entry: Entry) -> None:
-        self._seq += 1
-        entry.seq = self._seq
         self._live[entry] = None
         self.queued += 1
         self._decided.clear()
