@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any, Final
+from typing import Final
 
 __all__ = ["new_ulid", "ulid_of"]
 
@@ -23,7 +23,9 @@ _random = random.Random()  # noqa: S311 - ULIDs need uniqueness, not secrecy
 if hasattr(os, "register_at_fork"):
     # A forked child would otherwise repeat its parent's random sequence, and so its ids.
     os.register_at_fork(after_in_child=_random.seed)
-_ulid_time: list[Any] = [-1, ""]  # the last millisecond seen and its 10-character text
+# The last millisecond seen and its 10-character text, as one tuple: a thread that reads
+# it while another replaces it gets one pair or the other, never a mix of the two.
+_ulid_time: tuple[int, str] = (-1, "")
 
 
 def _encode_40(value: int) -> str:
@@ -34,17 +36,18 @@ def _encode_40(value: int) -> str:
 
 def new_ulid() -> str:
     """Return a new ULID: 48 bits of milliseconds, 80 random bits, 26 Crockford chars."""
+    global _ulid_time  # noqa: PLW0603 - the cache of the current millisecond's text
     millis = time.time_ns() // 1_000_000
-    if millis != _ulid_time[0]:
+    last, prefix = _ulid_time
+    if millis != last:
         # 48 bits take 10 characters: the first carries the top 3 bits (2 pad bits).
-        _ulid_time[0] = millis
-        _ulid_time[1] = (_CROCKFORD[millis >> 45] + _encode_40(millis >> 5 & (1 << 40) - 1)
-                         + _CROCKFORD[millis & 31])
+        prefix = (_CROCKFORD[millis >> 45] + _encode_40(millis >> 5 & (1 << 40) - 1)
+                  + _CROCKFORD[millis & 31])
+        _ulid_time = (millis, prefix)
     # 80 random bits drawn as 30 + 30 + 20, each an int of one machine digit, encoded
     # 10 bits at a time: about half the cost of shifting one 80-bit int (once per event).
     bits, pairs = _random.getrandbits, _PAIRS
     high, middle, low = bits(30), bits(30), bits(20)
-    prefix: str = _ulid_time[1]
     return (prefix + pairs[high >> 20] + pairs[high >> 10 & 1023] + pairs[high & 1023]
             + pairs[middle >> 20] + pairs[middle >> 10 & 1023] + pairs[middle & 1023]
             + pairs[low >> 10] + pairs[low & 1023])
