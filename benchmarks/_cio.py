@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import time
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,8 @@ async def deliver(server: ServerHandle, ops: int, transport: Transport,
     default 10,000, or more), so no call ever meets a full queue; ``"block"`` keeps the
     default size and makes producers wait for room, as a sustained stream does. A
     rate-limited run idles ``rate_window`` seconds after its warm-up, so the limiter's
-    window holds none of the warm-up's requests when the clock starts.
+    window holds none of the warm-up's requests when the clock starts. ``drain_s`` in the
+    outcome is the time from the last call's return to the last delivery.
     """
     size = max_queue_size or max(DEFAULT_MAX_QUEUE_SIZE, ops + warmup_ops(transport))
     config = queue_config(server, transport, rate_limit, max_queue_size=size,
@@ -84,13 +86,16 @@ async def deliver(server: ServerHandle, ops: int, transport: Transport,
         gc.collect()
         probe.start()
         await produce(ops, enqueue, probe.ids, latencies)
+        produced = time.perf_counter()
         done = await cio.flush()
         probe.stop()
+        drain = time.perf_counter() - produced
     extra = {} if latencies is None else latency_figures(latencies)
     return Outcome(delivered=done.delivered - warm.delivered,
                    requests=done.requests - warm.requests,
                    settled_undelivered=done.failed + done.rejected - warm.failed - warm.rejected,
-                   extra={**extra, "retries": float(done.retries - warm.retries)})
+                   extra={**extra, "retries": float(done.retries - warm.retries),
+                          "drain_s": drain})
 
 
 def latency_figures(latencies: list[int]) -> dict[str, float]:

@@ -426,15 +426,18 @@ def _figures(results: Results, pngs: dict[int, str]) -> list[str]:
                  f"{r.ops_per_second:,.0f}", f"{r.ledger.requests:,}",
                  f"{sum(n for st, n in r.ledger.statuses.items() if st >= 500):,}",
                  f"{r.outcome.extra.get('retries', 0):,.0f}",
+                 _f(r.outcome.extra.get("drain_s"), ".2f"),
                  _f(_ratio(r.ops_per_second, clean.ops_per_second if clean else None),
                     ".2f", "x")]
                 for r in stream]
         lines += _figure(5, "a sustained stream through 5xx answers",
                          f"{HEADLINE}, {MAIN_LATENCY * 1000:g} ms, default max_queue_size "
                          "with overflow=\"block\"; the faulty server answers a random "
-                         f"{SERVER_ERROR_SHARE:.0%} of requests with 500/502/503/504.",
+                         f"{SERVER_ERROR_SHARE:.0%} of requests with 500/502/503/504. "
+                         "Drain: from the last call's return to the last delivery; the "
+                         "faulty run's is longer by the backoff of its last failed batches.",
                          _table(["server", "ops", "s", "ops/s", "requests", "5xx answered",
-                                 "retries", "vs clean"], rows), pngs.get(5))
+                                 "retries", "drain s", "vs clean"], rows), pngs.get(5))
     rows = [[r.client, f"{r.outcome.extra['p50_us']:.1f}", f"{r.outcome.extra['p99_us']:.1f}",
              f"{r.outcome.extra['max_us']:,.0f}"]
             for r in latency_runs(results)]

@@ -85,7 +85,7 @@ FULL: Final = Sizes(
     throughput_ops=10_000, throughput_repeats=5, v1_ops=2_000, v1_limited_ops=1_000,
     sequential_ops=200, per_event_ops=2_000, posthog_ops=10_000, gather_ops=10_000,
     memory_ops=100_000, scaling_ops=(10_000, 1_000_000), scaling_repeats=3,
-    stream_ops=200_000, aclose_pending=100_000, aclose_deadline=1.0,
+    stream_ops=1_000_000, aclose_pending=100_000, aclose_deadline=1.0,
 )
 QUICK: Final = Sizes(
     name="quick",
