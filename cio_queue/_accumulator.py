@@ -6,7 +6,7 @@ Stage: between intake and the dispatcher's flusher, which asks it when a batch i
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 __all__ = ["BatchAccumulator"]
 
@@ -31,14 +31,18 @@ class BatchAccumulator(Generic[T]):
     is up, never after; and a busy queue keeps a time per run instead of per item.
     """
 
-    __slots__ = ("_forced", "_grain", "_items", "_runs", "batch_size", "flush_interval")
+    __slots__ = ("_counts", "_forced", "_grain", "_items", "_starts", "batch_size",
+                 "flush_interval")
 
     def __init__(self, batch_size: int, flush_interval: float) -> None:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self._grain = flush_interval / GRAIN
         self._items: deque[T] = deque()
-        self._runs: deque[list[Any]] = deque()  # [when the run began, items in it]
+        # Runs of items: when each began and how many items it holds (two deques: a
+        # run costs what an item's time used to, however spaced the arrivals are).
+        self._starts: deque[float] = deque()
+        self._counts: deque[int] = deque()
         self._forced = 0  # the oldest items made due at once by expedite()
 
     def __len__(self) -> int:
@@ -48,11 +52,12 @@ class BatchAccumulator(Generic[T]):
         """Add an item; return True when the flusher must re-plan (new deadline or full batch)."""
         items = self._items
         items.append(item)
-        runs = self._runs
-        if runs and now - runs[-1][0] < self._grain:
-            runs[-1][1] += 1
+        starts = self._starts
+        if starts and 0.0 <= now - starts[-1] < self._grain:
+            self._counts[-1] += 1
         else:
-            runs.append([now, 1])
+            starts.append(now)
+            self._counts.append(1)
         size = len(items)
         return size in (1, self.batch_size)
 
@@ -68,9 +73,9 @@ class BatchAccumulator(Generic[T]):
 
     def deadline(self) -> float | None:
         """Return when the oldest item's batch is due, or None when empty."""
-        if not self._runs:
+        if not self._starts:
             return None
-        oldest: float = self._runs[0][0]
+        oldest = self._starts[0]
         if self._forced:
             return oldest  # already past: due now
         return oldest + self.flush_interval
@@ -80,7 +85,7 @@ class BatchAccumulator(Generic[T]):
         size = len(self._items)
         if size >= self.batch_size or self._forced:
             return True
-        return size > 0 and now >= self._runs[0][0] + self.flush_interval
+        return size > 0 and now >= self._starts[0] + self.flush_interval
 
     def take(self, limit: int | None = None) -> list[T]:
         """Remove and return the oldest items, at most ``limit`` (default ``batch_size``)."""
@@ -93,14 +98,15 @@ class BatchAccumulator(Generic[T]):
 
     def _forget(self, count: int) -> None:
         """Drop the arrival times of the ``count`` oldest items."""
-        runs = self._runs
+        counts = self._counts
         while count:
-            run = runs[0]
-            if run[1] > count:
-                run[1] -= count
+            first = counts[0]
+            if first > count:
+                counts[0] = first - count
                 return
-            count -= run[1]
-            runs.popleft()
+            count -= first
+            counts.popleft()
+            self._starts.popleft()
 
     def take_all(self) -> list[list[T]]:
         """Remove everything, as a list of batches of at most ``batch_size``."""

@@ -43,7 +43,7 @@ __all__ = ["Closing", "Courier", "Done", "Order", "Parcel", "Retry", "SharedBudg
 V1_PREFIX: Final = "/api/v1"
 V2_BATCH_PATH: Final = "/api/v2/batch"
 
-Order = tuple[float, int]
+Order = tuple[int, int]
 """A parcel's place in line (``Parcel.order``): older parcels go first."""
 _made: Final = count()  # parcels in the order they were made: ties in Parcel.order
 
@@ -92,14 +92,16 @@ class Parcel:
         failures: failed attempts that count toward ``RetryPolicy.attempts``.
         throttles: 429 answers, which count toward ``RetryPolicy.throttled_attempts``.
         first_sent: when the first attempt started (monotonic seconds), or None.
-        order: the parcel's place in line, older first: when its oldest operation was
-            enqueued, then the order the parcels were made in.
+        order: the parcel's place in line, lower first: the rank of the parcel it was
+            cut from (a split or a partial retry) or, for a new one, the order it was made
+            in; then the order it was made in, so no two parcels ever tie.
     """
 
     __slots__ = ("batch", "elapsed", "entries", "failures", "first_sent", "order", "sent",
                  "status", "throttles", "v2")
 
-    def __init__(self, entries: list[Entry], *, v2: bool, batch: Any) -> None:
+    def __init__(self, entries: list[Entry], *, v2: bool, batch: Any,
+                 rank: int | None = None) -> None:
         self.entries = entries
         self.v2 = v2
         self.batch = batch
@@ -110,7 +112,8 @@ class Parcel:
         self.status: int | None = None  # the last attempt's HTTP status, None: no answer
         self.first_sent: float | None = None
         # A key per parcel, not a number per operation: a queued operation stays smaller.
-        self.order: Order = (entries[0].op.enqueued_at, next(_made))
+        made = next(_made)
+        self.order: Order = (made if rank is None else rank, made)
 
 
 @dataclass(frozen=True, slots=True)

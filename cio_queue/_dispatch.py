@@ -312,7 +312,7 @@ class Dispatcher:
                          operations=len(parcel.entries))
                 parcel.batch.open += len(parts) - 1
                 for part in parts:
-                    half = Parcel(part, v2=True, batch=parcel.batch)
+                    half = Parcel(part, v2=True, batch=parcel.batch, rank=parcel.order[0])
                     self._ready.put_nowait((half.order, half))
             case Stranded():
                 self._strand(parcel)
@@ -366,7 +366,7 @@ class Dispatcher:
         if again:
             counts["retrying"] += len(again)
             batch.open += 1
-            self._retry_later(Parcel(again, v2=parcel.v2, batch=batch),
+            self._retry_later(Parcel(again, v2=parcel.v2, batch=batch, rank=parcel.order[0]),
                               self._clock() + self._retry_pause)
         batch.close_parcel(self._clock())
 

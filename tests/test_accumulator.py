@@ -1,14 +1,18 @@
-"""Unit tests of the pure batch accumulator and the request pacer."""
+"""Unit tests of the pure batch accumulator, a parcel's place in line, and the pacer."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cio_queue import _operations as ops
 from cio_queue._accumulator import GRAIN, BatchAccumulator
+from cio_queue._courier import Parcel
+from cio_queue._ledger import Entry
 from cio_queue._pacing import RATE_GUARD, RequestPacer
 
 
@@ -47,32 +51,54 @@ def test_take_all_splits_into_batches_and_popleft_drops_the_oldest() -> None:
     assert len(acc) == 0
 
 
-@given(gaps=st.lists(st.floats(0.0, 0.2), min_size=1, max_size=200),
-       takes=st.lists(st.integers(1, 7), max_size=60), drops=st.integers(0, 5))
+@given(steps=st.lists(st.one_of(
+    st.tuples(st.just("append"), st.floats(0.0, 0.2)),
+    st.tuples(st.just("take"), st.integers(1, 7)),
+    st.tuples(st.just("popleft"), st.just(0)),
+    st.tuples(st.just("expedite"), st.just(0))), max_size=300))
 def test_an_items_batch_is_due_within_a_grain_before_its_own_deadline(
-        gaps: list[float], takes: list[int], drops: int) -> None:
+        steps: list[tuple[str, float]]) -> None:
     """An item's batch is due by its own arrival + flush_interval, at most a grain early.
 
-    Whatever the arrivals, drops and takes, the oldest waiting item sets the deadline, and
-    sharing a run's time moves it earlier by less than flush_interval / GRAIN.
+    Against a model that keeps every item's own time, through any mix of appends, takes,
+    drops and expedites: the same items come out in the same order, and the deadline is
+    the oldest item's own one, moved earlier by less than flush_interval / GRAIN (or
+    already past once expedited).
     """
     interval = 1.0
     acc: BatchAccumulator[float] = BatchAccumulator(5, interval)
+    model: list[float] = []
+    forced = 0
     now = 0.0
-    for gap in gaps:
-        now += gap
-        acc.append(now, now)  # each item is its own arrival time
-    for _ in range(min(drops, len(acc))):
-        acc.popleft()
-    for count in [*takes, len(gaps)]:
-        if not len(acc):
-            break
-        oldest = acc._items[0]
+    for action, value in steps:
+        if action == "append":
+            now += value
+            acc.append(now, now)  # each item is its own arrival time
+            model.append(now)
+        elif action == "take" and model:
+            count = min(int(value), len(model))
+            assert acc.take(int(value)) == model[:count]
+            del model[:count]
+            forced = max(0, forced - count)
+        elif action == "popleft" and model:
+            assert acc.popleft() == model.pop(0)
+            forced = max(0, forced - 1)
+        elif action == "expedite":
+            acc.expedite()
+            forced = len(model)
+        assert len(acc) == len(model) == sum(acc._counts)
         deadline = acc.deadline()
-        assert deadline is not None
-        assert oldest + interval - interval / GRAIN <= deadline <= oldest + interval
-        assert acc.take(count)[0] == oldest
-    assert acc.deadline() is None
+        if not model:
+            assert deadline is None
+        elif forced:
+            assert deadline is not None
+            assert deadline <= model[0]
+        else:
+            assert deadline is not None
+            assert model[0] + interval - interval / GRAIN <= deadline <= model[0] + interval
+            if len(model) < acc.batch_size:  # a full batch is due at once
+                assert acc.due(deadline)
+                assert not acc.due(deadline - 1e-6)
 
 
 def test_a_burst_keeps_one_arrival_time_per_run_not_per_item() -> None:
@@ -80,14 +106,33 @@ def test_a_burst_keeps_one_arrival_time_per_run_not_per_item() -> None:
     acc: BatchAccumulator[int] = BatchAccumulator(100, 5.0)
     for i in range(10_000):
         acc.append(i, 100.0 + i * 1e-6)
-    assert len(acc._runs) == 1
+    assert len(acc._starts) == len(acc._counts) == 1
     assert acc.deadline() == 105.0
     acc.take_all()
     for i in range(3):
         acc.append(i, 200.0 + i * 5.0 / GRAIN)  # a grain apart: a run each
-    assert len(acc._runs) == 3
+    assert len(acc._starts) == len(acc._counts) == 3
     assert acc.take(2) == [0, 1]
     assert acc.deadline() == 200.0 + 2 * 5.0 / GRAIN + 5.0
+
+
+def _parcel(*, rank: int | None = None) -> Parcel:
+    op = ops.track("42", "ev", {}, None, None).seal(batch=True)
+    return Parcel([Entry(op)], v2=True, batch=None, rank=rank)
+
+
+def test_a_parcel_cut_from_another_keeps_its_place_before_newer_ones() -> None:
+    """A split half or a partial retry takes the place of the parcel it was cut from.
+
+    Other parcels go in the order they were made, and no two parcels ever tie.
+    """
+    first, second = _parcel(), _parcel()
+    halves = [_parcel(rank=first.order[0]), _parcel(rank=first.order[0])]
+    third = _parcel()
+    line = [(p.order, p) for p in (third, *halves, second, first)]
+    heapq.heapify(line)  # a tie would compare two Parcels: TypeError
+    assert [heapq.heappop(line)[1] for _ in range(5)] == [first, *halves, second, third]
+    assert len({p.order for p in (first, second, third, *halves)}) == 5
 
 
 def starts_of(pacer: RequestPacer, ready_at: list[float]) -> list[float]:
