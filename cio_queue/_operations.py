@@ -140,6 +140,8 @@ class Operation:
         try:
             head = orjson.loads(record)
             kind = head["k"]
+            if type(head["t"]) not in (int, float):
+                raise ValueError("its enqueued_at is not a number")
             # The wire bytes as pack() embedded them, kept as they are: a v2 element is
             # orjson's text already, and a v1 body json's (whose payload is made by json
             # when needed: orjson reads an int below -2**63 as a float).

@@ -179,6 +179,20 @@ def test_packed_wire_bytes_come_back_byte_for_byte() -> None:
     assert (kind, back.v2) == ("track", sealed.v2)  # a v2 element too, as it was packed
 
 
+@pytest.mark.parametrize("stamp", [b'"2026-11-30"', b"null", b"true", b"[1]"])
+def test_a_packed_operation_whose_time_is_not_a_number_is_refused(stamp: bytes) -> None:
+    """unpack() refuses a record whose enqueued_at is not a number, like any malformed one.
+
+    The fleet keeps such an entry as a dead letter and the spool logs it, instead of
+    handing on an operation whose dead letter could not be written.
+    """
+    packed = ops.track("42", "ev", None, "E", None).seal(batch=True).pack()
+    bad, replaced = re.subn(rb'"t":[-+.0-9eE]+', b'"t":' + stamp, packed, count=1)
+    assert replaced == 1
+    with pytest.raises(ValueError, match="enqueued_at"):
+        ops.Operation.unpack(bad, batch=True)
+
+
 @pytest.mark.parametrize("value", [-(2**63) - 1, -(2**64 - 1), 2**64, -(2**64)])
 def test_an_int_no_json_reader_holds_is_refused_on_both_transports(value: int) -> None:
     """-2**63 .. 2**64-1 go out as they are; beyond, the call is refused by field.
