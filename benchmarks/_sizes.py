@@ -1,8 +1,9 @@
 """How big each measurement is in each mode, and the conditions shared by all of them.
 
 Full mode is what the README's figures come from (under 10 minutes on 2 cores); quick
-mode keeps every measurement and shrinks the sizes (under a minute); smoke mode, for the
-test suite, shrinks them further and only proves that the suite runs end to end.
+mode keeps every measurement and shrinks the sizes (under a minute; the test suite runs
+it); smoke mode shrinks them further and only proves, in about 10 s, that the suite runs
+end to end.
 """
 
 from __future__ import annotations

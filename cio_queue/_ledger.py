@@ -90,7 +90,8 @@ class Entry:
         self.verdict: Verdict | None = None
 
     def __repr__(self) -> str:
-        return f"<Entry {self.op.event_id} {self.op.kind} {self.state.value}>"
+        op = self.op
+        return f"<Entry {op.kind} {op.event_id or op.customer_id!r} {self.state.value}>"
 
 
 class Recorder(Protocol):
