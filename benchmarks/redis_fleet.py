@@ -11,7 +11,7 @@ with AOF, ``appendfsync`` as chosen (``always``: every write is fsynced before R
 answers; ``everysec``: Redis' default). Only ratios between numbers of one run carry over
 to another machine. Run from the repository root::
 
-    python -m benchmarks.redis_fleet [--appendfsync everysec] [--linger 0]
+    python -m benchmarks.redis_fleet [--appendfsync everysec] [--linger 0] [--calls N]
 """
 
 from __future__ import annotations
@@ -79,19 +79,19 @@ def describe(times: list[float]) -> str:
             f"p99 {ordered[int(len(ordered) * 0.99)]:7.1f} µs")
 
 
-async def bench_producer(url: str, linger: float) -> None:
+async def bench_producer(url: str, linger: float, calls: int, round_trips: int) -> None:
     redis = connect(url)
     queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
     record = b'{"type":"person","action":"event","identifiers":{"id":"42"},"name":"x"}'
     async with Producer(redis, "bench", partitions=8, linger=linger) as producer:
-        keys = [f"person-{n % 1000}" for n in range(ADD_CALLS)]
-        baseline = await per_call(lambda n: queue.put_nowait((record, keys[n])), ADD_CALLS)
-        nowait = await per_call(lambda n: producer.add_nowait(record, keys[n]), ADD_CALLS)
+        keys = [f"person-{n % 1000}" for n in range(calls)]
+        baseline = await per_call(lambda n: queue.put_nowait((record, keys[n])), calls)
+        nowait = await per_call(lambda n: producer.add_nowait(record, keys[n]), calls)
         await producer.flush(time.monotonic() + 30)
         print(f"add_nowait:              {nowait:6.2f} µs/call vs asyncio.Queue.put_nowait "
               f"{baseline:5.2f} µs: {nowait / baseline:4.1f}x")
 
-        sequential = await latencies(lambda: producer.add(record, "person-1"), SYNC_CALLS)
+        sequential = await latencies(lambda: producer.add(record, "person-1"), round_trips)
         print(f"await add(), one caller: {describe(sequential)}")
 
         commits = producer.statistics().commits
@@ -104,19 +104,19 @@ async def bench_producer(url: str, linger: float) -> None:
     await redis.aclose()
 
 
-async def bench_pacer(url: str) -> None:
+async def bench_pacer(url: str, round_trips: int) -> None:
     redis = connect(url)
-    ping = await latencies(redis.ping, ROUND_TRIPS)
+    ping = await latencies(redis.ping, round_trips)
     gate_only = FleetPacer(redis, "bench:gate", None)
     limited = FleetPacer(redis, "bench:rate", 1e6)  # never waits: measures the grant path
-    gate_times = await latencies(gate_only.try_start, ROUND_TRIPS)
-    rate_times = await latencies(limited.try_start, ROUND_TRIPS)
+    gate_times = await latencies(gate_only.try_start, round_trips)
+    rate_times = await latencies(limited.try_start, round_trips)
     print(f"PING:                       {describe(ping)}")
     print(f"try_start, gate only:       {describe(gate_times)}  "
           f"({statistics.median(gate_times) / statistics.median(ping):.1f}x PING)")
     print(f"try_start, rate + gate:     {describe(rate_times)}  "
           f"({statistics.median(rate_times) / statistics.median(ping):.1f}x PING)")
-    print(f"late grants (> 10 ms): {limited.statistics().late} of {ROUND_TRIPS + WARMUP}")
+    print(f"late grants (> 10 ms): {limited.statistics().late} of {round_trips + WARMUP}")
     await redis.aclose()
 
 
@@ -125,14 +125,22 @@ async def main() -> None:
     parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
     parser.add_argument("--linger", type=float, default=DEFAULT_LINGER,
                         help="the producer's group-commit linger, seconds")
+    parser.add_argument("--calls", type=int, default=ADD_CALLS,
+                        help="add_nowait calls per repetition (a multiple of 500)")
+    parser.add_argument("--sync-calls", type=int, default=SYNC_CALLS,
+                        help="sequential await add() calls timed one by one")
+    parser.add_argument("--round-trips", type=int, default=ROUND_TRIPS,
+                        help="timed PING and pacer round trips")
     args = parser.parse_args()
+    if args.calls < CHUNK or args.calls % CHUNK:
+        parser.error(f"--calls must be a positive multiple of {CHUNK}")
     print(f"redis-server AOF appendfsync={args.appendfsync}, producer linger={args.linger}")
     with tempfile.TemporaryDirectory() as directory:
         server = RedisServer(find_redis_server(), Path(directory), appendfsync=args.appendfsync)
         server.start()
         try:
-            await bench_producer(server.url, args.linger)
-            await bench_pacer(server.url)
+            await bench_producer(server.url, args.linger, args.calls, args.sync_calls)
+            await bench_pacer(server.url, args.round_trips)
         finally:
             server.stop()
 

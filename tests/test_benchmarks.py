@@ -1,4 +1,7 @@
-"""The benchmark suite's quick mode, run end to end: a smoke test, not a timing test."""
+"""The benchmarks, run end to end: smoke tests, not timing tests.
+
+The suite's quick mode, and each standalone benchmark the README lists at a small size.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICK_TIMEOUT = 240  # seconds; the quick run takes about 30 s on two cores, 60 s loaded
+STANDALONE_TIMEOUT = 180  # seconds; each small run below takes 1 to 12 s on two cores
 
 
 def test_benchmark_suite_runs_and_checks_every_delivery(tmp_path: Path) -> None:
@@ -22,3 +28,33 @@ def test_benchmark_suite_runs_and_checks_every_delivery(tmp_path: Path) -> None:
     assert "## Goals" in report
     assert (tmp_path / "results.json").is_file()
     assert len(list(tmp_path.glob("fig*.png"))) == 10
+
+
+# Each standalone benchmark of the README's list at a small size, with the line that shows
+# it got to its end; each exits non-zero when a run lost or duplicated an operation.
+STANDALONE = [
+    ("fleet_throughput", ["--ops", "2000", "--processes", "1", "2", "--repeats", "1"],
+     "delivery check: all"),
+    ("import_file", ["--events", "2000"], "delivered once"),
+    ("redis_fleet", ["--calls", "1000", "--sync-calls", "200", "--round-trips", "200"],
+     "late grants"),
+    ("spool", ["--rows", "2000"], "SpoolStore.add, sync"),
+    ("spool_outage", ["--rate", "50", "--before", "1", "--outage", "1", "--after", "1"],
+     "\nPASS\n"),
+    ("spool_queue", ["--calls", "2000", "--sync-calls", "2000", "--ops", "2000",
+                     "--repeats", "1"], "checksum matches"),
+    ("sync_queue", ["--calls", "500", "--repeats", "1"], "round trip / SyncEventQueue"),
+    ("typed_events", ["--quick"], "the check alone"),
+]
+
+
+@pytest.mark.parametrize(("module", "args", "marker"), STANDALONE,
+                         ids=[module for module, _, _ in STANDALONE])
+def test_a_standalone_benchmark_runs_to_its_end(module: str, args: list[str],
+                                                marker: str) -> None:
+    """`python -m benchmarks.<module>` at a small size exits 0 and prints its last figures."""
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args],
+                            cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=STANDALONE_TIMEOUT, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marker in result.stdout, result.stdout + result.stderr
