@@ -130,73 +130,56 @@ async def test_a_killed_members_pending_entries_are_claimed_and_handed_out_again
     await b.aclose()
 
 
-async def test_an_entry_read_while_its_partition_is_given_back_goes_to_the_next_holder_only(
+async def test_a_partition_is_given_back_only_once_the_read_in_flight_returned(
         redis: Redis, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read that returns while its partition is being given back hands nothing out.
+    """A partition that a blocked read is reading is given back once that read returned.
 
-    The interleaving: a's read is blocked on its partition when a learns that it must give
-    the partition to b; nothing handed out of it is outstanding, so a's next heartbeat
-    gives it back at once. An entry that arrives before Redis runs that heartbeat wakes the
-    read. Were a to hand it out, b, taking the partition over, would claim the same entry
-    (still pending for a) and hand it out again: one operation delivered twice with no
-    failure anywhere. The interleaving is forced by adding the entry, and letting a's read
-    return, inside a's heartbeat call.
+    a's read is blocked on its only partition when a learns that it must give the
+    partition to b. Given back at once, an entry arriving before the read ended would
+    land in a's pending list after b's takeover claim: b would find it only at its stray
+    check, a third of a lease later, behind newer entries (one person's state changes out
+    of order). The give-back waits for the read instead: the entry that read returns is
+    not handed out by a, stays pending, and b's takeover claim hands it out first, before
+    what was added after it.
     """
     second = connect(redis_server.url)
     # One partition; "m2" ranks after "m1", so once both are live a's share is 0. A long
     # lease: no heartbeat comes on its own during the test, only those asked for. And
-    # reads that block for as long as the test may take: a read that ended on its own
-    # just as the partition was being given back would leave none blocked to interleave.
+    # reads that block for as long as the test may take.
     monkeypatch.setattr(consumer_module, "MAX_BLOCK", 30.0)
     a = await Consumer.join(redis, "ops", "senders", "m2", partitions=1, lease=120)
     got_a: list[Delivery] = []
-    read = anyio.Event()  # set when a read returned, then replaced
 
     async def take() -> None:
-        nonlocal read
         while True:
             got_a.extend(await a.fetch(count=10, wait=30))
-            read.set()
-            read = anyio.Event()
 
-    async def until_a_read_blocks() -> None:
-        for _ in range(500):
-            clients = await redis.client_list()
-            if any(client.get("cmd") == "xreadgroup" and "b" in str(client.get("flags"))
-                   for client in clients):
-                return
-            await anyio.sleep(0.01)
-        pytest.fail("a's read never blocked")
+    async def a_read_is_blocked() -> bool:
+        clients = await redis.client_list()
+        return any(client.get("cmd") == "xreadgroup" and "b" in str(client.get("flags"))
+                   for client in clients)
 
-    heartbeat = a._leases._heartbeat  # the interleaving needs the call itself
-    forced = False
-
-    async def heartbeat_with_arrival(keys: list[str], args: list[Any]) -> Any:
-        nonlocal forced
-        if "give" in args and not forced:  # planned with nothing outstanding
-            forced = True
-            with anyio.fail_after(10):
-                await until_a_read_blocks()
-                returned = read
-                await redis.xadd("ops:0", {b"r": b'{"late": true}'})
-                await returned.wait()  # the read returned the entry, and a dealt with it
-        return await heartbeat(keys=keys, args=args)
-
-    monkeypatch.setattr(a._leases, "_heartbeat", heartbeat_with_arrival)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(take)
+        with anyio.fail_after(10):
+            while not await a_read_is_blocked():  # noqa: ASYNC110 - state in Redis
+                await anyio.sleep(0.01)
         b = await Consumer.join(second, "ops", "senders", "m1", partitions=1, lease=120)
         assert b.partitions == ()  # a holds the only partition
         a._leases.beat_now()  # a heartbeat now: a learns its share is 0
+        await wait_until(lambda: a._leases.releasing() == (0,), 10,
+                         "a marks its partition for giving back")
+        assert a.partitions == (0,)  # kept while the read is blocked on it
+        await redis.xadd("ops:0", {b"r": b'{"late": true}'})  # the read returns it
         await wait_until(lambda: a.partitions == (), 10, "a gives its partition back")
         tasks.cancel_scope.cancel()
-    assert forced
+    await redis.xadd("ops:0", {b"r": b'{"newer": true}'})
     b._leases.beat_now()  # b takes the free partition now
     await wait_until(lambda: b.partitions == (0,), 10, "b takes the partition over")
     got_b: list[Delivery] = []
-    await _drain(b, got_b, lambda: bool(got_b), 10)
-    assert [json.loads(d.record) for d in got_b] == [{"late": True}]
-    assert got_a == []  # handed out once, by the partition's next holder
+    await _drain(b, got_b, lambda: len(got_b) >= 2, 10)
+    assert [json.loads(d.record) for d in got_b] == [{"late": True}, {"newer": True}]
+    assert got_a == []  # handed out once, by the partition's next holder, in order
     await a.aclose()
     await b.aclose()
     await second.aclose()

@@ -317,11 +317,15 @@ class Consumer:
         if not streams:
             await self._leases.next_beat(wait)
             return []
-        reply: Any = await self._redis.xreadgroup(
-            self.group, self.name, dict.fromkeys(streams, ">"),
-            count=max(1, count // len(streams)), block=max(1, round(wait * 1000)))
-        self._outage.recovered()
-        return self._take(reply or [])
+        self._leases.reading = frozenset(streams)  # none of them is given back meanwhile
+        try:
+            reply: Any = await self._redis.xreadgroup(
+                self.group, self.name, dict.fromkeys(streams, ">"),
+                count=max(1, count // len(streams)), block=max(1, round(wait * 1000)))
+            self._outage.recovered()
+            return self._take(reply or [])
+        finally:
+            self._leases.read_ended()
 
     def _readable(self, valid_until: float, count: int) -> list[str]:
         """Return the streams to read now: at most ``count``, a different first each time.
@@ -341,9 +345,10 @@ class Consumer:
             partition = self._index[text(stream)]
             lease = self._leases.held.get(partition)
             if lease is None or lease.state is not LeaseState.READING:
-                # Its lease ran out during the read, or it is being given back (perhaps
-                # already planned so, as nothing of it was outstanding): the entries stay
-                # pending, for the next holder (or this one, claiming again) to claim.
+                # Its lease ran out during the read, or it is to be given back (marked
+                # so during the read, and given back only now that the read returned):
+                # the entries stay pending, for the next holder's takeover claim (or
+                # this member's, claiming again) to hand out before anything newer.
                 continue
             outstanding = self._outstanding[partition]
             for entry_id, fields in entries:

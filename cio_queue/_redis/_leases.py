@@ -148,6 +148,11 @@ class Leases:
         self._beat_now = asyncio.Event()
         self._changed = asyncio.Event()
         self._stopping = False
+        # The streams of the consumer's blocking read in flight. None of them is given
+        # back until it returns: Redis would put what it returns in this member's pending
+        # list after the next holder's takeover claim, where only that holder's stray
+        # check (a third of a lease later) would find it, behind newer entries.
+        self.reading: frozenset[str] = frozenset()
 
     def releasing(self) -> tuple[int, ...]:
         """The held partitions being given back, ascending."""
@@ -208,6 +213,11 @@ class Leases:
         if self._any_givable():
             self._beat_now.set()
 
+    def read_ended(self) -> None:
+        """The blocking read in flight returned: give back at once what waited for it."""
+        self.reading = frozenset()
+        self.acks_committed()
+
     async def next_beat(self, seconds: float) -> None:
         """Wait up to ``seconds`` for the next heartbeat to end."""
         self._changed.clear()
@@ -227,7 +237,8 @@ class Leases:
         self.held.clear()
 
     def _givable(self, lease: Lease) -> bool:
-        return lease.state is LeaseState.RELEASING and not self._outstanding[lease.index]
+        return (lease.state is LeaseState.RELEASING and not self._outstanding[lease.index]
+                and lease.stream not in self.reading)
 
     def _any_givable(self) -> bool:
         return any(self._givable(lease) for lease in self.held.values())
