@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from cio_queue import QueueClosedError
 from cio_queue._redis import Consumer, Delivery, Producer, connect
 from cio_queue._redis import _consumer as consumer_module
+from cio_queue._redis._leases import LeaseState
+from cio_queue._redis._streams import text
 from tests import redis_children
 from tests.redis_support import RedisServer, wait_until
 
@@ -183,6 +185,81 @@ async def test_a_partition_is_given_back_only_once_the_read_in_flight_returned(
     await a.aclose()
     await b.aclose()
     await second.aclose()
+
+
+async def test_an_entry_acknowledged_while_its_partition_is_claimed_is_not_handed_out_again(
+        redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry settled during a claim of its partition is not handed out a second time.
+
+    A stray check sends a READING partition back to claiming its pending entries. An entry
+    this member handed out can then be in the claim's reply (still pending when Redis ran
+    the claim) and acknowledged before the reply is read, so no longer outstanding here:
+    handed out again, it would be delivered twice with no failure anywhere. The
+    interleaving is forced by acknowledging the entry inside the claim call.
+    """
+    a = await Consumer.join(redis, "ops", "senders", "m1", partitions=1, lease=120)
+    await redis.xadd("ops:0", {b"r": b'{"once": true}'})
+    first: list[Delivery] = []
+    await _drain_unacked(a, first, 1)
+    lease = a._leases.held[0]
+    lease.state, lease.cursor = LeaseState.CLAIMING, "0-0"  # as a stray check does
+    claim = a._redis.xautoclaim
+
+    async def claim_then_acknowledge(*args: Any, **kwargs: Any) -> Any:
+        reply = await claim(*args, **kwargs)
+        assert [text(entry_id) for entry_id, _ in reply[1]] == [first[0].entry_id]
+        await a.ack(first[0].partition, first[0].entry_id)  # committed meanwhile
+        return reply
+
+    monkeypatch.setattr(a._redis, "xautoclaim", claim_then_acknowledge)
+    again = await a.fetch(count=10, wait=0.1)
+    assert again == []
+    assert lease.state is LeaseState.READING  # the claim went through to the end
+    await a.aclose()
+
+
+async def test_an_entry_acknowledged_during_a_stray_check_is_no_stray(
+        redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stray check counts what was handed out as it went, not only what still is.
+
+    An entry handed out, and acknowledged between Redis answering the check's XPENDING
+    and the check reading the answer, is pending in that answer but no longer outstanding
+    here. Counted as a stray, it sent the partition back to claiming, dropping the read in
+    flight and claiming the whole pending list again. Forced by acknowledging the entry
+    inside the check's pipeline call.
+    """
+    a = await Consumer.join(redis, "ops", "senders", "m1", partitions=1, lease=120)
+    await redis.xadd("ops:0", {b"r": b'{"once": true}'})
+    first: list[Delivery] = []
+    await _drain_unacked(a, first, 1)
+    lease = a._leases.held[0]
+    assert lease.state is LeaseState.READING
+    pipeline = a._leases._redis.pipeline
+
+    def pipeline_that_acknowledges(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        if kwargs.get("transaction") is False:  # the check's, not the acknowledgement's
+            execute = pipe.execute
+
+            async def execute_then_acknowledge(raise_on_error: bool = True) -> Any:
+                answers = await execute(raise_on_error)
+                await a.ack(first[0].partition, first[0].entry_id)
+                return answers
+
+            monkeypatch.setattr(pipe, "execute", execute_then_acknowledge)
+        return pipe
+
+    monkeypatch.setattr(a._leases._redis, "pipeline", pipeline_that_acknowledges)
+    await a._leases._find_strays()
+    assert lease.state is LeaseState.READING  # no stray: handed out, then settled
+    await a.aclose()
+
+
+async def _drain_unacked(consumer: Consumer, into: list[Delivery], count: int) -> None:
+    """Fetch until ``count`` entries were handed out, acknowledging none."""
+    with anyio.fail_after(10):
+        while len(into) < count:
+            into.extend(await consumer.fetch(count=10, wait=0.1))
 
 
 async def test_an_ack_after_aclose_comes_back_cancelled_and_the_entry_stays_pending(

@@ -363,6 +363,11 @@ class Consumer:
         """Take over the pending entries of freshly taken partitions, in stream order."""
         deliveries: list[Delivery] = []
         for lease in leases:
+            outstanding = self._outstanding[lease.index]
+            # What this member handed out as the claim goes: an entry acknowledged while
+            # the claim is under way may be in its reply (still pending when Redis ran
+            # it) and gone from ``outstanding`` by the time the reply is read.
+            handed_out = set(outstanding)
             reply = await self._redis.xautoclaim(lease.stream, self.group, self.name,
                                                  min_idle_time=0, start_id=lease.cursor,
                                                  count=count)
@@ -370,11 +375,10 @@ class Consumer:
             if (lease is not self._leases.held.get(lease.index)
                     or lease.state is not LeaseState.CLAIMING):
                 continue  # lost or being given back during the call: as in _take
-            outstanding = self._outstanding[lease.index]
             for entry_id, fields in reply[1]:
                 entry = text(entry_id)
-                if entry in outstanding:
-                    continue  # handed out by this member and not settled yet
+                if entry in outstanding or entry in handed_out:
+                    continue  # handed out by this member: settled, or not yet
                 delivery = self._delivery(lease.index, entry, fields)
                 if delivery is not None:
                     outstanding.add(entry)

@@ -269,17 +269,24 @@ class Leases:
         reading = [lease for lease in self.held.values() if lease.state is LeaseState.READING]
         if not reading:
             return
+        # What was handed out as the check goes: an entry acknowledged meanwhile is still
+        # in the summary (pending when Redis ran XPENDING) but no longer outstanding. (A
+        # read whose reply is not yet taken can still look like strays: the claim that
+        # follows skips what was handed out, and hands out what that read dropped.)
+        handed_out = {lease.index: set(self._outstanding[lease.index]) for lease in reading}
         pipe = self._redis.pipeline(transaction=False)
         for lease in reading:
             pipe.xpending(lease.stream, self.group)
         for lease, summary in zip(reading, await pipe.execute(), strict=True):
-            if self._strays(lease, summary) and self.held.get(lease.index) is lease:
+            handed_out[lease.index].update(self._outstanding[lease.index])
+            if (self._strays(summary, len(handed_out[lease.index]))
+                    and self.held.get(lease.index) is lease):
                 lease.state = LeaseState.CLAIMING
                 lease.cursor = "0-0"
 
-    def _strays(self, lease: Lease, summary: dict[str, Any]) -> bool:
+    def _strays(self, summary: dict[str, Any], handed_out: int) -> bool:
         """Whether an XPENDING summary shows entries this member has not handed out."""
         pending = {text(member["name"]): int(member["pending"])
                    for member in summary.get("consumers") or ()}
         mine = pending.pop(self.name, 0)
-        return bool(pending) or mine > len(self._outstanding[lease.index])
+        return bool(pending) or mine > handed_out
