@@ -134,33 +134,32 @@ async def test_a_killed_members_pending_entries_are_claimed_and_handed_out_again
 
 async def test_a_partition_is_given_back_only_once_the_read_in_flight_returned(
         redis: Redis, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A partition that a blocked read is reading is given back once that read returned.
+    """A member's blocked read of a partition ends before the partition changes hands.
 
     a's read is blocked on its only partition when a learns that it must give the
-    partition to b. Given back at once, an entry arriving before the read ended would
-    land in a's pending list after b's takeover claim: b would find it only at its stray
-    check, a third of a lease later, behind newer entries (one person's state changes out
-    of order). The give-back waits for the read instead: the entry that read returns is
-    not handed out by a, stays pending, and b's takeover claim hands it out first, before
-    what was added after it.
+    partition to b. Given back at once, b took it over and made its takeover claim while
+    a's read still waited: the next entry then woke a's read and landed in a's pending
+    list, where b found it only at its stray check, a third of a lease later, after the
+    entries that followed (one person's state changes out of order). Now a keeps the
+    partition until its read returned, and b reads the entries in order.
     """
     second = connect(redis_server.url)
     # One partition; "m2" ranks after "m1", so once both are live a's share is 0. A long
-    # lease: no heartbeat comes on its own during the test, only those asked for. And
-    # reads that block for as long as the test may take.
-    monkeypatch.setattr(consumer_module, "MAX_BLOCK", 30.0)
+    # lease: no heartbeat comes on its own during the test, only those asked for.
+    monkeypatch.setattr(consumer_module, "MAX_BLOCK", 1.5)
     a = await Consumer.join(redis, "ops", "senders", "m2", partitions=1, lease=120)
     got_a: list[Delivery] = []
 
     async def take() -> None:
         while True:
-            got_a.extend(await a.fetch(count=10, wait=30))
+            got_a.extend(await a.fetch(count=10, wait=1.5))
 
     async def a_read_is_blocked() -> bool:
         clients = await redis.client_list()
         return any(client.get("cmd") == "xreadgroup" and "b" in str(client.get("flags"))
                    for client in clients)
 
+    got_b: list[Delivery] = []
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(take)
         with anyio.fail_after(10):
@@ -169,19 +168,17 @@ async def test_a_partition_is_given_back_only_once_the_read_in_flight_returned(
         b = await Consumer.join(second, "ops", "senders", "m1", partitions=1, lease=120)
         assert b.partitions == ()  # a holds the only partition
         a._leases.beat_now()  # a heartbeat now: a learns its share is 0
-        await wait_until(lambda: a._leases.releasing() == (0,), 10,
-                         "a marks its partition for giving back")
-        assert a.partitions == (0,)  # kept while the read is blocked on it
-        await redis.xadd("ops:0", {b"r": b'{"late": true}'})  # the read returns it
-        await wait_until(lambda: a.partitions == (), 10, "a gives its partition back")
+        with anyio.fail_after(10):
+            while 0 not in b.partitions:  # b takes it as soon as a gives it back
+                b._leases.beat_now()
+                await anyio.sleep(0.01)
+        await b.fetch(count=10, wait=0.01)  # b's takeover claim: nothing is pending
+        await redis.xadd("ops:0", {b"r": b'{"late": true}'})
+        await redis.xadd("ops:0", {b"r": b'{"newer": true}'})
+        await _drain(b, got_b, lambda: len(got_b) >= 2, 10)
         tasks.cancel_scope.cancel()
-    await redis.xadd("ops:0", {b"r": b'{"newer": true}'})
-    b._leases.beat_now()  # b takes the free partition now
-    await wait_until(lambda: b.partitions == (0,), 10, "b takes the partition over")
-    got_b: list[Delivery] = []
-    await _drain(b, got_b, lambda: len(got_b) >= 2, 10)
     assert [json.loads(d.record) for d in got_b] == [{"late": True}, {"newer": True}]
-    assert got_a == []  # handed out once, by the partition's next holder, in order
+    assert got_a == []
     await a.aclose()
     await b.aclose()
     await second.aclose()

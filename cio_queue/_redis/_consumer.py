@@ -105,9 +105,10 @@ class Consumer:
       that inside one process, as they do for local intake, provided it admits deliveries
       in the order ``fetch`` returns them. Between members, a partition changes hands in
       order when it is given back (only once everything handed out of it was
-      acknowledged); after a crash, the new holder resends the unacknowledged entries
-      first. A member cut off from Redis for longer than the lease may still be sending
-      what it handed out before, beside the new holder's resend of it.
+      acknowledged and no read of it is in flight); after a crash, the new holder
+      resends the unacknowledged entries first. A member cut off from Redis for longer
+      than the lease may still be sending what it handed out before, beside the new
+      holder's resend of it.
 
     Create one with :meth:`join`; end it with :meth:`aclose` (or ``async with``).
     """

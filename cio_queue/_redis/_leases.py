@@ -12,7 +12,8 @@ after one lease. Sorting the live names gives each member its rank, and its shar
 takes free partitions (``SET NX PX``) up to its share in its own order of preference
 (rendezvous hashing of name and partition, so members prefer different partitions and a
 change of membership moves few of them), and gives back those above its share, once
-everything it handed out of them was acknowledged. All of one heartbeat is one Lua
+everything it handed out of them was acknowledged and no read of them is in flight. All
+of one heartbeat is one Lua
 script, so two members never both believe they hold a partition.
 """
 
@@ -263,8 +264,9 @@ class Leases:
         """Claim again a held partition whose pending entries are not all handed out here.
 
         Strays are entries read by a member whose lease ran out during the read, or read
-        by this member and dropped for the same reason or because the partition was being
-        given back meanwhile.
+        by this member and dropped for the same reason. (What a read returns while its
+        partition waits to be given back stays pending for the next holder's takeover
+        claim: a partition is given back only once no read of it is in flight.)
         """
         reading = [lease for lease in self.held.values() if lease.state is LeaseState.READING]
         if not reading:
