@@ -79,7 +79,7 @@ def describe(times: list[float]) -> str:
             f"p99 {ordered[int(len(ordered) * 0.99)]:7.1f} µs")
 
 
-async def bench_producer(url: str, linger: float, calls: int, round_trips: int) -> None:
+async def bench_producer(url: str, linger: float, calls: int, sync_calls: int) -> None:
     redis = connect(url)
     queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
     record = b'{"type":"person","action":"event","identifiers":{"id":"42"},"name":"x"}'
@@ -91,7 +91,7 @@ async def bench_producer(url: str, linger: float, calls: int, round_trips: int) 
         print(f"add_nowait:              {nowait:6.2f} µs/call vs asyncio.Queue.put_nowait "
               f"{baseline:5.2f} µs: {nowait / baseline:4.1f}x")
 
-        sequential = await latencies(lambda: producer.add(record, "person-1"), round_trips)
+        sequential = await latencies(lambda: producer.add(record, "person-1"), sync_calls)
         print(f"await add(), one caller: {describe(sequential)}")
 
         commits = producer.statistics().commits

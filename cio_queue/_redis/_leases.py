@@ -13,8 +13,8 @@ takes free partitions (``SET NX PX``) up to its share in its own order of prefer
 (rendezvous hashing of name and partition, so members prefer different partitions and a
 change of membership moves few of them), and gives back those above its share, once
 everything it handed out of them was acknowledged and no read of them is in flight. All
-of one heartbeat is one Lua
-script, so two members never both believe they hold a partition.
+of one heartbeat is one Lua script, so two members never both believe they hold a
+partition.
 """
 
 from __future__ import annotations
