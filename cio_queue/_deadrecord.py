@@ -98,7 +98,7 @@ def operation_from_record(record: dict[str, Any]) -> Operation:
     if kind == RAW_KIND:
         return _raw_from_record(record, body, enqueued)
     _check_request(kind, record.get("method"), record.get("path"), customer_id)
-    op = Operation(str(kind), str(record["method"]), str(record["path"]), body,
+    op = Operation(str(kind), str(record["path"]), body,
                    customer_id=customer_id, event_id=event_id, enqueued_at=enqueued)
     try:
         to_v2(op)  # reads every field the kind needs, on either transport

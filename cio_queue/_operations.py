@@ -66,6 +66,15 @@ _V1_ENCODER: Final = json.JSONEncoder(allow_nan=False, check_circular=False)
 MERGE_ID_TYPES: Final = frozenset({"id", "email", "cio_id"})
 PLATFORMS: Final = frozenset({"ios", "android"})
 EVENT_KINDS: Final = frozenset({"track", "track_anonymous", "pageview", "backfill"})
+METHODS: Final = {"identify": "PUT", "delete": "DELETE", "add_device": "PUT",
+                  "delete_device": "DELETE"}
+"""The v1 method of each kind that is not sent by POST."""
+SUFFIXES: Final = {"track": "/events", "pageview": "/events", "backfill": "/events",
+                   "suppress": "/suppress", "unsuppress": "/unsuppress",
+                   "add_device": "/devices"}
+"""What follows ``/customers/{id}`` in the path of a person's kind, where the kind alone
+says it (a ``delete_device`` path, which names the device, is made with the operation)."""
+_last_made: Final = [0.0]  # the time of the latest operation made, shared within its ms
 
 
 def _encode_v2(element: object) -> bytes:
@@ -90,22 +99,33 @@ class Operation:
         v2: the compact JSON of its v2 batch element, once sealed for the batch transport.
     """
 
-    __slots__ = ("_body", "_path", "_payload", "_suffix", "customer_id", "enqueued_at",
-                 "event_id", "kind", "method", "v2")
+    # Every slot is 8 bytes on each queued operation: what the kind determines (the v1
+    # method, the path's suffix) is looked up by kind instead of kept.
+    __slots__ = ("_body", "_path", "_payload", "customer_id", "enqueued_at", "event_id",
+                 "kind", "v2")
 
-    def __init__(self, kind: str, method: str, path: str | None, payload: dict[str, Any] | None,
-                 *, customer_id: object = None, event_id: str | None = None,
-                 enqueued_at: float | None = None, suffix: str = "") -> None:
+    def __init__(self, kind: str, path: str | None, payload: dict[str, Any] | None, *,
+                 customer_id: object = None, event_id: str | None = None,
+                 enqueued_at: float | None = None) -> None:
         self.kind = kind
-        self.method = method
-        # A person's path is made when first needed (v1, a dead letter): the batch
-        # transport never needs it, and percent-encoding costs a tenth of an enqueue.
+        # A person's path (None here) is made when first needed (v1, a dead letter) from
+        # the id and the kind's SUFFIXES: the batch transport never needs it, and
+        # percent-encoding costs a tenth of an enqueue.
         self._path = path
-        self._suffix = suffix
         self._payload: dict[str, Any] | None = payload
         self.customer_id = customer_id
         self.event_id = event_id
-        self.enqueued_at = time.time() if enqueued_at is None else enqueued_at
+        if enqueued_at is None:
+            # Operations made in the same millisecond share one float (24 bytes each,
+            # for a time the dead letters and the spool give to the millisecond): a
+            # burst of them costs one. Another thread's newer time is never taken.
+            enqueued_at = time.time()
+            last = _last_made[0]
+            if 0.0 <= enqueued_at - last < 0.001:
+                enqueued_at = last
+            else:
+                _last_made[0] = enqueued_at
+        self.enqueued_at = enqueued_at
         self._body: bytes | None = None
         self.v2: bytes | None = None
 
@@ -118,8 +138,9 @@ class Operation:
         Its wire bytes are embedded as they are (no second encoding), behind a small header.
         """
         head = orjson.dumps({"k": self.kind, "m": self.method, "p": self._path,
-                             "s": self._suffix, "c": self.customer_id, "e": self.event_id,
-                             "t": self.enqueued_at, "v2": self.v2 is not None})
+                             "s": SUFFIXES.get(self.kind, ""), "c": self.customer_id,
+                             "e": self.event_id, "t": self.enqueued_at,
+                             "v2": self.v2 is not None})
         return head[:-1] + b',"w":' + (self.v2 if self.v2 is not None else self.body) + b"}"
 
     @classmethod
@@ -147,22 +168,33 @@ class Operation:
             # when needed: orjson reads an int below -2**63 as a float).
             wire = record[record.index(b',"w":') + 5:-1]
             if head["v2"]:
-                op = cls(RAW_KIND, "POST", "", head["w"], customer_id=head["c"],
+                op = cls(RAW_KIND, "", head["w"], customer_id=head["c"],
                          event_id=head["e"], enqueued_at=head["t"])
                 op.v2 = wire
                 return op, kind
-            op = cls(kind, head["m"], head["p"], None, customer_id=head["c"],
-                     event_id=head["e"], enqueued_at=head["t"], suffix=head["s"])
+            path = head["p"]
+            if head["m"] != METHODS.get(kind, "POST"):
+                raise ValueError(f"{head['m']} is not the method of {kind}")
+            if path is None and head["s"] != SUFFIXES.get(kind, ""):
+                # Written before a device's path was made with its operation.
+                path = _person_path(head["c"], head["s"])
+            op = cls(kind, path, None, customer_id=head["c"], event_id=head["e"],
+                     enqueued_at=head["t"])
             op._body = wire
         except (KeyError, TypeError, ValueError) as exc:  # orjson's errors are ValueErrors
             raise ValueError(f"not a packed operation: {exc}") from None
         return op.seal(batch=batch), kind
 
     @property
+    def method(self) -> str:
+        """The v1 HTTP method, the kind's."""
+        return METHODS.get(self.kind, "POST")
+
+    @property
     def path(self) -> str:
         """The percent-encoded v1 path below ``/api/v1``, e.g. ``"/customers/42/events"``."""
         if self._path is None:
-            self._path = f"/customers/{quote(str(self.customer_id), safe='')}{self._suffix}"
+            self._path = _person_path(self.customer_id, SUFFIXES.get(self.kind, ""))
         return self._path
 
     @property
@@ -227,6 +259,11 @@ class Operation:
                                             f"{MAX_EVENT_DATA_BYTES}")
 
 
+def _person_path(customer_id: object, suffix: str) -> str:
+    """The v1 path of a person's operation: the id percent-encoded, then the suffix."""
+    return f"/customers/{quote(str(customer_id), safe='')}{suffix}"
+
+
 def _payload_of(op: Operation) -> dict[str, Any]:
     """Make a sealed operation's v1 payload again from its wire bytes (see ``seal``)."""
     if op.v2 is not None:
@@ -267,7 +304,7 @@ def raw_v2(operation: object, field: str) -> Operation:
             raise InvalidEventError(f"{field}.id", "must be a non-blank str (a ULID is best)")
     identifiers = element.get("identifiers")
     person = next(iter(identifiers.values()), None) if isinstance(identifiers, dict) else None
-    op = Operation(RAW_KIND, "POST", "", element, customer_id=person, event_id=event_id)
+    op = Operation(RAW_KIND, "", element, customer_id=person, event_id=event_id)
     op.v2 = _encode_v2(element)
     if len(op.v2) > MAX_V2_OPERATION_BYTES:
         raise InvalidEventError(field, f"is {len(op.v2)} bytes as a v2 batch operation; the "
@@ -281,7 +318,7 @@ def identify(id: object, attributes: dict[str, Any]) -> Operation:
     check_path_id(id, "id")
     payload = clean_mapping(attributes, "attributes")
     check_attributes(payload)
-    return Operation("identify", "PUT", None, payload, customer_id=id)
+    return Operation("identify", None, payload, customer_id=id)
 
 
 def _event_payload(name: object, data: object, event_id: object,
@@ -301,8 +338,7 @@ def track(customer_id: object, name: object, data: object, event_id: object,
           timestamp: object) -> Operation:
     check_path_id(customer_id, "customer_id")
     payload, eid = _event_payload(name, data, event_id, timestamp)
-    return Operation("track", "POST", None, payload, customer_id=customer_id, event_id=eid,
-                     suffix="/events")
+    return Operation("track", None, payload, customer_id=customer_id, event_id=eid)
 
 
 def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
@@ -316,7 +352,7 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
     elif "recipient" not in payload["data"]:
         raise InvalidEventError("anonymous_id", "is blank: an event without one is an invite "
                                                 "and needs data['recipient']")
-    return Operation("track_anonymous", "POST", "/events", payload, event_id=eid)
+    return Operation("track_anonymous", "/events", payload, event_id=eid)
 
 
 def pageview(customer_id: object, page: object, data: dict[str, Any],
@@ -325,8 +361,7 @@ def pageview(customer_id: object, page: object, data: dict[str, Any],
     eid = check_event_id(event_id)
     payload: dict[str, Any] = {"type": "page", "name": check_event_name(page, "page"),
                                "data": clean_mapping(data, "data"), "id": eid}
-    return Operation("pageview", "POST", None, payload, customer_id=customer_id, event_id=eid,
-                     suffix="/events")
+    return Operation("pageview", None, payload, customer_id=customer_id, event_id=eid)
 
 
 def backfill(customer_id: object, name: object, timestamp: object,
@@ -336,25 +371,24 @@ def backfill(customer_id: object, name: object, timestamp: object,
     payload: dict[str, Any] = {"name": check_event_name(name),
                                "data": clean_mapping(data, "data"),
                                "timestamp": check_timestamp(timestamp), "id": eid}
-    return Operation("backfill", "POST", None, payload, customer_id=customer_id, event_id=eid,
-                     suffix="/events")
+    return Operation("backfill", None, payload, customer_id=customer_id, event_id=eid)
 
 
-def _bare(kind: str, method: str, suffix: str, customer_id: object) -> Operation:
+def _bare(kind: str, customer_id: object) -> Operation:
     check_path_id(customer_id, "customer_id")
-    return Operation(kind, method, None, {}, customer_id=customer_id, suffix=suffix)
+    return Operation(kind, None, {}, customer_id=customer_id)
 
 
 def delete(customer_id: object) -> Operation:
-    return _bare("delete", "DELETE", "", customer_id)
+    return _bare("delete", customer_id)
 
 
 def suppress(customer_id: object) -> Operation:
-    return _bare("suppress", "POST", "/suppress", customer_id)
+    return _bare("suppress", customer_id)
 
 
 def unsuppress(customer_id: object) -> Operation:
-    return _bare("unsuppress", "POST", "/unsuppress", customer_id)
+    return _bare("unsuppress", customer_id)
 
 
 def add_device(customer_id: object, device_id: object, platform: object,
@@ -367,15 +401,14 @@ def add_device(customer_id: object, device_id: object, platform: object,
     device = clean_mapping(data, "data")
     check_device_fields(device)
     device.update({"id": device_id, "platform": platform})
-    return Operation("add_device", "PUT", None, {"device": device}, customer_id=customer_id,
-                     suffix="/devices")
+    return Operation("add_device", None, {"device": device}, customer_id=customer_id)
 
 
 def delete_device(customer_id: object, device_id: object) -> Operation:
     check_path_id(customer_id, "customer_id")
     device = check_path_id(device_id, "device_id")
-    return Operation("delete_device", "DELETE", None, {}, customer_id=customer_id,
-                     suffix=f"/devices/{quote(device, safe='')}")
+    path = _person_path(customer_id, f"/devices/{quote(device, safe='')}")
+    return Operation("delete_device", path, {}, customer_id=customer_id)
 
 
 def merge_customers(primary_id_type: object, primary_id: object, secondary_id_type: object,
@@ -386,4 +419,4 @@ def merge_customers(primary_id_type: object, primary_id: object, secondary_id_ty
     check_id(secondary_id, "secondary_id")
     payload = {"primary": {primary_id_type: primary_id},
                "secondary": {secondary_id_type: secondary_id}}
-    return Operation("merge_customers", "POST", "/merge_customers", payload)
+    return Operation("merge_customers", "/merge_customers", payload)

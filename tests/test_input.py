@@ -278,7 +278,7 @@ def test_device_fields_the_api_cannot_take_are_refused(field: str, data: dict[st
 
 def test_a_replayed_device_the_v2_form_cannot_carry_goes_by_v1() -> None:
     """A dead-letter record from before this check, with non-mapping attributes, uses v1."""
-    op = ops.Operation("add_device", "PUT", "/customers/42/devices",
+    op = ops.Operation("add_device", "/customers/42/devices",
                        {"device": {"attributes": "1.2", "id": "tok", "platform": "ios"}},
                        customer_id="42")
     assert ops.to_v2(op) is None

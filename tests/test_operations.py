@@ -153,8 +153,8 @@ def test_a_payload_of_another_shape_than_the_builders_is_kept_as_given() -> None
     letter must show them again, in their order.
     """
     record = {"data": {"plan": "pro"}, "name": "ev", "id": "E", "extra": "x"}
-    op = ops.Operation("track", "POST", None, dict(record), customer_id="42",
-                       event_id="E", suffix="/events").seal(batch=True)
+    op = ops.Operation("track", None, dict(record), customer_id="42",
+                       event_id="E").seal(batch=True)
     assert list(op.payload.items()) == list(record.items())
     built = ops.track("42", "ev", {"plan": "pro"}, "E", None).seal(batch=True)
     assert built.payload == {"name": "ev", "data": {"plan": "pro"}, "id": "E"}
@@ -167,7 +167,7 @@ def test_packed_wire_bytes_come_back_byte_for_byte() -> None:
     -2**63..2**64-1 may carry one, and must be sent as it was accepted.
     """
     payload = {"name": "ev", "data": {"n": -(2**64 - 1), "f": 1e16}, "id": "E"}
-    op = ops.Operation("track_anonymous", "POST", "/events", payload, event_id="E")
+    op = ops.Operation("track_anonymous", "/events", payload, event_id="E")
     op.seal(batch=False)
     for batch in (False, True):
         back, kind = ops.Operation.unpack(op.pack(), batch=batch)
@@ -191,6 +191,51 @@ def test_a_packed_operation_whose_time_is_not_a_number_is_refused(stamp: bytes) 
     assert replaced == 1
     with pytest.raises(ValueError, match="enqueued_at"):
         ops.Operation.unpack(bad, batch=True)
+
+
+def test_a_device_path_is_made_with_its_operation_and_older_packed_ones_still_load() -> None:
+    """The path of a kind is its id plus the kind's suffix, but a device's names the device.
+
+    A delete_device operation makes its path when built. One packed before (a null path
+    and the device in its suffix) loads back with the same path; a packed record whose
+    method is not its kind's is refused, as a dead-letter record's is.
+    """
+    op = ops.delete_device("a b", "tok/1")
+    assert (op.method, op.path) == ("DELETE", "/customers/a%20b/devices/tok%2F1")
+    back, _ = ops.Operation.unpack(op.seal(batch=False).pack(), batch=False)
+    assert (back.method, back.path) == (op.method, op.path)
+    older = op.pack().replace(b'"p":"/customers/a%20b/devices/tok%2F1","s":""',
+                              b'"p":null,"s":"/devices/tok%2F1"')
+    assert older != op.pack()
+    back, _ = ops.Operation.unpack(older, batch=False)
+    assert back.path == op.path
+    for build, path in [(ops.track("7", "ev", None, "E", None), "/customers/7/events"),
+                        (ops.add_device("7", "t", "ios", {}), "/customers/7/devices"),
+                        (ops.suppress("7"), "/customers/7/suppress"),
+                        (ops.identify("7", {}), "/customers/7")]:
+        assert build.path == path
+    wrong = ops.identify("7", {}).seal(batch=False).pack().replace(b'"m":"PUT"', b'"m":"POST"')
+    with pytest.raises(ValueError, match="not the method of identify"):
+        ops.Operation.unpack(wrong, batch=False)
+
+
+def test_operations_made_in_one_millisecond_share_their_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst keeps one float for its times, never a time later than an operation's own.
+
+    An operation within a millisecond after the last new time takes that time; a later
+    one, or an earlier one (a clock stepped back, another thread's newer time), its own.
+    """
+    times = iter([1000.0, 1000.0004, 1000.0011, 1000.0002, 1000.0009])
+    clock = type("Clock", (), {"time": staticmethod(lambda: next(times))})
+    monkeypatch.setattr(ops, "time", clock)
+    monkeypatch.setattr(ops, "_last_made", [0.0])
+    made = [ops.identify("7", {}).enqueued_at for _ in range(5)]
+    assert made == [1000.0, 1000.0, 1000.0011, 1000.0002, 1000.0002]
+    assert made[1] is made[0]
+    assert made[4] is made[3]
+    given = ops.Operation("identify", None, {}, customer_id="7", enqueued_at=5.0)
+    assert given.enqueued_at == 5.0
 
 
 @pytest.mark.parametrize("value", [-(2**63) - 1, -(2**64 - 1), 2**64, -(2**64)])
