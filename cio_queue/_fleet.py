@@ -31,7 +31,7 @@ from ._ledger import Entry, Ledger, Verdict
 from ._log import log
 from ._operations import Operation, person_identifiers
 from ._ordering import order_keys
-from ._outcome import OutcomeStatus, Receipt
+from ._outcome import OutcomeStatus
 from ._redis import (
     Consumer,
     Delivery,
@@ -226,7 +226,7 @@ class Fleet:
             self.consumer.ack_nowait(delivery.partition, delivery.entry_id,
                                      dead_letter=delivery.record)
             return
-        entry = Entry(op, self._loop, Receipt(kind, op.event_id, self._loop))
+        entry = Entry(op, self._loop, kind)
         entry.source = delivery
         self.in_hand += 1
         ledger.take(entry)

@@ -47,20 +47,20 @@ class Intake:
             if changed is None:
                 entry = Entry(op, run.loop)
                 run.ledger.refuse(entry, _FILTERED)
-                return entry.receipt
+                return entry
             op = changed
         entry = Entry(op.seal(batch=self._batch), run.loop)
         if run.spooler is not None and await run.spooler.admit(entry):
-            return entry.receipt
+            return entry
         try:
             run.ledger.room.acquire_nowait()
         except anyio.WouldBlock:
             if not await self._overflow(run, entry):
-                return entry.receipt
+                return entry
         run.admit(entry)
         if self._wait_for_stream:
-            await entry.receipt.wait()  # returns once Redis acknowledged it
-        return entry.receipt
+            await entry.wait()  # returns once Redis acknowledged it
+        return entry
 
     async def _overflow(self, run: Pipeline, entry: Entry) -> bool:
         """Apply the overflow policy to a full queue; return whether ``entry`` got a place."""

@@ -74,24 +74,43 @@ def may_succeed_later(verdict: Verdict) -> bool:
             and verdict.error.retryable)
 
 
-class Entry:
-    """An accepted operation, its receipt, and its state in the ledger."""
+class Entry(Receipt):
+    """An accepted operation and its state in the ledger; it is the caller's receipt.
 
-    __slots__ = ("attempts", "key", "op", "receipt", "source", "state", "verdict")
+    One object per operation, not an entry and a receipt: each costs about 80 bytes on
+    every queued operation. A receipt the caller keeps keeps its operation too, until the
+    caller lets the receipt go.
+    """
+
+    __slots__ = ("attempts", "key", "op", "source", "state", "verdict")
 
     def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop | None = None,
-                 receipt: Receipt | None = None) -> None:
+                 kind: str | None = None) -> None:
+        # Receipt's fields, set here rather than by its __init__ (a call per operation).
+        self.kind = op.kind if kind is None else kind  # the kind it was enqueued as
+        self.event_id = op.event_id
+        self._loop = loop
+        self._outcome = None
         self.op = op
-        self.receipt = receipt if receipt is not None else Receipt(op.kind, op.event_id, loop)
         self.state = State.QUEUED
         self.attempts = 0
         self.key: int | None = None  # its row in the spool, if any
         self.source: object = None  # the stream entry it was taken from, in a fleet
         self.verdict: Verdict | None = None
 
-    def __repr__(self) -> str:
-        op = self.op
-        return f"<Entry {op.kind} {op.event_id or op.customer_id!r} {self.state.value}>"
+    def reload(self, op: Operation, key: int) -> None:
+        """Take its operation back from the spool row ``key``, to be admitted again.
+
+        The entry left the ledger for the spool (or never entered it); the caller still
+        holds it as a receipt, which so reports the outcome of the operation's return.
+        """
+        assert self.state in (State.QUEUED, State.SPOOLED)
+        assert not self.done()
+        self.op = op
+        self.state = State.QUEUED
+        self.attempts = 0
+        self.key = key
+        self.verdict = None
 
 
 class Recorder(Protocol):
@@ -302,10 +321,9 @@ class Ledger:
     def _finish(self, entry: Entry, verdict: Verdict) -> None:
         status = verdict.status
         self.settled[status] += 1
-        op, receipt = entry.op, entry.receipt
-        receipt._settle_parts((status, op.customer_id, op.event_id, entry.attempts,
-                               verdict.reason, verdict.error))
-        self._on_settled(receipt, verdict)
+        entry._settle_parts((status, entry.op.customer_id, entry.event_id, entry.attempts,
+                             verdict.reason, verdict.error))
+        self._on_settled(entry, verdict)
 
     def _check_decided(self) -> None:
         if not self.queued and not self._in_flight:

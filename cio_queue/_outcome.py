@@ -94,16 +94,17 @@ class Receipt:
     whether or not anybody waits.
     """
 
-    __slots__ = ("__weakref__", "_loop", "_outcome", "_waiter", "event_id", "kind")
+    __slots__ = ("__weakref__", "_loop", "_outcome", "event_id", "kind")
 
     def __init__(self, kind: str, event_id: str | None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.kind = kind
         self.event_id = event_id
         self._loop = loop  # the queue's loop, where the outcome will be set
-        # The Outcome, or its parts until somebody asks for it (see _settle_parts).
-        self._outcome: Outcome | OutcomeParts | None = None
-        self._waiter: asyncio.Future[Outcome] | None = None
+        # One slot (8 bytes on every queued operation) for where it stands: None, or
+        # the future a caller of wait() waits on, until it settles; then the Outcome, or
+        # its parts until somebody asks for it (see _settle_parts).
+        self._outcome: Outcome | OutcomeParts | asyncio.Future[Outcome] | None = None
 
     def __repr__(self) -> str:
         outcome = self.outcome
@@ -116,11 +117,14 @@ class Receipt:
         outcome = self._outcome
         if type(outcome) is tuple:
             outcome = self._outcome = Outcome(outcome[0], self.kind, *outcome[1:])
-        return outcome  # type: ignore[return-value]  # not a tuple any more
+        elif isinstance(outcome, asyncio.Future):
+            return None  # somebody waits: not settled yet
+        return outcome  # type: ignore[return-value]  # neither parts nor a future
 
     def done(self) -> bool:
         """Return whether the operation has settled."""
-        return self._outcome is not None
+        outcome = self._outcome
+        return outcome is not None and not isinstance(outcome, asyncio.Future)
 
     async def wait(self) -> Outcome:
         """Wait until the operation settles and return its Outcome.
@@ -138,18 +142,20 @@ class Receipt:
         if self._loop is not None and loop is not self._loop:
             raise QueueUsageError("this receipt belongs to a queue on another event loop; "
                                   "wait for it there")
-        if self._waiter is None:
-            self._waiter = loop.create_future()
-        return await asyncio.shield(self._waiter)
+        waiter = self._outcome
+        if waiter is None:
+            waiter = self._outcome = loop.create_future()
+        assert isinstance(waiter, asyncio.Future)
+        return await asyncio.shield(waiter)
 
     def _settle(self, outcome: Outcome) -> None:
-        self._outcome = outcome
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(outcome)
+        waiter, self._outcome = self._outcome, outcome
+        if isinstance(waiter, asyncio.Future) and not waiter.done():
+            waiter.set_result(outcome)
 
     def _settle_parts(self, parts: OutcomeParts) -> None:
         """Settle, making the Outcome only once somebody asks (or already waits)."""
-        if self._waiter is not None:
+        if self._outcome is not None:  # somebody waits
             self._settle(Outcome(parts[0], self.kind, *parts[1:]))
         else:
             self._outcome = parts

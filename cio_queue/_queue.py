@@ -135,8 +135,8 @@ class EventQueue:
         waiting = run.ledger.unsettled()
         run.dispatcher.expedite()
         for entry in waiting:
-            if not entry.receipt.done():
-                await entry.receipt.wait()
+            if not entry.done():
+                await entry.wait()
         return self.statistics()
 
     async def aclose(self) -> Statistics:

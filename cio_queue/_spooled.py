@@ -28,7 +28,7 @@ from ._exceptions import SpoolError
 from ._ledger import Entry, Ledger
 from ._log import log
 from ._operations import Operation
-from ._outcome import Outcome, OutcomeStatus, Receipt
+from ._outcome import Outcome, OutcomeStatus
 from ._spool import SpoolStore
 
 __all__ = ["Spooler"]
@@ -53,8 +53,8 @@ class Spooler:
         self.disk_only = 0  # accepted, on disk only, not loaded back yet
         self._loaded = 0  # the key of the last row loaded back
         self._backlog = asyncio.Event()
-        # The receipts of disk-only operations, while their callers keep them.
-        self._receipts: weakref.WeakValueDictionary[int, Receipt] = (
+        # The entries (receipts) of disk-only operations, while their callers keep them.
+        self._receipts: weakref.WeakValueDictionary[int, Entry] = (
             weakref.WeakValueDictionary())
         ledger.respool = self.respool
 
@@ -120,7 +120,7 @@ class Spooler:
                 self._route(entry)
                 return True
         ledger.enqueued += 1
-        self._keep_on_disk(key, entry.receipt)
+        self._keep_on_disk(key, entry)
         return True
 
     def respool(self, entry: Entry) -> bool:
@@ -140,15 +140,15 @@ class Spooler:
             return False
         if durable is not None:
             durable.cancel()  # nobody waits for this commit; it goes on regardless
-        self._keep_on_disk(key, entry.receipt)
+        self._keep_on_disk(key, entry)
         return True
 
-    def _keep_on_disk(self, key: int, receipt: Receipt) -> None:
+    def _keep_on_disk(self, key: int, entry: Entry) -> None:
         """Count the row ``key`` as disk-only, to be loaded after those before it."""
         if not self.disk_only:
             self._loaded = key - 1  # disk-only rows are the keys from this one on
         self.disk_only += 1
-        self._receipts[key] = receipt
+        self._receipts[key] = entry
         self._backlog.set()
 
     async def run_loader(self) -> None:
@@ -180,9 +180,12 @@ class Spooler:
             self.store_remove(key)
             log.error("cio_queue.spool_unreadable", key=key, error=str(exc))
             return
-        receipt = self._receipts.pop(key, None)
-        entry = Entry(op, self._loop, receipt or Receipt(kind, op.event_id, self._loop))
-        entry.key = key
+        entry = self._receipts.pop(key, None)
+        if entry is None:
+            entry = Entry(op, self._loop, kind)
+            entry.key = key
+        else:
+            entry.reload(op, key)
         self._ledger.admit(entry, counted=False)
         self._route(entry)
 
