@@ -61,6 +61,10 @@ class BatchAccumulator(Generic[T]):
         size = len(items)
         return size in (1, self.batch_size)
 
+    def items(self) -> list[T]:
+        """Every item waiting, oldest first."""
+        return list(self._items)
+
     def expedite(self) -> None:
         """Make every item waiting now due at once (a flush, or the shutdown)."""
         self._forced = len(self._items)

@@ -88,6 +88,7 @@ class Dispatcher:
                  telemetry: Telemetry | None = None) -> None:
         self.acc: BatchAccumulator[Entry] = BatchAccumulator(config.batch_size,
                                                               config.flush_interval)
+        ledger.waiting = self.acc.items  # the queued operations wait here, not in the ledger
         self.workers = config.max_concurrency
         self._ledger = ledger
         self._courier = courier

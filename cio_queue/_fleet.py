@@ -90,6 +90,17 @@ def member_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+class TakenEntry(Entry):
+    """An operation taken from the fleet's stream: ``source`` is the stream entry."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop, kind: str,
+                 source: Delivery) -> None:
+        super().__init__(op, loop, kind)
+        self.source = source
+
+
 class Fleet:
     """Hand accepted operations to the stream; take a share of it to deliver."""
 
@@ -226,8 +237,7 @@ class Fleet:
             self.consumer.ack_nowait(delivery.partition, delivery.entry_id,
                                      dead_letter=delivery.record)
             return
-        entry = Entry(op, self._loop, kind)
-        entry.source = delivery
+        entry = TakenEntry(op, self._loop, kind, delivery)
         self.in_hand += 1
         ledger.take(entry)
         submit(entry)

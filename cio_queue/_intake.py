@@ -23,6 +23,7 @@ from ._log import log
 from ._operations import Operation
 from ._outcome import OutcomeStatus, Receipt
 from ._pipeline import Pipeline
+from ._spooled import SpooledEntry
 
 __all__ = ["Intake"]
 
@@ -45,13 +46,18 @@ class Intake:
         if self._before_send is not None:
             changed = apply_before_send(self._before_send, op)
             if changed is None:
-                entry = Entry(op, run.loop)
-                run.ledger.refuse(entry, _FILTERED)
-                return entry
+                filtered = Entry(op, run.loop)
+                run.ledger.refuse(filtered, _FILTERED)
+                return filtered
             op = changed
-        entry = Entry(op.seal(batch=self._batch), run.loop)
-        if run.spooler is not None and await run.spooler.admit(entry):
-            return entry
+        sealed = op.seal(batch=self._batch)
+        entry: Entry
+        if run.spooler is not None:
+            entry = spooled = SpooledEntry(sealed, run.loop)
+            if await run.spooler.admit(spooled):
+                return entry
+        else:
+            entry = Entry(sealed, run.loop)
         try:
             run.ledger.room.acquire_nowait()
         except anyio.WouldBlock:

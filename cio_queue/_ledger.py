@@ -80,9 +80,17 @@ class Entry(Receipt):
     One object per operation, not an entry and a receipt: each costs about 80 bytes on
     every queued operation. A receipt the caller keeps keeps its operation too, until the
     caller lets the receipt go.
+
+    An operation with a row in the spool is a ``SpooledEntry`` (``key`` set), one taken
+    from a fleet's stream a ``TakenEntry`` (``source`` set); others pay no slot for them.
     """
 
-    __slots__ = ("attempts", "key", "op", "source", "state", "verdict")
+    __slots__ = ("attempts", "op", "state", "verdict")
+
+    key: int | None = None
+    """Its row in the spool (a SpooledEntry's)."""
+    source: object = None
+    """The stream entry it was taken from, in a fleet (a TakenEntry's)."""
 
     def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop | None = None,
                  kind: str | None = None) -> None:
@@ -94,23 +102,7 @@ class Entry(Receipt):
         self.op = op
         self.state = State.QUEUED
         self.attempts = 0
-        self.key: int | None = None  # its row in the spool, if any
-        self.source: object = None  # the stream entry it was taken from, in a fleet
         self.verdict: Verdict | None = None
-
-    def reload(self, op: Operation, key: int) -> None:
-        """Take its operation back from the spool row ``key``, to be admitted again.
-
-        The entry left the ledger for the spool (or never entered it); the caller still
-        holds it as a receipt, which so reports the outcome of the operation's return.
-        """
-        assert self.state in (State.QUEUED, State.SPOOLED)
-        assert not self.done()
-        self.op = op
-        self.state = State.QUEUED
-        self.attempts = 0
-        self.key = key
-        self.verdict = None
 
 
 class Recorder(Protocol):
@@ -151,7 +143,13 @@ class Ledger:
         # later attempt may overcome; False when it cannot (set by the Spooler).
         self.respool: Callable[[Entry], bool] | None = None
         self._on_settled = on_settled
-        self._live: dict[Entry, None] = {}  # admitted, not settled; in admission order
+        # The queued operations, oldest first: they wait in the accumulator, which says
+        # (set by the dispatcher that owns it). Indexing them here as well cost 30 to 50
+        # bytes per queued operation; the accumulator holds them in order already.
+        self.waiting: Callable[[], list[Entry]] = list
+        # The rest of the pending (handed to the dispatcher, or waiting for the disk):
+        # at most the operations in flight and retrying, in the order they were handed.
+        self._live: dict[Entry, None] = {}
         self.enqueued = 0
         self.taken = 0  # operations taken from the fleet's stream
         self.queued = 0
@@ -163,7 +161,7 @@ class Ledger:
     @property
     def pending(self) -> int:
         """Operations admitted and not yet settled."""
-        return len(self._live)
+        return len(self._live) + self.queued
 
     @property
     def undecided(self) -> int:
@@ -171,8 +169,8 @@ class Ledger:
         return self.queued + self._in_flight
 
     def unsettled(self) -> list[Entry]:
-        """Every pending operation, oldest first."""
-        return list(self._live)
+        """Every pending operation, oldest first (the queued ones are the newest)."""
+        return [*self._live, *self.waiting()]
 
     async def wait_decided(self) -> None:
         """Wait until no operation is queued or in flight."""
@@ -195,7 +193,6 @@ class Ledger:
         self._queue(entry)
 
     def _queue(self, entry: Entry) -> None:
-        self._live[entry] = None
         self.queued += 1
         self._decided.clear()
 
@@ -207,8 +204,10 @@ class Ledger:
 
     def dispatch(self, entries: Iterable[Entry]) -> None:
         """Mark queued operations as handed to the dispatcher."""
+        live = self._live
         for entry in entries:
             entry.state = State.IN_FLIGHT
+            live[entry] = None
             self.queued -= 1
             self._in_flight += 1
 
@@ -269,6 +268,7 @@ class Ledger:
             else:
                 entry.state = State.STRANDED
                 entry.verdict = Verdict(OutcomeStatus.DEAD_LETTERED, reason)
+                self._live[entry] = None  # a queued one joins those waiting for the disk
                 self.recorder.put(entry)
         self._check_decided()
         return count
@@ -306,7 +306,7 @@ class Ledger:
     def _settle(self, entry: Entry, verdict: Verdict) -> None:
         entry.state = State.SETTLED
         entry.verdict = None
-        del self._live[entry]
+        self._live.pop(entry, None)  # a queued one (dropped, stranded) was not there
         if entry.source is not None:
             assert self.source is not None
             self.source.settled(entry, verdict)

@@ -25,7 +25,7 @@ import anyio
 
 from ._config import QueueConfig
 from ._exceptions import SpoolError
-from ._ledger import Entry, Ledger
+from ._ledger import Entry, Ledger, State
 from ._log import log
 from ._operations import Operation
 from ._outcome import Outcome, OutcomeStatus
@@ -35,6 +35,31 @@ __all__ = ["Spooler"]
 
 LOAD_CHUNK: Final = 500
 """Disk-only operations read back from the spool at a time."""
+
+
+class SpooledEntry(Entry):
+    """An operation accepted with a spool: ``key`` is its row there, once it has one."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, op: Operation, loop: asyncio.AbstractEventLoop | None = None,
+                 kind: str | None = None) -> None:
+        super().__init__(op, loop, kind)
+        self.key: int | None = None
+
+    def reload(self, op: Operation, key: int) -> None:
+        """Take its operation back from the spool row ``key``, to be admitted again.
+
+        The entry left the ledger for the spool (or never entered it); the caller still
+        holds it as a receipt, which so reports the outcome of the operation's return.
+        """
+        assert self.state in (State.QUEUED, State.SPOOLED)
+        assert not self.done()
+        self.op = op
+        self.state = State.QUEUED
+        self.attempts = 0
+        self.key = key
+        self.verdict = None
 
 
 class Spooler:
@@ -54,7 +79,7 @@ class Spooler:
         self._loaded = 0  # the key of the last row loaded back
         self._backlog = asyncio.Event()
         # The entries (receipts) of disk-only operations, while their callers keep them.
-        self._receipts: weakref.WeakValueDictionary[int, Entry] = (
+        self._receipts: weakref.WeakValueDictionary[int, SpooledEntry] = (
             weakref.WeakValueDictionary())
         ledger.respool = self.respool
 
@@ -88,7 +113,7 @@ class Spooler:
             raise self._error or SpoolError("the spool is not open")
         return self.store
 
-    async def admit(self, entry: Entry) -> bool:
+    async def admit(self, entry: SpooledEntry) -> bool:
         """Put an accepted operation in the spool, then in memory or on disk only.
 
         Returns False when the spool is full: the caller applies the overflow policy.
@@ -132,6 +157,7 @@ class Spooler:
         """
         store = self.store
         assert store is not None
+        assert isinstance(entry, SpooledEntry)
         assert entry.key is not None
         try:
             key, durable = store.add(entry.op.pack())
@@ -143,7 +169,7 @@ class Spooler:
         self._keep_on_disk(key, entry)
         return True
 
-    def _keep_on_disk(self, key: int, entry: Entry) -> None:
+    def _keep_on_disk(self, key: int, entry: SpooledEntry) -> None:
         """Count the row ``key`` as disk-only, to be loaded after those before it."""
         if not self.disk_only:
             self._loaded = key - 1  # disk-only rows are the keys from this one on
@@ -182,7 +208,7 @@ class Spooler:
             return
         entry = self._receipts.pop(key, None)
         if entry is None:
-            entry = Entry(op, self._loop, kind)
+            entry = SpooledEntry(op, self._loop, kind)
             entry.key = key
         else:
             entry.reload(op, key)

@@ -1,0 +1,84 @@
+"""Unit tests of the ledger's bookkeeping (no I/O, no tasks, no awaits)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cio_queue import _operations as ops
+from cio_queue._accumulator import BatchAccumulator
+from cio_queue._ledger import DELIVERED, Entry, Ledger, State, Verdict
+from cio_queue._outcome import OutcomeStatus, Receipt
+
+pytestmark = pytest.mark.anyio  # the ledger's semaphore and event need a running loop
+
+
+class Recorder:
+    """Takes the entries that wait for the dead-letter file, as the writer would."""
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+
+    def put(self, entry: Entry) -> None:
+        """Keep the entry; the test says when its record is written."""
+        self.entries.append(entry)
+
+
+def queued(ledger: Ledger, acc: BatchAccumulator[Entry], count: int) -> list[Entry]:
+    """Admit ``count`` operations as intake does: a place, the ledger, the accumulator."""
+    entries = []
+    for i in range(count):
+        entry = Entry(ops.track(f"c{i}", "ev", None, None, None).seal(batch=True))
+        ledger.room.acquire_nowait()
+        ledger.admit(entry)
+        acc.append(entry, 0.0)
+        entries.append(entry)
+    return entries
+
+
+async def test_the_queued_wait_in_the_accumulator_and_every_pending_one_is_found() -> None:
+    """The ledger indexes only what left the accumulator; it still finds every pending one.
+
+    Queued operations are the newest: unsettled() lists the handed-on ones first, then the
+    queued in order. Stranded at shutdown, a queued operation joins those waiting for the
+    disk, and settles once its record is written.
+    """
+    settled: list[tuple[Receipt, Verdict]] = []
+    recorder = Recorder()
+    ledger = Ledger(10, recorder=recorder, on_settled=lambda r, v: settled.append((r, v)))
+    acc: BatchAccumulator[Entry] = BatchAccumulator(3, 5.0)
+    ledger.waiting = acc.items
+    entries = queued(ledger, acc, 5)
+    assert ledger.unsettled() == entries
+    assert ledger.pending == ledger.queued == 5
+    first = acc.take()
+    ledger.dispatch(first)
+    assert ledger.unsettled() == entries
+    assert (ledger.pending, ledger.queued, ledger.undecided) == (5, 2, 5)
+    ledger.decide(first[0], DELIVERED)
+    assert ledger.unsettled() == entries[1:]
+    assert ledger.pending == 4
+    assert ledger.strand_all("shutdown_deadline") == 4
+    assert ledger.pending == 4  # waiting for their records, the queued two too
+    assert list(ledger.waiting_for_disk()) == entries[1:]
+    assert recorder.entries == entries[1:]
+    ledger.recorded(recorder.entries, written=True)
+    assert ledger.pending == 0
+    assert [r for r, _ in settled] == entries
+    assert {e.outcome.status for e in entries[1:] if e.outcome} == {OutcomeStatus.DEAD_LETTERED}
+    assert all(e.state is State.SETTLED for e in entries)
+    assert ledger.room.value == 10
+
+
+async def test_a_dropped_or_directly_stranded_queued_operation_settles_without_an_index() -> None:
+    """Without a dead-letter file a queued operation settles at once; so does a dropped one."""
+    ledger = Ledger(10, recorder=None, on_settled=lambda r, v: None)
+    acc: BatchAccumulator[Entry] = BatchAccumulator(100, 5.0)
+    ledger.waiting = acc.items
+    entries = queued(ledger, acc, 3)
+    victim = acc.popleft()
+    ledger.drop(victim, Verdict(OutcomeStatus.DROPPED, "queue_full"))
+    assert ledger.unsettled() == entries[1:]
+    assert ledger.strand_all("shutdown_deadline") == 2
+    assert (ledger.pending, ledger.room.value) == (0, 10)
+    assert [e.outcome.status for e in entries if e.outcome] == [
+        OutcomeStatus.DROPPED, OutcomeStatus.FAILED, OutcomeStatus.FAILED]
