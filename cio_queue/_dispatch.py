@@ -122,9 +122,9 @@ class Dispatcher:
     def submit(self, entry: Entry) -> None:
         """Queue an admitted operation for its batch."""
         now = self._clock()
-        if self._ledger.pending == 1:
-            self._last_answer = now  # the queue was idle: a stall is counted from now
-        if self.acc.append(entry, now):
+        if self.acc.append(entry, now):  # the first one waiting (or a full batch)
+            if self._ledger.pending == 1:
+                self._last_answer = now  # the queue was idle: a stall is counted from now
             self._wake.set()
 
     def expedite(self) -> None:

@@ -185,16 +185,14 @@ class Ledger:
         """
         if counted:
             self.enqueued += 1
-        self._queue(entry)
+        if not self.queued and not self._in_flight:
+            self._decided.clear()  # set exactly while nothing is queued or in flight
+        self.queued += 1
 
     def take(self, entry: Entry) -> None:
         """Record an operation taken from the fleet's stream (``entry.source`` is set)."""
         self.taken += 1
-        self._queue(entry)
-
-    def _queue(self, entry: Entry) -> None:
-        self.queued += 1
-        self._decided.clear()
+        self.admit(entry, counted=False)
 
     def refuse(self, entry: Entry, verdict: Verdict) -> None:
         """Count an operation that was accepted and dropped at once, without a place."""

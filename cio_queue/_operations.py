@@ -25,9 +25,11 @@ from ._apirules import check_v2_call
 from ._exceptions import InvalidEventError
 from ._ulid import new_ulid
 from ._v2forms import (
+    NO_TIME,
     RAW_KIND,
     V1_FROM_V2,
     device_token,
+    event_element,
     person_identifiers,
     rebuilds,
     to_v2,
@@ -77,11 +79,38 @@ says it (a ``delete_device`` path, which names the device, is made with the oper
 _last_made: Final = [0.0]  # the time of the latest operation made, shared within its ms
 
 
-def _encode_v2(element: object) -> bytes:
-    """A v2 element's compact JSON, in a bytes object of its own size."""
+_EventParts: TypeAlias = tuple[str, dict[str, Any], str, "int | float | None"]
+"""An event's checked name, data, id and timestamp (None: it has none)."""
+
+
+def _encode_v2(element: object, field: str = "operation") -> bytes:
+    """A v2 element's compact JSON, in a bytes object of its own size.
+
+    Raises:
+        InvalidEventError: it is over the API's 32 KB limit for one operation.
+    """
     # orjson (3.13) keeps each result in a 4 KiB allocation: a queued operation held 4 KiB
     # for about 150 bytes of JSON. The copy (tens of nanoseconds) gives the rest back.
-    return memoryview(orjson.dumps(element)).tobytes()
+    wire = memoryview(orjson.dumps(element)).tobytes()
+    if len(wire) > MAX_V2_OPERATION_BYTES:
+        raise InvalidEventError(field, f"is {len(wire)} bytes as a v2 batch operation; the "
+                                       f"limit is {MAX_V2_OPERATION_BYTES}")
+    return wire
+
+
+def _sealed_event(kind: str, customer_id: object, parts: _EventParts) -> Operation:
+    """A person's event built sealed for the batch transport, from its validated parts.
+
+    What ``seal(batch=True)`` makes of the v1 form, without making the v1 form: its v2
+    element is the wire bytes, and its payload is made from them if ever needed. (The
+    32 KB limit of an element is below the 100,000 bytes of data an event may carry, so
+    the data's own limit cannot be reached here.)
+    """
+    name, data, event_id, timestamp = parts
+    op = Operation(kind, None, None, customer_id=customer_id, event_id=event_id)
+    op.v2 = _encode_v2(event_element(kind, customer_id, name, event_id, data,
+                                     timestamp=NO_TIME if timestamp is None else timestamp))
+    return op
 
 
 class Operation:
@@ -245,11 +274,7 @@ class Operation:
         if form is None:
             return len(self.body)
         self.v2 = _encode_v2(form)
-        size = len(self.v2)
-        if size > MAX_V2_OPERATION_BYTES:
-            raise InvalidEventError("operation", f"is {size} bytes as a v2 batch operation; "
-                                                 f"the limit is {MAX_V2_OPERATION_BYTES}")
-        return size
+        return len(self.v2)
 
     def _check_data_size(self) -> None:
         """Refuse event data over 100,000 bytes of compact JSON."""
@@ -305,10 +330,7 @@ def raw_v2(operation: object, field: str) -> Operation:
     identifiers = element.get("identifiers")
     person = next(iter(identifiers.values()), None) if isinstance(identifiers, dict) else None
     op = Operation(RAW_KIND, "", element, customer_id=person, event_id=event_id)
-    op.v2 = _encode_v2(element)
-    if len(op.v2) > MAX_V2_OPERATION_BYTES:
-        raise InvalidEventError(field, f"is {len(op.v2)} bytes as a v2 batch operation; the "
-                                       f"limit is {MAX_V2_OPERATION_BYTES}")
+    op.v2 = _encode_v2(element, field)
     return op
 
 
@@ -321,29 +343,38 @@ def identify(id: object, attributes: dict[str, Any]) -> Operation:
     return Operation("identify", None, payload, customer_id=id)
 
 
-def _event_payload(name: object, data: object, event_id: object,
-                   timestamp: object) -> tuple[dict[str, Any], str]:
-    payload: dict[str, Any] = {
-        "name": check_event_name(name),
-        "data": {} if data is None else clean_mapping(data, "data"),
-    }
-    eid = check_event_id(event_id)
-    payload["id"] = eid
+def _event_parts(name: object, data: object, event_id: object,
+                 timestamp: object) -> _EventParts:
+    """An event's name, data, id and timestamp (None: not given), checked in that order."""
+    return (check_event_name(name), {} if data is None else clean_mapping(data, "data"),
+            check_event_id(event_id), None if timestamp is None else check_timestamp(timestamp))
+
+
+def _event_payload(name: str, data: dict[str, Any], event_id: str,
+                   timestamp: int | float | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"name": name, "data": data, "id": event_id}
     if timestamp is not None:
-        payload["timestamp"] = check_timestamp(timestamp)
-    return payload, eid
+        payload["timestamp"] = timestamp
+    return payload
+
+
+# The event builders take ``batch``: True builds the operation sealed for the batch
+# transport, straight from the checked parts (what seal(batch=True) would make of it).
 
 
 def track(customer_id: object, name: object, data: object, event_id: object,
-          timestamp: object) -> Operation:
+          timestamp: object, *, batch: bool = False) -> Operation:
     check_path_id(customer_id, "customer_id")
-    payload, eid = _event_payload(name, data, event_id, timestamp)
-    return Operation("track", None, payload, customer_id=customer_id, event_id=eid)
+    parts = _event_parts(name, data, event_id, timestamp)
+    if batch:
+        return _sealed_event("track", customer_id, parts)
+    return Operation("track", None, _event_payload(*parts), customer_id=customer_id,
+                     event_id=parts[2])
 
 
 def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
                     timestamp: object) -> Operation:
-    payload, eid = _event_payload(name, data, event_id, timestamp)
+    payload = _event_payload(*_event_parts(name, data, event_id, timestamp))
     # Like the official SDK, None and "" mean no anonymous id (an invite); type first, so
     # an arbitrary object is never compared.
     if anonymous_id is not None and not (isinstance(anonymous_id, str) and anonymous_id == ""):
@@ -352,25 +383,31 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
     elif "recipient" not in payload["data"]:
         raise InvalidEventError("anonymous_id", "is blank: an event without one is an invite "
                                                 "and needs data['recipient']")
-    return Operation("track_anonymous", "/events", payload, event_id=eid)
+    return Operation("track_anonymous", "/events", payload, event_id=payload["id"])
 
 
 def pageview(customer_id: object, page: object, data: dict[str, Any],
-             event_id: object = None) -> Operation:
+             event_id: object = None, *, batch: bool = False) -> Operation:
     check_path_id(customer_id, "customer_id")
     eid = check_event_id(event_id)
-    payload: dict[str, Any] = {"type": "page", "name": check_event_name(page, "page"),
-                               "data": clean_mapping(data, "data"), "id": eid}
+    name = check_event_name(page, "page")
+    cleaned = clean_mapping(data, "data")
+    if batch:
+        return _sealed_event("pageview", customer_id, (name, cleaned, eid, None))
+    payload = {"type": "page", "name": name, "data": cleaned, "id": eid}
     return Operation("pageview", None, payload, customer_id=customer_id, event_id=eid)
 
 
 def backfill(customer_id: object, name: object, timestamp: object,
-             data: dict[str, Any], event_id: object = None) -> Operation:
+             data: dict[str, Any], event_id: object = None, *, batch: bool = False) -> Operation:
     check_path_id(customer_id, "customer_id")
     eid = check_event_id(event_id)
-    payload: dict[str, Any] = {"name": check_event_name(name),
-                               "data": clean_mapping(data, "data"),
-                               "timestamp": check_timestamp(timestamp), "id": eid}
+    checked = check_event_name(name)
+    cleaned = clean_mapping(data, "data")
+    when = check_timestamp(timestamp)
+    if batch:
+        return _sealed_event("backfill", customer_id, (checked, cleaned, eid, when))
+    payload = {"name": checked, "data": cleaned, "timestamp": when, "id": eid}
     return Operation("backfill", None, payload, customer_id=customer_id, event_id=eid)
 
 

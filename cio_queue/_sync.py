@@ -85,7 +85,8 @@ class _Intake(EventQueue):
         self._runtime: Runtime | None = None
 
     def _ready(self) -> None:
-        self._runtime = self._owner._running()
+        runtime = self._runtime = self._owner._running()
+        self._sealed = runtime.batch_transport and runtime.config.before_send is None
 
     async def _submit(self, op: Operation) -> Receipt:
         runtime = self._runtime

@@ -32,6 +32,7 @@ from cio_queue import (
     Request,
     RetryPolicy,
 )
+from cio_queue import _operations as ops
 from cio_queue._operations import Operation
 from cio_queue._ulid import new_ulid
 from cio_queue.testing import FakeTrackAPI, validate_request
@@ -266,6 +267,11 @@ def test_a_sealed_operation_gives_back_its_payload_as_it_was_built(
     seen: list[tuple[str, str, str, bool]] = []
 
     def checked_seal(op: Operation, *, batch: bool) -> Operation:
+        if op.v2 is not None and op._payload is None:
+            # Built sealed (an event on the batch transport): it never had a payload.
+            # test_an_event_built_sealed_is_what_sealing_its_v1_form_makes covers it.
+            seen.append((op.kind, "", "", True))
+            return seal(op, batch=batch)
         built = json.dumps(op.payload)  # key order kept: the record's text, not just its values
         seal(op, batch=batch)
         dropped = op._payload is None
@@ -293,6 +299,57 @@ def test_a_sealed_operation_gives_back_its_payload_as_it_was_built(
                 assert dropped == (transport == "v1" or kind in KEEPS_ONLY_ITS_BYTES), kind
 
     check()
+
+
+def _build_event(kind: str, args: tuple[Any, Any, Any, Any], event_id: object, *,
+                 batch: bool = False) -> Operation:
+    """Build an event with its builder; ``args`` are the person, name, data and timestamp."""
+    person, name, data, timestamp = args
+    if kind == "track":
+        return ops.track(person, name, data, event_id, timestamp, batch=batch)
+    if kind == "pageview":
+        return ops.pageview(person, name, data, event_id, batch=batch)
+    return ops.backfill(person, name, timestamp, data, event_id, batch=batch)
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.sampled_from(["backfill", "pageview", "track"]),
+       st.tuples(ids, names, st.one_of(st.dictionaries(keys, values, max_size=5), data_values),
+                 timestamps),
+       st.one_of(st.none(), ids))
+@example("track", ("a", "ev", {"n": 1.5, "d": {"z": [1, "é"], "a": None}}, 7), "e1")
+@example("backfill", ("someone@example.com", "ev", {"b": 2, "a": 1}, 7.9), None)
+@example("pageview", ("cio_abc", "/p", {"q": datetime(2026, 1, 1)}, None), None)
+def test_an_event_built_sealed_is_what_sealing_its_v1_form_makes(
+        kind: str, args: tuple[Any, Any, Any, Any], event_id: object) -> None:
+    """On the batch transport an event is built sealed; nothing else may differ.
+
+    The same wire bytes as its v1 form sealed for the batch transport, the same payload
+    (text and key order) made from them, no payload dict kept, and for bad input the same
+    InvalidEventError naming the same field.
+    """
+    eid = event_id if event_id is not None else new_ulid()
+    refused: str | None
+    try:
+        v1_form = _build_event(kind, args, eid)
+        expected = json.dumps(v1_form.payload)
+        sealed_later = v1_form.seal(batch=True)
+    except InvalidEventError as error:
+        refused = error.field
+    else:
+        refused = None
+    if refused is not None:
+        with pytest.raises(InvalidEventError) as info:
+            _build_event(kind, args, eid, batch=True)
+        assert info.value.field == refused
+        return
+    built = _build_event(kind, args, eid, batch=True)
+    assert (built.kind, built.customer_id, built.event_id) == (
+        sealed_later.kind, sealed_later.customer_id, sealed_later.event_id)
+    assert built.v2 == sealed_later.v2
+    assert built._payload is None
+    assert json.dumps(built.payload) == expected
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
