@@ -248,6 +248,9 @@ def _clean_dict(value: dict[Any, Any], depth: int) -> dict[str, Any]:
     for key, item in value.items():
         if type(key) is not str or not key.isascii():
             _check_key(key)
+        if type(item) is str and item.isascii():
+            out[key] = item  # the most common value, kept without a cleaner's call
+            continue
         try:
             out[key] = cleaner_for(type(item), _clean_subclass)(item, depth)
         except _FieldError as exc:
