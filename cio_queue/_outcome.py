@@ -91,7 +91,8 @@ class Receipt:
     """Returned by every enqueue call; ``await receipt.wait()`` gives the final Outcome.
 
     Awaiting it is optional: the operation is delivered (or its failure recorded)
-    whether or not anybody waits.
+    whether or not anybody waits. An EventQueue's receipt is the queue's own record of
+    the operation (``_ledger.Entry``): one kept keeps the operation in memory with it.
     """
 
     __slots__ = ("__weakref__", "_loop", "_outcome", "event_id", "kind")
