@@ -170,7 +170,8 @@ class Ledger:
 
     def unsettled(self) -> list[Entry]:
         """Every pending operation, oldest first (the queued ones are the newest)."""
-        return [*self._live, *self.waiting()]
+        # What the shutdown stranded stays in the accumulator, no longer queued.
+        return [*self._live, *(e for e in self.waiting() if e.state is State.QUEUED)]
 
     async def wait_decided(self) -> None:
         """Wait until no operation is queued or in flight."""
@@ -199,6 +200,21 @@ class Ledger:
         self.enqueued += 1
         entry.state = State.SETTLED
         self._finish(entry, verdict)
+
+    def lose(self, receipt: Receipt, verdict: Verdict) -> None:
+        """Settle an accepted operation that holds no place and will never be sent.
+
+        One that waited in the spool only, whose row could not be read back: ``receipt``
+        is its entry if its caller still holds it, else a receipt made for the outcome.
+        """
+        if isinstance(receipt, Entry):
+            receipt.state = State.SETTLED
+            self._finish(receipt, verdict)
+            return
+        self.settled[verdict.status] += 1
+        receipt._settle_parts((verdict.status, None, receipt.event_id, 0, verdict.reason,
+                               verdict.error))
+        self._on_settled(receipt, verdict)
 
     def dispatch(self, entries: Iterable[Entry]) -> None:
         """Mark queued operations as handed to the dispatcher."""

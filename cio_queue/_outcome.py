@@ -65,7 +65,9 @@ class Outcome:
             usable answer); ``"queue_full"`` (dropped); ``"shutdown_deadline"`` (unsent at
             aclose's deadline), ``"abandoned"`` (the event loop stopped the queue before
             aclose), ``"internal_error"``; ``"dead_letter_timeout"`` (its record was still
-            being written when aclose's margin ran out).
+            being written when aclose's margin ran out); ``"spool_unreadable"`` (its spool
+            row could not be read back; ``kind`` is ``"unknown"`` unless its caller still
+            held its receipt).
         error: the last delivery error, if any.
     """
 
@@ -118,14 +120,14 @@ class Receipt:
         outcome = self._outcome
         if type(outcome) is tuple:
             outcome = self._outcome = Outcome(outcome[0], self.kind, *outcome[1:])
-        elif isinstance(outcome, asyncio.Future):
+        elif asyncio.isfuture(outcome):
             return None  # somebody waits: not settled yet
         return outcome  # type: ignore[return-value]  # neither parts nor a future
 
     def done(self) -> bool:
         """Return whether the operation has settled."""
         outcome = self._outcome
-        return outcome is not None and not isinstance(outcome, asyncio.Future)
+        return outcome is not None and not asyncio.isfuture(outcome)
 
     async def wait(self) -> Outcome:
         """Wait until the operation settles and return its Outcome.
@@ -146,12 +148,12 @@ class Receipt:
         waiter = self._outcome
         if waiter is None:
             waiter = self._outcome = loop.create_future()
-        assert isinstance(waiter, asyncio.Future)
+        assert asyncio.isfuture(waiter)
         return await asyncio.shield(waiter)
 
     def _settle(self, outcome: Outcome) -> None:
         waiter, self._outcome = self._outcome, outcome
-        if isinstance(waiter, asyncio.Future) and not waiter.done():
+        if asyncio.isfuture(waiter) and not waiter.done():
             waiter.set_result(outcome)
 
     def _settle_parts(self, parts: OutcomeParts) -> None:

@@ -25,16 +25,21 @@ import anyio
 
 from ._config import QueueConfig
 from ._exceptions import SpoolError
-from ._ledger import Entry, Ledger, State
+from ._ledger import Entry, Ledger, State, Verdict
 from ._log import log
 from ._operations import Operation
-from ._outcome import Outcome, OutcomeStatus
+from ._outcome import Outcome, OutcomeStatus, Receipt
 from ._spool import SpoolStore
 
 __all__ = ["Spooler"]
 
 LOAD_CHUNK: Final = 500
 """Disk-only operations read back from the spool at a time."""
+
+
+UNREADABLE: Final = "unknown"
+"""The kind in the Outcome of a spool row that could not be read back without a receipt."""
+_UNREADABLE: Final = Verdict(OutcomeStatus.FAILED, "spool_unreadable")
 
 
 class SpooledEntry(Entry):
@@ -199,14 +204,18 @@ class Spooler:
     def _bring_back(self, key: int, record: bytes) -> None:
         """Admit one disk-only operation in memory; its caller holds a place."""
         self.disk_only -= 1
+        entry = self._receipts.pop(key, None)
         try:
             op, kind = Operation.unpack(record, batch=self._batch)
         except ValueError as exc:
             self._ledger.room.release()
             self.store_remove(key)
             log.error("cio_queue.spool_unreadable", key=key, error=str(exc))
+            # Counted as enqueued when accepted (or recovered): it ends failed, in its
+            # receipt if the caller still holds it, never in the spool's count.
+            self._ledger.lose(entry if entry is not None else Receipt(UNREADABLE, None, self._loop),
+                              _UNREADABLE)
             return
-        entry = self._receipts.pop(key, None)
         if entry is None:
             entry = SpooledEntry(op, self._loop, kind)
             entry.key = key

@@ -60,9 +60,11 @@ async def test_the_queued_wait_in_the_accumulator_and_every_pending_one_is_found
     assert ledger.strand_all("shutdown_deadline") == 4
     assert ledger.pending == 4  # waiting for their records, the queued two too
     assert list(ledger.waiting_for_disk()) == entries[1:]
+    assert ledger.unsettled() == entries[1:]  # once each, though two are still in acc
     assert recorder.entries == entries[1:]
     ledger.recorded(recorder.entries, written=True)
     assert ledger.pending == 0
+    assert ledger.unsettled() == []
     assert [r for r, _ in settled] == entries
     assert {e.outcome.status for e in entries[1:] if e.outcome} == {OutcomeStatus.DEAD_LETTERED}
     assert all(e.state is State.SETTLED for e in entries)

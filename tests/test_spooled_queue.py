@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from cio_queue import (
     EventQueue,
+    Outcome,
     OutcomeStatus,
     QueueConfig,
     QueueFullError,
@@ -84,6 +87,35 @@ async def test_what_aclose_cannot_send_stays_in_the_spool_for_the_next_start(
         ids = sorted(e["id"] for e in fake.accepted_events())
     assert (stats.enqueued, stats.delivered, stats.spooled) == (50, 50, 0)
     assert ids == sorted(r.event_id or "" for r in receipts)
+
+
+async def test_a_spool_row_that_cannot_be_read_back_ends_failed_and_is_counted(
+        tmp_path: Path) -> None:
+    """An unreadable row is logged, removed and settled failed: the counters still add up.
+
+    It used to leave every counter: enqueued (recovered at start) by one more than all
+    the outcomes together, for ever.
+    """
+    spool = tmp_path / "spool"
+    with refused_url() as down:
+        async with EventQueue(config(spool, base_url=down)) as first:
+            for i in range(5):
+                await first.track(f"c{i}", "ev")
+    (path,) = spool.glob("*.sqlite3")
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        (key,) = db.execute("SELECT min(key) FROM spool").fetchone()
+        db.execute("UPDATE spool SET record = ? WHERE key = ?", (b"not a packed operation", key))
+    outcomes: list[Outcome] = []
+    async with FakeTrackAPI() as fake:
+        async with EventQueue(config(spool, base_url=fake.url),
+                              on_outcome=outcomes.append) as second:
+            with anyio.fail_after(20):
+                await fake.wait_for_operations(4)
+        stats = second.statistics()
+    assert (stats.enqueued, stats.delivered, stats.failed, stats.spooled) == (5, 4, 1, 0)
+    assert stats.enqueued == settled_sum(stats)
+    (lost,) = [o for o in outcomes if o.status is OutcomeStatus.FAILED]
+    assert (lost.kind, lost.reason) == ("unknown", "spool_unreadable")
 
 
 async def test_an_unusable_spool_is_a_clear_error_at_start(tmp_path: Path) -> None:
