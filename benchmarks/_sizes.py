@@ -51,7 +51,8 @@ class Sizes:
         gather_ops: events of the list + gather baseline.
         memory_ops: operations queued behind the hung server (figure 3).
         scaling_ops: the small and large operation counts of figure 4.
-        scaling_repeats: runs of the small count; the median CPU per op is kept.
+        scaling_repeats: runs of each count of figure 4, interleaved; the median CPU per
+            op of each is kept.
         stream_ops: operations of the sustained stream, clean and faulty (figure 5).
         aclose_pending: operations pending when aclose() is timed (figure 8).
         aclose_deadline: the shutdown_timeout of those runs, in seconds.
