@@ -70,14 +70,16 @@ class _Intake(EventQueue):
     """Runs an EventQueue method's body in the calling thread, for one call.
 
     EventQueue's public methods check the queue (``_ready()``), build the operation with
-    the ``_operations`` builders, and ``await self._submit(op)``. On an _Intake, those two
-    hooks take a place in the SyncEventQueue and hand the operation over instead, and
-    never suspend, so the method's coroutine finishes in its first step: the arguments are
-    read and validated exactly as EventQueue reads them, in the caller's stack, by the
-    same code. (Not EventQueue.__init__: an _Intake has no pipeline, sender or config.)
+    the ``_operations`` builders (events sealed at once when ``_sealed``, which ``_ready()``
+    sets here), and ``await self._submit(op)``. On an _Intake, those two hooks take a place
+    in the SyncEventQueue and hand the operation over instead, and never suspend, so the
+    method's coroutine finishes in its first step: the arguments are read and validated
+    exactly as EventQueue reads them, in the caller's stack, by the same code. (Not
+    EventQueue.__init__: an _Intake has no pipeline, sender or config.)
 
     Stand-in for a core hook: that contract (public methods touch nothing but
-    ``_ready()``, the builders and ``_submit()``) made explicit and kept by the core.
+    ``_ready()``, ``_sealed``, the builders and ``_submit()``) made explicit and kept by
+    the core.
     """
 
     def __init__(self, owner: SyncEventQueue) -> None:
