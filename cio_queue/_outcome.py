@@ -158,7 +158,7 @@ class Receipt:
 
     def _settle_parts(self, parts: OutcomeParts) -> None:
         """Settle, making the Outcome only once somebody asks (or already waits)."""
-        if self._outcome is not None:  # somebody waits
+        if asyncio.isfuture(self._outcome):  # somebody waits
             self._settle(Outcome(parts[0], self.kind, *parts[1:]))
         else:
             self._outcome = parts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cio_queue import _operations as ops
@@ -27,7 +29,8 @@ def queued(ledger: Ledger, acc: BatchAccumulator[Entry], count: int) -> list[Ent
     """Admit ``count`` operations as intake does: a place, the ledger, the accumulator."""
     entries = []
     for i in range(count):
-        entry = Entry(ops.track(f"c{i}", "ev", None, None, None).seal(batch=True))
+        entry = Entry(ops.track(f"c{i}", "ev", None, None, None).seal(batch=True),
+                      asyncio.get_running_loop())
         ledger.room.acquire_nowait()
         ledger.admit(entry)
         acc.append(entry, 0.0)
@@ -84,3 +87,33 @@ async def test_a_dropped_or_directly_stranded_queued_operation_settles_without_a
     assert (ledger.pending, ledger.room.value) == (0, 10)
     assert [e.outcome.status for e in entries if e.outcome] == [
         OutcomeStatus.DROPPED, OutcomeStatus.FAILED, OutcomeStatus.FAILED]
+
+
+async def test_a_receipt_keeps_its_waiters_future_and_its_outcome_in_one_slot() -> None:
+    """Waiting, two waiters, a cancelled waiter, settling and asking again, on one entry.
+
+    The entry is the caller's receipt, and its waiter's future shares the outcome's slot:
+    neither may pass for the other.
+    """
+    ledger = Ledger(10, recorder=None, on_settled=lambda r, v: None)
+    acc: BatchAccumulator[Entry] = BatchAccumulator(10, 5.0)
+    ledger.waiting = acc.items
+    (entry,) = queued(ledger, acc, 1)
+    assert (entry.done(), entry.outcome) == (False, None)
+    first = asyncio.ensure_future(entry.wait())
+    second = asyncio.ensure_future(entry.wait())
+    await asyncio.sleep(0)
+    assert (entry.done(), entry.outcome) == (False, None)
+    first.cancel()
+    await asyncio.sleep(0)
+    assert not entry.done()
+    ledger.dispatch(acc.take())
+    ledger.decide(entry, DELIVERED)
+    assert entry.done()
+    outcome = entry.outcome
+    assert outcome is not None
+    assert outcome.status is OutcomeStatus.DELIVERED
+    assert (await second) is outcome
+    assert (await entry.wait()) is outcome
+    assert first.cancelled()
+    assert repr(entry) == "<Receipt track delivered>"
