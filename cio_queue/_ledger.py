@@ -210,11 +210,8 @@ class Ledger:
         if isinstance(receipt, Entry):
             receipt.state = State.SETTLED
             self._finish(receipt, verdict)
-            return
-        self.settled[verdict.status] += 1
-        receipt._settle_parts((verdict.status, None, receipt.event_id, 0, verdict.reason,
-                               verdict.error))
-        self._on_settled(receipt, verdict)
+        else:
+            self._report(receipt, verdict, None, 0)  # nothing known but its outcome
 
     def dispatch(self, entries: Iterable[Entry]) -> None:
         """Mark queued operations as handed to the dispatcher."""
@@ -333,11 +330,16 @@ class Ledger:
         self._finish(entry, verdict)
 
     def _finish(self, entry: Entry, verdict: Verdict) -> None:
+        self._report(entry, verdict, entry.op.customer_id, entry.attempts)
+
+    def _report(self, receipt: Receipt, verdict: Verdict, customer_id: object,
+                attempts: int) -> None:
+        """Count the outcome, settle the receipt, and tell the pipeline."""
         status = verdict.status
         self.settled[status] += 1
-        entry._settle_parts((status, entry.op.customer_id, entry.event_id, entry.attempts,
-                             verdict.reason, verdict.error))
-        self._on_settled(entry, verdict)
+        receipt._settle_parts((status, customer_id, receipt.event_id, attempts,
+                               verdict.reason, verdict.error))
+        self._on_settled(receipt, verdict)
 
     def _check_decided(self) -> None:
         if not self.queued and not self._in_flight:

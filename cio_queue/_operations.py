@@ -255,7 +255,7 @@ class Operation:
             InvalidEventError: event data over 100,000 bytes, or a v2 element over 32 KB.
         """
         if self.v2 is not None or (not batch and self._body is not None):
-            return self  # sealed already (a SyncEventQueue seals in the caller's thread)
+            return self  # sealed already: built so, or by a SyncEventQueue's caller thread
         size = self._encode(batch)
         # The wire bytes contain the data, so a small message proves small data cheaply.
         if self.kind in EVENT_KINDS and size > MAX_EVENT_DATA_BYTES:
