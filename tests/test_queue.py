@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -428,6 +429,34 @@ async def test_using_a_queue_from_another_event_loop_fails_clearly() -> None:
 
         with pytest.raises(QueueUsageError, match="another event loop"):
             await anyio.to_thread.run_sync(other_loop)
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not made for Windows")
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_using_a_queue_from_another_event_loop_in_its_own_thread_fails_clearly(
+        loop_kind: str) -> None:
+    """The same thread, but another loop than the queue's (which is idle): refused too.
+
+    asyncio's loops say which thread runs them, uvloop's do not: both must be told apart.
+    """
+    new_loop = asyncio.new_event_loop if loop_kind == "asyncio" else _uvloop_factory()
+    sender = RecordingSender()
+    queue = EventQueue(config(), sender=sender)
+    first, second = new_loop(), new_loop()
+    try:
+        first.run_until_complete(queue.track("1", "ev"))
+        first.run_until_complete(queue.track("1b", "ev"))  # its own loop, once started
+        with pytest.raises(QueueUsageError, match="another event loop"):
+            second.run_until_complete(queue.track("2", "ev"))
+        stats = first.run_until_complete(asyncio.wait_for(queue.aclose(), 10))
+        assert (stats.enqueued, stats.delivered) == (2, 2)
+    finally:
+        first.close()
+        second.close()
 
 
 async def test_waiting_for_a_receipt_from_another_event_loop_fails_clearly() -> None:
