@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, TypeAlias
 from urllib.parse import quote
@@ -45,6 +46,7 @@ from ._validation import (
     check_id,
     check_path_id,
     check_timestamp,
+    checked_mapping,
     clean_mapping,
 )
 
@@ -343,10 +345,14 @@ def identify(id: object, attributes: dict[str, Any]) -> Operation:
     return Operation("identify", None, payload, customer_id=id)
 
 
-def _event_parts(name: object, data: object, event_id: object,
-                 timestamp: object) -> _EventParts:
-    """An event's name, data, id and timestamp (None: not given), checked in that order."""
-    return (check_event_name(name), {} if data is None else clean_mapping(data, "data"),
+def _event_parts(name: object, data: object, event_id: object, timestamp: object,
+                 clean: Callable[[object, str], dict[str, Any]]) -> _EventParts:
+    """An event's name, data, id and timestamp (None: not given), checked in that order.
+
+    ``clean`` is ``clean_mapping``, or ``checked_mapping`` for an event built sealed (its
+    data is encoded before the call returns, so it need not be copied).
+    """
+    return (check_event_name(name), {} if data is None else clean(data, "data"),
             check_event_id(event_id), None if timestamp is None else check_timestamp(timestamp))
 
 
@@ -365,7 +371,8 @@ def _event_payload(name: str, data: dict[str, Any], event_id: str,
 def track(customer_id: object, name: object, data: object, event_id: object,
           timestamp: object, *, batch: bool = False) -> Operation:
     check_path_id(customer_id, "customer_id")
-    parts = _event_parts(name, data, event_id, timestamp)
+    parts = _event_parts(name, data, event_id, timestamp,
+                         checked_mapping if batch else clean_mapping)
     if batch:
         return _sealed_event("track", customer_id, parts)
     return Operation("track", None, _event_payload(*parts), customer_id=customer_id,
@@ -374,7 +381,7 @@ def track(customer_id: object, name: object, data: object, event_id: object,
 
 def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
                     timestamp: object) -> Operation:
-    payload = _event_payload(*_event_parts(name, data, event_id, timestamp))
+    payload = _event_payload(*_event_parts(name, data, event_id, timestamp, clean_mapping))
     # Like the official SDK, None and "" mean no anonymous id (an invite); type first, so
     # an arbitrary object is never compared.
     if anonymous_id is not None and not (isinstance(anonymous_id, str) and anonymous_id == ""):
@@ -391,7 +398,7 @@ def pageview(customer_id: object, page: object, data: dict[str, Any],
     check_path_id(customer_id, "customer_id")
     eid = check_event_id(event_id)
     name = check_event_name(page, "page")
-    cleaned = clean_mapping(data, "data")
+    cleaned = (checked_mapping if batch else clean_mapping)(data, "data")
     if batch:
         return _sealed_event("pageview", customer_id, (name, cleaned, eid, None))
     payload = {"type": "page", "name": name, "data": cleaned, "id": eid}
@@ -403,7 +410,7 @@ def backfill(customer_id: object, name: object, timestamp: object,
     check_path_id(customer_id, "customer_id")
     eid = check_event_id(event_id)
     checked = check_event_name(name)
-    cleaned = clean_mapping(data, "data")
+    cleaned = (checked_mapping if batch else clean_mapping)(data, "data")
     when = check_timestamp(timestamp)
     if batch:
         return _sealed_event("backfill", customer_id, (checked, cleaned, eid, when))

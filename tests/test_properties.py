@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -35,6 +36,7 @@ from cio_queue import (
 from cio_queue import _operations as ops
 from cio_queue._operations import Operation
 from cio_queue._ulid import new_ulid
+from cio_queue._validation import checked_mapping, clean_mapping
 from cio_queue.testing import FakeTrackAPI, validate_request
 
 from .recording import RecordingSender
@@ -350,6 +352,45 @@ def test_an_event_built_sealed_is_what_sealing_its_v1_form_makes(
     assert built.v2 == sealed_later.v2
     assert built._payload is None
     assert json.dumps(built.payload) == expected
+
+
+@settings(max_examples=400, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(
+    st.dictionaries(keys, values, max_size=5), data_values,
+    # Mostly JSON-ready as given: str keys, plain scalars, dicts of them.
+    st.recursive(st.one_of(st.text(max_size=10), surrogate_text, st.booleans(), st.none(),
+                           st.integers(min_value=-(2**64), max_value=2**65), st.floats()),
+                 lambda children: st.dictionaries(st.one_of(st.text(max_size=6),
+                                                            surrogate_text), children,
+                                                  max_size=4),
+                 max_leaves=10).filter(lambda value: isinstance(value, dict))))
+@example({"price": 9.5, "sku": "A-1", "n": {"deep": [1, 2], "é": "ü"}})
+@example({"a": {"b": {"c": float("nan")}}})
+@example({"k": 2**64 - 1, "m": -(2**63)})
+def test_data_checked_in_place_is_what_its_clean_copy_would_be(data: Any) -> None:
+    """checked_mapping keeps a JSON-ready dict itself, else cleans it: never a difference.
+
+    Where it keeps the caller's dict, the copy clean_mapping makes encodes to the same
+    JSON (orjson, and json with its types); otherwise both give the same result or the
+    same InvalidEventError naming the same field.
+    """
+    refused: str | None = None
+    try:
+        copy = clean_mapping(data, "data")
+    except InvalidEventError as error:
+        refused = str(error)
+    if refused is not None:
+        with pytest.raises(InvalidEventError) as info:
+            checked_mapping(data, "data")
+        assert str(info.value) == refused
+        return
+    checked = checked_mapping(data, "data")
+    if checked is data:
+        assert orjson.dumps(checked) == orjson.dumps(copy)
+        assert json.dumps(checked) == json.dumps(copy)
+    else:
+        assert json.dumps(checked) == json.dumps(copy)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
