@@ -40,6 +40,27 @@ class Intake:
         self._batch = config.transport == "batch"
         self._wait_for_stream = (config.redis_url is not None
                                  and config.redis_durability == "sync")
+        # Whether a call may be accepted at once, as accept() does.
+        self._at_once = (before_send is None and config.spool_path is None
+                         and not self._wait_for_stream)
+
+    def accept(self, run: Pipeline, op: Operation) -> Receipt | None:
+        """Accept ``op`` at once when nothing can make the call wait; else return None.
+
+        Nothing can without a before_send hook, a spool or a wait for Redis, with a place
+        free: the usual call ends here, in the caller's frame, without a coroutine of
+        its own. None: await :meth:`submit`, which takes every case.
+        """
+        if not self._at_once:
+            return None
+        sealed = op.seal(batch=self._batch)  # before the place: it may refuse the input
+        try:
+            run.ledger.room.acquire_nowait()
+        except anyio.WouldBlock:
+            return None
+        entry = Entry(sealed, run.loop)
+        run.admit(entry)
+        return entry
 
     async def submit(self, run: Pipeline, op: Operation) -> Receipt:
         """Accept ``op`` (or drop it by policy, or filter it by before_send)."""

@@ -200,7 +200,8 @@ class EventQueue:
         self._ready()
         if id is None and "identifier" in attributes:
             id = attributes.pop("identifier")
-        return await self._submit(ops.identify(id, attributes))
+        op = ops.identify(id, attributes)
+        return self._accept(op) or await self._submit(op)
 
     async def track(self, customer_id: str | int, name: str, data: dict[str, Any] | None = None,
                     id: str | None = None, timestamp: ops.Timestamp | None = None,
@@ -218,8 +219,8 @@ class EventQueue:
         """
         self._ready()
         joined = ops.with_properties(data, properties) if properties else data
-        return await self._submit(ops.track(customer_id, name, joined, id, timestamp,
-                                            batch=self._sealed))
+        op = ops.track(customer_id, name, joined, id, timestamp, batch=self._sealed)
+        return self._accept(op) or await self._submit(op)
 
     async def track_anonymous(self, anonymous_id: str | int | None, name: str,
                               data: dict[str, Any] | None = None, id: str | None = None,
@@ -231,52 +232,59 @@ class EventQueue:
         """
         self._ready()
         joined = ops.with_properties(data, properties)
-        return await self._submit(ops.track_anonymous(anonymous_id, name, joined, id, timestamp))
+        op = ops.track_anonymous(anonymous_id, name, joined, id, timestamp)
+        return self._accept(op) or await self._submit(op)
 
     async def pageview(self, /, customer_id: str | int, page: str, **data: Any) -> Receipt:
         """Track a page view (an event of type ``page`` named after the page)."""
         self._ready()
-        return await self._submit(ops.pageview(customer_id, page, data, batch=self._sealed))
+        op = ops.pageview(customer_id, page, data, batch=self._sealed)
+        return self._accept(op) or await self._submit(op)
 
     async def backfill(self, /, customer_id: str | int, name: str, timestamp: ops.Timestamp,
                        **data: Any) -> Receipt:
         """Track a past event with its required timestamp."""
         self._ready()
-        return await self._submit(ops.backfill(customer_id, name, timestamp, data,
-                                               batch=self._sealed))
+        op = ops.backfill(customer_id, name, timestamp, data, batch=self._sealed)
+        return self._accept(op) or await self._submit(op)
 
     async def delete(self, customer_id: str | int) -> Receipt:
         """Delete a person."""
         self._ready()
-        return await self._submit(ops.delete(customer_id))
+        op = ops.delete(customer_id)
+        return self._accept(op) or await self._submit(op)
 
     async def add_device(self, /, customer_id: str | int, device_id: str, platform: str,
                          **data: Any) -> Receipt:
         """Add or update a device; extra keyword arguments go into the device object."""
         self._ready()
-        return await self._submit(ops.add_device(customer_id, device_id, platform, data))
+        op = ops.add_device(customer_id, device_id, platform, data)
+        return self._accept(op) or await self._submit(op)
 
     async def delete_device(self, customer_id: str | int, device_id: str) -> Receipt:
         """Delete a person's device."""
         self._ready()
-        return await self._submit(ops.delete_device(customer_id, device_id))
+        op = ops.delete_device(customer_id, device_id)
+        return self._accept(op) or await self._submit(op)
 
     async def suppress(self, customer_id: str | int) -> Receipt:
         """Suppress a person: delete the profile and block the id from coming back."""
         self._ready()
-        return await self._submit(ops.suppress(customer_id))
+        op = ops.suppress(customer_id)
+        return self._accept(op) or await self._submit(op)
 
     async def unsuppress(self, customer_id: str | int) -> Receipt:
         """Lift a person's suppression."""
         self._ready()
-        return await self._submit(ops.unsuppress(customer_id))
+        op = ops.unsuppress(customer_id)
+        return self._accept(op) or await self._submit(op)
 
     async def merge_customers(self, primary_id_type: str, primary_id: str | int,
                               secondary_id_type: str, secondary_id: str | int) -> Receipt:
         """Merge the secondary person into the primary; id types are id, email, cio_id."""
         self._ready()
-        return await self._submit(ops.merge_customers(primary_id_type, primary_id,
-                                                      secondary_id_type, secondary_id))
+        op = ops.merge_customers(primary_id_type, primary_id, secondary_id_type, secondary_id)
+        return self._accept(op) or await self._submit(op)
 
     async def batch(self, operations: list[dict[str, Any]]) -> list[Receipt]:
         """Enqueue operations given in their v2 form, like the official SDK's ``batch()``.
@@ -293,7 +301,7 @@ class EventQueue:
         if not isinstance(operations, list | tuple):
             raise InvalidEventError("operations", "must be a list of v2 operation dicts")
         built = [ops.raw_v2(op, f"operations[{i}]") for i, op in enumerate(operations)]
-        return [await self._submit(op) for op in built]
+        return [self._accept(op) or await self._submit(op) for op in built]
 
     # --- intake ----------------------------------------------------------------------------
 
@@ -312,6 +320,16 @@ class EventQueue:
         # tenth of an enqueue. (uvloop keeps no such record: it takes _check_context.)
         if self._born != _forks[0] or getattr(run.loop, "_thread_id", None) != get_ident():
             self._check_context()
+
+    def _accept(self, op: ops.Operation) -> Receipt | None:
+        """Accept ``op`` at once if nothing can make the call wait; None: ``await _submit(op)``.
+
+        Every public method ends ``return self._accept(op) or await self._submit(op)``
+        (a Receipt is always true): the usual call so costs no coroutine beyond its own.
+        """
+        run = self._run
+        assert run is not None
+        return self._intake.accept(run, op)
 
     def _submit(self, op: ops.Operation) -> Coroutine[Any, Any, Receipt]:
         """Hand ``op`` to intake; the caller awaits intake's own coroutine (one frame less)."""

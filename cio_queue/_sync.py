@@ -13,7 +13,7 @@ threads::
                    on_outcome -> give the places back (once per loop iteration)
 
 Each SyncEventQueue method runs the EventQueue method of the same name in the calling
-thread, on an :class:`_Intake`: a stand-in whose ``_ready()`` and ``_submit()`` hand the
+thread, on an :class:`_Intake`: a stand-in whose ``_ready()`` and ``_accept()`` hand the
 operation over instead of queueing it on a loop, so the method's coroutine finishes in its
 first step. The arguments are thus read exactly as EventQueue reads them, by the same code,
 and an invalid one raises InvalidEventError in the caller's own stack.
@@ -27,7 +27,7 @@ anyway and the EventQueue drops the newest or the oldest when it arrives, exactl
 would for an ``await``-ing caller.
 
 Two private seams of EventQueue stand in for hooks the core does not have yet: the intake
-hooks ``_ready()``/``_submit()`` that :class:`_Intake` overrides, and the admission of an
+hooks ``_ready()``/``_accept()`` that :class:`_Intake` overrides, and the admission of an
 operation built elsewhere, ``_syncthread._admit_built``.
 
 This module is the facade; the crossing between the threads (receipts, places, the
@@ -71,15 +71,16 @@ class _Intake(EventQueue):
 
     EventQueue's public methods check the queue (``_ready()``), build the operation with
     the ``_operations`` builders (events sealed at once when ``_sealed``, which ``_ready()``
-    sets here), and ``await self._submit(op)``. On an _Intake, those two hooks take a place
-    in the SyncEventQueue and hand the operation over instead, and never suspend, so the
-    method's coroutine finishes in its first step: the arguments are read and validated
-    exactly as EventQueue reads them, in the caller's stack, by the same code. (Not
-    EventQueue.__init__: an _Intake has no pipeline, sender or config.)
+    sets here), and end ``return self._accept(op) or await self._submit(op)``. On an
+    _Intake, ``_ready()`` and ``_accept()`` take a place in the SyncEventQueue and hand the
+    operation over instead, always at once, so the method's coroutine finishes in its
+    first step: the arguments are read and validated exactly as EventQueue reads them, in
+    the caller's stack, by the same code. (Not EventQueue.__init__: an _Intake has no
+    pipeline, sender or config.)
 
     Stand-in for a core hook: that contract (public methods touch nothing but
-    ``_ready()``, ``_sealed``, the builders and ``_submit()``) made explicit and kept by
-    the core.
+    ``_ready()``, ``_sealed``, the builders, ``_accept()`` and ``_submit()``) made
+    explicit and kept by the core.
     """
 
     def __init__(self, owner: SyncEventQueue) -> None:
@@ -90,9 +91,9 @@ class _Intake(EventQueue):
         runtime = self._runtime = self._owner._running()
         self._sealed = runtime.batch_transport and runtime.config.before_send is None
 
-    async def _submit(self, op: Operation) -> Receipt:
+    def _accept(self, op: Operation) -> Receipt:
         runtime = self._runtime
-        assert runtime is not None, "EventQueue methods call _ready() before _submit()"
+        assert runtime is not None, "EventQueue methods call _ready() before _accept()"
         hook = runtime.config.before_send
         if hook is not None:
             changed = apply_before_send(hook, op)
@@ -100,6 +101,9 @@ class _Intake(EventQueue):
                 return runtime.filter(op)
             op = changed
         return runtime.put(op.seal(batch=runtime.batch_transport))
+
+    async def _submit(self, op: Operation) -> Receipt:
+        return self._accept(op)  # never reached from a public method: _accept takes all
 
 
 P = ParamSpec("P")

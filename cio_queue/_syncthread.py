@@ -45,11 +45,14 @@ def _admit_built(queue: EventQueue, op: Operation) -> Receipt:
     Receipt``: a synchronous method, called on the queue's loop, that admits an operation
     made by the ``_operations`` builders and already sealed for the queue's transport
     (without sealing it again), applying the ``"raise"`` and drop overflow policies and
-    never waiting. Until the core has it, this drives the private ``_ready()`` and
-    ``_submit()``; ``_submit`` finishes in its first step whenever the overflow policy is
-    not ``"block"``, which the SyncEventQueue never gives its EventQueue.
+    never waiting. Until the core has it, this uses the private ``_ready()``,
+    ``_accept()`` and ``_submit()``; ``_submit`` finishes in its first step whenever the
+    overflow policy is not ``"block"``, which the SyncEventQueue never gives its EventQueue.
     """
     queue._ready()  # private: this is the stand-in for the hook (see the docstring)
+    accepted = queue._accept(op)
+    if accepted is not None:
+        return accepted
     return drive(queue._submit(op),
                  "EventQueue._submit waited; a SyncEventQueue never lets it block")
 
