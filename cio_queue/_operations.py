@@ -37,7 +37,10 @@ from ._v2forms import (
 )
 from ._validation import (
     MAX_EVENT_DATA_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_ID_BYTES,
     MAX_V2_OPERATION_BYTES,
+    UNFIT_PATH_IDS,
     check_attributes,
     check_choice,
     check_device_fields,
@@ -48,6 +51,7 @@ from ._validation import (
     check_timestamp,
     checked_mapping,
     clean_mapping,
+    ready_as_is,
 )
 
 __all__ = ["EVENT_KINDS", "MERGE_ID_TYPES", "RAW_KIND", "Operation", "Timestamp", "device_token",
@@ -109,9 +113,31 @@ def _sealed_event(kind: str, customer_id: object, parts: _EventParts) -> Operati
     the data's own limit cannot be reached here.)
     """
     name, data, event_id, timestamp = parts
-    op = Operation(kind, None, None, customer_id=customer_id, event_id=event_id)
+    op = Operation(kind, None, None, customer_id, event_id)
     op.v2 = _encode_v2(event_element(kind, customer_id, name, event_id, data,
                                      timestamp=NO_TIME if timestamp is None else timestamp))
+    return op
+
+
+def _plain_event(kind: str, customer_id: object, name: object, data: object) -> Operation | None:
+    """The usual event, built sealed in one step; None: build it the long way.
+
+    Usual means plain input, told by type tests alone: an ASCII str id and name within
+    their limits that the checks accept (the same tests check_id and check_event_name
+    make first), data JSON-ready as given, and no event id or timestamp (the caller
+    sees to those). Every check of the long way would pass, so this builds what it
+    builds, in a tenth of the calls (a property test holds the two to the same bytes);
+    anything else goes the long way, which alone refuses input.
+    """
+    if not (type(customer_id) is str and customer_id.isascii()
+            and 0 < len(customer_id) <= MAX_ID_BYTES and not customer_id.isspace()
+            and customer_id not in UNFIT_PATH_IDS
+            and type(name) is str and name.isascii() and 0 < len(name) <= MAX_EVENT_NAME_BYTES
+            and not name.isspace() and type(data) is dict and ready_as_is(data)):
+        return None
+    event_id = new_ulid()
+    op = Operation(kind, None, None, customer_id, event_id)
+    op.v2 = _encode_v2(event_element(kind, customer_id, name, event_id, data))
     return op
 
 
@@ -135,9 +161,11 @@ class Operation:
     __slots__ = ("_body", "_path", "_payload", "customer_id", "enqueued_at", "event_id",
                  "kind", "v2")
 
-    def __init__(self, kind: str, path: str | None, payload: dict[str, Any] | None, *,
-                 customer_id: object = None, event_id: str | None = None,
+    def __init__(self, kind: str, path: str | None, payload: dict[str, Any] | None,
+                 customer_id: object = None, event_id: str | None = None, *,
                  enqueued_at: float | None = None) -> None:
+        # Positional or keyword: a call by keyword makes a dict of them, a tenth of the
+        # cost of an operation built sealed; the builders pass them by position.
         self.kind = kind
         # A person's path (None here) is made when first needed (v1, a dead letter) from
         # the id and the kind's SUFFIXES: the batch transport never needs it, and
@@ -342,7 +370,7 @@ def identify(id: object, attributes: dict[str, Any]) -> Operation:
     check_path_id(id, "id")
     payload = clean_mapping(attributes, "attributes")
     check_attributes(payload)
-    return Operation("identify", None, payload, customer_id=id)
+    return Operation("identify", None, payload, id)
 
 
 def _event_parts(name: object, data: object, event_id: object, timestamp: object,
@@ -370,13 +398,16 @@ def _event_payload(name: str, data: dict[str, Any], event_id: str,
 
 def track(customer_id: object, name: object, data: object, event_id: object,
           timestamp: object, *, batch: bool = False) -> Operation:
+    if batch and event_id is None and timestamp is None:
+        plain = _plain_event("track", customer_id, name, data)
+        if plain is not None:
+            return plain
     check_path_id(customer_id, "customer_id")
     parts = _event_parts(name, data, event_id, timestamp,
                          checked_mapping if batch else clean_mapping)
     if batch:
         return _sealed_event("track", customer_id, parts)
-    return Operation("track", None, _event_payload(*parts), customer_id=customer_id,
-                     event_id=parts[2])
+    return Operation("track", None, _event_payload(*parts), customer_id, parts[2])
 
 
 def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
@@ -395,6 +426,10 @@ def track_anonymous(anonymous_id: object, name: object, data: object, event_id: 
 
 def pageview(customer_id: object, page: object, data: dict[str, Any],
              event_id: object = None, *, batch: bool = False) -> Operation:
+    if batch and event_id is None:
+        plain = _plain_event("pageview", customer_id, page, data)
+        if plain is not None:
+            return plain
     check_path_id(customer_id, "customer_id")
     eid = check_event_id(event_id)
     name = check_event_name(page, "page")
@@ -402,7 +437,7 @@ def pageview(customer_id: object, page: object, data: dict[str, Any],
     if batch:
         return _sealed_event("pageview", customer_id, (name, cleaned, eid, None))
     payload = {"type": "page", "name": name, "data": cleaned, "id": eid}
-    return Operation("pageview", None, payload, customer_id=customer_id, event_id=eid)
+    return Operation("pageview", None, payload, customer_id, eid)
 
 
 def backfill(customer_id: object, name: object, timestamp: object,
@@ -415,12 +450,12 @@ def backfill(customer_id: object, name: object, timestamp: object,
     if batch:
         return _sealed_event("backfill", customer_id, (checked, cleaned, eid, when))
     payload = {"name": checked, "data": cleaned, "timestamp": when, "id": eid}
-    return Operation("backfill", None, payload, customer_id=customer_id, event_id=eid)
+    return Operation("backfill", None, payload, customer_id, eid)
 
 
 def _bare(kind: str, customer_id: object) -> Operation:
     check_path_id(customer_id, "customer_id")
-    return Operation(kind, None, {}, customer_id=customer_id)
+    return Operation(kind, None, {}, customer_id)
 
 
 def delete(customer_id: object) -> Operation:

@@ -43,6 +43,7 @@ __all__ = [
     "MAX_V2_OPERATION_BYTES",
     "MIN_INT",
     "STRUCTURED_ATTRIBUTES",
+    "UNFIT_PATH_IDS",
     "check_attributes",
     "check_choice",
     "check_device_fields",
@@ -54,6 +55,7 @@ __all__ = [
     "checked_mapping",
     "clean_mapping",
     "describe",
+    "ready_as_is",
     "utf8_len",
 ]
 
@@ -70,6 +72,8 @@ MIN_INT: Final = -(2**63)
 """The smallest int a JSON reader holds (int64); the largest, 2**64 - 1, is a uint64."""
 _NAIVE_EPOCH: Final = datetime(1970, 1, 1)  # naive on purpose: subtracted from naive values
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
+UNFIT_PATH_IDS: Final = frozenset({"cio_", *_DOT_SEGMENTS})
+"""The non-blank ASCII ids within the limit that :func:`check_path_id` still refuses."""
 STRUCTURED_ATTRIBUTES: Final = frozenset({"cio_relationships", "cio_subscription_preferences"})
 """Identify attributes structured by design: exempt from the 1000-byte value limit."""
 MAX_STRUCTURED_ATTRIBUTE_BYTES: Final = 100_000
@@ -302,7 +306,7 @@ _SUBCLASS_CLEANERS: Final[tuple[tuple[type | tuple[type, ...], _Cleaner], ...]] 
 _MAX_UINT64: Final = 2**64 - 1
 
 
-def _ready_as_is(value: dict[Any, Any], depth: int) -> bool:
+def ready_as_is(value: dict[Any, Any], depth: int = 0) -> bool:
     """Whether ``value`` is JSON-ready as it is: what :func:`_clean_dict` would copy it to.
 
     Its keys str, its values str with a UTF-8 form, finite floats, ints JSON readers hold,
@@ -321,7 +325,7 @@ def _ready_as_is(value: dict[Any, Any], depth: int) -> bool:
         elif kind is int:
             ready = MIN_INT <= item <= _MAX_UINT64
         elif kind is dict:
-            ready = _ready_as_is(item, depth)
+            ready = ready_as_is(item, depth)
         else:
             ready = kind is bool or item is None
         if not ready or type(key) is not str or not (key.isascii() or _has_utf8(key)):
@@ -345,7 +349,7 @@ def checked_mapping(value: object, field: str) -> dict[str, Any]:
     serialised at once: a payload kept as a dict needs the copy, since the caller may
     change theirs after the call.
     """
-    if type(value) is dict and _ready_as_is(value, 0):
+    if type(value) is dict and ready_as_is(value, 0):
         return value
     return clean_mapping(value, field)
 

@@ -123,6 +123,16 @@ ids = st.one_of(st.text(max_size=20), surrogate_text, tricky_strings, st.integer
                 st.just(HUGE), st.floats(), st.none(), st.booleans(), st.binary(max_size=5),
                 st.sampled_from([Size.LARGE, Label.HOT]))
 names = st.one_of(any_text, tricky_strings, st.none(), st.integers(), st.binary(max_size=5))
+ascii_text = st.text(st.characters(min_codepoint=9, max_codepoint=126), max_size=12)
+plain_data = st.dictionaries(  # mostly JSON-ready as given: str keys, scalars, dicts of them
+    st.one_of(st.text(max_size=6), surrogate_text),
+    st.recursive(st.one_of(st.text(max_size=10), surrogate_text, st.booleans(), st.none(),
+                           st.integers(min_value=-(2**64), max_value=2**65), st.floats()),
+                 lambda children: st.dictionaries(st.one_of(st.text(max_size=6),
+                                                            surrogate_text), children,
+                                                  max_size=4),
+                 max_leaves=10),
+    max_size=5)
 timestamps = st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=12),
                        tricky_strings, st.datetimes(timezones=timezones), st.booleans(),
                        st.just(HUGE))
@@ -354,17 +364,56 @@ def test_an_event_built_sealed_is_what_sealing_its_v1_form_makes(
     assert json.dumps(built.payload) == expected
 
 
+def _half_plain(others: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """ASCII text half of the time (plain, mostly), ``others`` the other half."""
+    return st.booleans().flatmap(lambda plain: ascii_text if plain else others)
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.sampled_from(["pageview", "track"]),
+       st.tuples(_half_plain(st.one_of(ids, st.sampled_from(
+                     ["cio_", "cio_x", ".", "..", "a@b.co", "x" * 150, "x" * 151]))),
+                 _half_plain(st.one_of(names, st.sampled_from(["n" * 100, "n" * 101]))),
+                 st.booleans().flatmap(lambda plain: plain_data if plain else data_values)))
+@example("track", ("user-1", "purchase", {"price": 9.5, "sku": "A-1"}))
+@example("pageview", ("cio_abc", "/p", {"q": {"r": None}}))
+@example("track", ("..", "ev", {}))
+@example("track", ("cio_", "ev", {}))
+@example("track", (" \t", "ev", {}))
+@example("track", ("x" * 150, "n" * 100, {}))
+@example("track", ("x" * 151, "ev", {}))
+@example("track", ("a@b.co", "e" * 101, {}))
+@example("pageview", ("a", "", {}))
+@example("track", ("a", "ev", {"x": float("inf")}))
+def test_an_event_built_in_one_step_is_what_the_long_way_builds(
+        kind: str, args: tuple[Any, Any, Any]) -> None:
+    """Without an event id or timestamp, a plain event is built in one step: no difference.
+
+    The long way (taken whenever an event id is given) must build the same wire bytes and
+    payload with that id, and refuse exactly the input the one-step build refuses.
+    """
+    person, name, data = args
+    refused: str | None = None
+    try:
+        built = _build_event(kind, (person, name, data, None), None, batch=True)
+    except InvalidEventError as error:
+        refused = str(error)
+    if refused is not None:
+        with pytest.raises(InvalidEventError) as info:
+            _build_event(kind, (person, name, data, None), new_ulid(), batch=True)
+        assert str(info.value) == refused
+        return
+    assert built.event_id is not None
+    long_way = _build_event(kind, (person, name, data, None), built.event_id, batch=True)
+    assert (built.kind, built.customer_id, built.v2) == (
+        long_way.kind, long_way.customer_id, long_way.v2)
+    assert json.dumps(built.payload) == json.dumps(long_way.payload)
+
+
 @settings(max_examples=400, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.one_of(
-    st.dictionaries(keys, values, max_size=5), data_values,
-    # Mostly JSON-ready as given: str keys, plain scalars, dicts of them.
-    st.recursive(st.one_of(st.text(max_size=10), surrogate_text, st.booleans(), st.none(),
-                           st.integers(min_value=-(2**64), max_value=2**65), st.floats()),
-                 lambda children: st.dictionaries(st.one_of(st.text(max_size=6),
-                                                            surrogate_text), children,
-                                                  max_size=4),
-                 max_leaves=10).filter(lambda value: isinstance(value, dict))))
+@given(st.one_of(st.dictionaries(keys, values, max_size=5), data_values, plain_data))
 @example({"price": 9.5, "sku": "A-1", "n": {"deep": [1, 2], "é": "ü"}})
 @example({"a": {"b": {"c": float("nan")}}})
 @example({"k": 2**64 - 1, "m": -(2**63)})
