@@ -59,7 +59,8 @@ class Intake:
         except anyio.WouldBlock:
             return None
         entry = Entry(sealed, run.loop)
-        run.admit(entry)
+        run.ledger.admit(entry)  # it holds a place from ledger.room
+        run.route(entry)
         return entry
 
     async def submit(self, run: Pipeline, op: Operation) -> Receipt:
@@ -84,7 +85,8 @@ class Intake:
         except anyio.WouldBlock:
             if not await self._overflow(run, entry):
                 return entry
-        run.admit(entry)
+        run.ledger.admit(entry)  # it holds a place from ledger.room
+        run.route(entry)
         if self._wait_for_stream:
             await entry.wait()  # returns once Redis acknowledged it
         return entry

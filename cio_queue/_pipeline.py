@@ -94,11 +94,11 @@ class Pipeline:
                           budget=self.fleet.pacer if self.fleet is not None else None)
         self.dispatcher = Dispatcher(config, self.ledger, courier, closing, telemetry=telemetry)
         # Where an admitted operation goes: to the fleet's stream, or to be sent from here.
-        self._route = self.dispatcher.submit
+        self.route: Callable[[Entry], None] = self.dispatcher.submit
         if self.fleet is not None:
             self.fleet.attach(self.ledger, self.dispatcher.submit)
-            self._route = self.fleet.hand_off
-        self.spooler = (Spooler(config, self.ledger, self._route, self.loop)
+            self.route = self.fleet.hand_off
+        self.spooler = (Spooler(config, self.ledger, self.route, self.loop)
                         if spooled else None)
         self.blocked: set[anyio.CancelScope] = set()  # callers waiting for room
         self._tasks: list[asyncio.Task[None]] = []
@@ -135,11 +135,6 @@ class Pipeline:
     def accepting(self) -> bool:
         """Whether intake is open: no shutdown has begun."""
         return self._closer is None and not self.closed
-
-    def admit(self, entry: Entry) -> None:
-        """Accept an operation whose caller holds a place from ``ledger.room``."""
-        self.ledger.admit(entry)
-        self._route(entry)
 
     async def _open_fleet(self) -> None:
         """Start the fleet's producer; a misconfigured stream stops the queue."""
