@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._server import _LedgerBook
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICK_TIMEOUT = 240  # seconds; the quick run takes about 30 s on two cores, 60 s loaded
 STANDALONE_TIMEOUT = 180  # seconds; each small run below takes 1 to 12 s on two cores
@@ -58,3 +60,14 @@ def test_a_standalone_benchmark_runs_to_its_end(module: str, args: list[str],
                             timeout=STANDALONE_TIMEOUT, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert marker in result.stdout, result.stdout + result.stderr
+
+
+def test_the_servers_ledger_counts_a_duplicate_and_a_missing_event() -> None:
+    """The delivery check counts distinct ids by hash: a duplicate or a loss still shows."""
+    book = _LedgerBook()
+    for event_id in ["01A", "01B", "01A", "01C"]:
+        book.add_event(event_id)
+    book.add_event(None)
+    ledger = book.snapshot(in_flight=0)
+    assert (ledger.events, ledger.distinct_events, ledger.without_id) == (4, 3, 1)
+    assert book.missing(["01A", "01B", "01D", "01D", "01E"]) == 2
