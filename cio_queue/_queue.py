@@ -313,11 +313,14 @@ class EventQueue:
                 self._start()
                 return
             raise QueueClosedError("this EventQueue is closed; no new operations are accepted")
-        # On the queue's loop, which runs in this thread now by its own record (asyncio's
-        # loops keep it), or else as _check_context finds out. asyncio.get_running_loop()
-        # would say so directly, but CPython makes a getpid() system call in it on every
-        # call, to notice a fork; forks are counted above. Here that call is 0.5 µs, a
-        # tenth of an enqueue. (uvloop keeps no such record: it takes _check_context.)
+        # In the thread the queue's loop runs in now, by the loop's own record (asyncio's
+        # loops keep it), or else as _check_context finds out. That is all _accept()
+        # needs, which never waits; _submit(), which may, checks the running loop itself.
+        # (They differ only for a loop run inside a callback of the queue's, which
+        # nest_asyncio allows.) asyncio.get_running_loop() would say it directly, but
+        # CPython makes a getpid() system call in it on every call, to notice a fork;
+        # forks are counted above. Here that call is 0.25 to 0.5 µs, a tenth of an
+        # enqueue. (uvloop keeps no such record: it takes _check_context.)
         if self._born != _forks[0] or getattr(run.loop, "_thread_id", None) != get_ident():
             self._check_context()
 
@@ -332,7 +335,12 @@ class EventQueue:
         return self._intake.accept(run, op)
 
     def _submit(self, op: ops.Operation) -> Coroutine[Any, Any, Receipt]:
-        """Hand ``op`` to intake; the caller awaits intake's own coroutine (one frame less)."""
+        """Hand ``op`` to intake; the caller awaits intake's own coroutine (one frame less).
+
+        This path may wait on the queue's loop (for room, the spool, Redis), so it checks
+        the running loop exactly: _ready() only made sure of the thread (see there).
+        """
+        self._check_context()
         run = self._run
         assert run is not None
         return self._intake.submit(run, op)

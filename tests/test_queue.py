@@ -459,6 +459,42 @@ def test_using_a_queue_from_another_event_loop_in_its_own_thread_fails_clearly(
         second.close()
 
 
+def test_a_call_that_must_wait_from_a_loop_nested_in_the_queues_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """nest_asyncio lets a second loop run inside a callback of the first, in one thread.
+
+    There the thread alone cannot tell the loops apart: a call that would wait on the
+    queue's loop (here for room, overflow="block") must still be refused at once, not
+    wait out enqueue_timeout on a loop that cannot run.
+    """
+
+    def check_running(self: asyncio.BaseEventLoop) -> None:  # what nest_asyncio.apply() does
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "_check_running", check_running)
+
+    async def main() -> None:
+        sender = RecordingSender()
+        sender.hold.clear()
+        queue = EventQueue(config(max_queue_size=1, batch_size=1, overflow="block",
+                                  enqueue_timeout=30),
+                           sender=sender)
+        await queue.track("1", "ev")  # takes the only place, and holds it in flight
+        outer, inner = asyncio.get_running_loop(), asyncio.new_event_loop()
+        try:
+            with pytest.raises(QueueUsageError, match="another event loop"):
+                inner.run_until_complete(asyncio.wait_for(queue.track("2", "ev"), 20))
+        finally:
+            inner.close()
+            asyncio.events._set_running_loop(outer)  # as nest_asyncio restores it
+        sender.hold.set()
+        stats = await asyncio.wait_for(queue.aclose(), 10)
+        assert (stats.enqueued, stats.delivered) == (1, 1)
+
+    asyncio.run(main())
+
+
 async def test_waiting_for_a_receipt_from_another_event_loop_fails_clearly() -> None:
     """receipt.wait() on a loop other than the queue's raises QueueUsageError at once."""
     sender = RecordingSender()
