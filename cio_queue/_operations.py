@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, TypeAlias
 from urllib.parse import quote
@@ -49,7 +48,6 @@ from ._validation import (
     check_id,
     check_path_id,
     check_timestamp,
-    checked_mapping,
     clean_mapping,
     ready_as_is,
 )
@@ -128,6 +126,11 @@ def _plain_event(kind: str, customer_id: object, name: object, data: object) -> 
     sees to those). Every check of the long way would pass, so this builds what it
     builds, in a tenth of the calls (a property test holds the two to the same bytes);
     anything else goes the long way, which alone refuses input.
+
+    The data is encoded as it is, not copied first as the long way copies it: nothing
+    between the check and the encoding runs the caller's code (exact types only), so
+    nothing can change it in between. The long way can (a str subclass's methods, a
+    tzinfo), hence its copy.
     """
     if not (type(customer_id) is str and customer_id.isascii()
             and 0 < len(customer_id) <= MAX_ID_BYTES and not customer_id.isspace()
@@ -373,14 +376,10 @@ def identify(id: object, attributes: dict[str, Any]) -> Operation:
     return Operation("identify", None, payload, id)
 
 
-def _event_parts(name: object, data: object, event_id: object, timestamp: object,
-                 clean: Callable[[object, str], dict[str, Any]]) -> _EventParts:
-    """An event's name, data, id and timestamp (None: not given), checked in that order.
-
-    ``clean`` is ``clean_mapping``, or ``checked_mapping`` for an event built sealed (its
-    data is encoded before the call returns, so it need not be copied).
-    """
-    return (check_event_name(name), {} if data is None else clean(data, "data"),
+def _event_parts(name: object, data: object, event_id: object,
+                 timestamp: object) -> _EventParts:
+    """An event's name, data, id and timestamp (None: not given), checked in that order."""
+    return (check_event_name(name), {} if data is None else clean_mapping(data, "data"),
             check_event_id(event_id), None if timestamp is None else check_timestamp(timestamp))
 
 
@@ -403,8 +402,7 @@ def track(customer_id: object, name: object, data: object, event_id: object,
         if plain is not None:
             return plain
     check_path_id(customer_id, "customer_id")
-    parts = _event_parts(name, data, event_id, timestamp,
-                         checked_mapping if batch else clean_mapping)
+    parts = _event_parts(name, data, event_id, timestamp)
     if batch:
         return _sealed_event("track", customer_id, parts)
     return Operation("track", None, _event_payload(*parts), customer_id, parts[2])
@@ -412,7 +410,7 @@ def track(customer_id: object, name: object, data: object, event_id: object,
 
 def track_anonymous(anonymous_id: object, name: object, data: object, event_id: object,
                     timestamp: object) -> Operation:
-    payload = _event_payload(*_event_parts(name, data, event_id, timestamp, clean_mapping))
+    payload = _event_payload(*_event_parts(name, data, event_id, timestamp))
     # Like the official SDK, None and "" mean no anonymous id (an invite); type first, so
     # an arbitrary object is never compared.
     if anonymous_id is not None and not (isinstance(anonymous_id, str) and anonymous_id == ""):
@@ -433,7 +431,7 @@ def pageview(customer_id: object, page: object, data: dict[str, Any],
     check_path_id(customer_id, "customer_id")
     eid = check_event_id(event_id)
     name = check_event_name(page, "page")
-    cleaned = (checked_mapping if batch else clean_mapping)(data, "data")
+    cleaned = clean_mapping(data, "data")
     if batch:
         return _sealed_event("pageview", customer_id, (name, cleaned, eid, None))
     payload = {"type": "page", "name": name, "data": cleaned, "id": eid}
@@ -445,7 +443,7 @@ def backfill(customer_id: object, name: object, timestamp: object,
     check_path_id(customer_id, "customer_id")
     eid = check_event_id(event_id)
     checked = check_event_name(name)
-    cleaned = (checked_mapping if batch else clean_mapping)(data, "data")
+    cleaned = clean_mapping(data, "data")
     when = check_timestamp(timestamp)
     if batch:
         return _sealed_event("backfill", customer_id, (checked, cleaned, eid, when))

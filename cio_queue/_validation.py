@@ -52,7 +52,6 @@ __all__ = [
     "check_id",
     "check_path_id",
     "check_timestamp",
-    "checked_mapping",
     "clean_mapping",
     "describe",
     "ready_as_is",
@@ -339,19 +338,6 @@ def _has_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def checked_mapping(value: object, field: str) -> dict[str, Any]:
-    """Check ``value`` as :func:`clean_mapping` does, for data encoded before the call returns.
-
-    The same value, the same refusals; but a dict that is JSON-ready as given (the usual
-    case) is returned itself rather than copied, a third of the cost. Only for data
-    serialised at once: a payload kept as a dict needs the copy, since the caller may
-    change theirs after the call.
-    """
-    if type(value) is dict and ready_as_is(value, 0):
-        return value
-    return clean_mapping(value, field)
 
 
 def clean_mapping(value: object, field: str) -> dict[str, Any]:
