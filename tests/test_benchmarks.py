@@ -71,3 +71,7 @@ def test_the_servers_ledger_counts_a_duplicate_and_a_missing_event() -> None:
     ledger = book.snapshot(in_flight=0)
     assert (ledger.events, ledger.distinct_events, ledger.without_id) == (4, 3, 1)
     assert book.missing(["01A", "01B", "01D", "01D", "01E"]) == 2
+    book.add_event("01D")  # counted since the last snapshot, not all over again
+    book.add_event("01B")
+    assert book.snapshot(in_flight=0).distinct_events == 4
+    assert book.missing(["01A", "01B", "01D", "01D", "01E"]) == 1
