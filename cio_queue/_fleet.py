@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 from ._config import QueueConfig
 from ._deadrecord import dumps_record, entry_record
 from ._exceptions import CioQueueError, ConfigError, DeliveryError
-from ._ledger import Entry, Ledger, Verdict
+from ._ledger import Entry, HeldEntry, Ledger, Verdict
 from ._log import log
 from ._operations import Operation, person_identifiers
 from ._ordering import order_keys
@@ -90,7 +90,7 @@ def member_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
-class TakenEntry(Entry):
+class TakenEntry(HeldEntry):
     """An operation taken from the fleet's stream: ``source`` is the stream entry."""
 
     __slots__ = ("source",)

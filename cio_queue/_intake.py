@@ -10,6 +10,7 @@ dropped or filtered one settles at once. Nothing here sends.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Final
 
@@ -18,7 +19,7 @@ import anyio
 from ._before_send import BeforeSend, apply_before_send
 from ._config import QueueConfig
 from ._exceptions import QueueClosedError, QueueFullError
-from ._ledger import Entry, Verdict
+from ._ledger import Entry, HeldEntry, Verdict
 from ._log import log
 from ._operations import Operation
 from ._outcome import OutcomeStatus, Receipt
@@ -29,6 +30,18 @@ __all__ = ["Intake"]
 
 _QUEUE_FULL: Final = Verdict(OutcomeStatus.DROPPED, "queue_full")
 _FILTERED: Final = Verdict(OutcomeStatus.FILTERED, "before_send")
+
+
+def _as_entry(op: Operation, loop: asyncio.AbstractEventLoop) -> Entry:
+    """The operation as its own entry (and receipt), or held by a new one.
+
+    Held when it was made an entry before (its receipt belongs to that admission): an
+    operation given to intake twice must not share one ledger state.
+    """
+    if op._loop is None:
+        op._loop = loop
+        return op
+    return HeldEntry(op, loop)
 
 
 class Intake:
@@ -58,7 +71,7 @@ class Intake:
             run.ledger.room.acquire_nowait()
         except anyio.WouldBlock:
             return None
-        entry = Entry(sealed, run.loop)
+        entry = _as_entry(sealed, run.loop)
         run.ledger.admit(entry)  # it holds a place from ledger.room
         run.route(entry)
         return entry
@@ -68,7 +81,7 @@ class Intake:
         if self._before_send is not None:
             changed = apply_before_send(self._before_send, op)
             if changed is None:
-                filtered = Entry(op, run.loop)
+                filtered = _as_entry(op, run.loop)
                 run.ledger.refuse(filtered, _FILTERED)
                 return filtered
             op = changed
@@ -79,7 +92,7 @@ class Intake:
             if await run.spooler.admit(spooled):
                 return entry
         else:
-            entry = Entry(sealed, run.loop)
+            entry = _as_entry(sealed, run.loop)
         try:
             run.ledger.room.acquire_nowait()
         except anyio.WouldBlock:

@@ -23,6 +23,7 @@ import orjson
 
 from ._apirules import check_v2_call
 from ._exceptions import InvalidEventError
+from ._ledger import Entry, State
 from ._ulid import new_ulid
 from ._v2forms import (
     NO_TIME,
@@ -144,8 +145,11 @@ def _plain_event(kind: str, customer_id: object, name: object, data: object) -> 
     return op
 
 
-class Operation:
+class Operation(Entry):
     """One validated operation, with its v1 request and, once sealed, its wire bytes.
+
+    It is its own ledger entry and the caller's receipt once admitted (see
+    :class:`~cio_queue._ledger.Entry`); until then those fields rest unused.
 
     Attributes:
         kind: the EventQueue method that made it, e.g. ``"track"``.
@@ -160,9 +164,9 @@ class Operation:
     """
 
     # Every slot is 8 bytes on each queued operation: what the kind determines (the v1
-    # method, the path's suffix) is looked up by kind instead of kept.
-    __slots__ = ("_body", "_path", "_payload", "customer_id", "enqueued_at", "event_id",
-                 "kind", "v2")
+    # method, the path's suffix) is looked up by kind instead of kept. (kind and
+    # event_id are the receipt's slots.)
+    __slots__ = ("_body", "_path", "_payload", "customer_id", "enqueued_at", "v2")
 
     def __init__(self, kind: str, path: str | None, payload: dict[str, Any] | None,
                  customer_id: object = None, event_id: str | None = None, *,
@@ -190,9 +194,17 @@ class Operation:
         self.enqueued_at = enqueued_at
         self._body: bytes | None = None
         self.v2: bytes | None = None
+        # Its receipt's and its entry's fields (as Entry's subclasses set them).
+        self._loop = None
+        self._outcome = None
+        self.state = State.QUEUED
+        self.attempts = 0
+        self.verdict = None
 
-    def __repr__(self) -> str:
-        return f"<Operation {self.kind} {self.method} {self.path}>"
+    @property
+    def op(self) -> Operation:
+        """The operation, as its entry sees it: itself."""
+        return self
 
     def pack(self) -> bytes:
         """Serialise the sealed operation for a spool or a stream (see :meth:`unpack`).

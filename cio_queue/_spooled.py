@@ -25,7 +25,7 @@ import anyio
 
 from ._config import QueueConfig
 from ._exceptions import SpoolError
-from ._ledger import Entry, Ledger, State, Verdict
+from ._ledger import Entry, HeldEntry, Ledger, State, Verdict
 from ._log import log
 from ._operations import Operation
 from ._outcome import Outcome, OutcomeStatus, Receipt
@@ -42,7 +42,7 @@ UNREADABLE: Final = "unknown"
 _UNREADABLE: Final = Verdict(OutcomeStatus.FAILED, "spool_unreadable")
 
 
-class SpooledEntry(Entry):
+class SpooledEntry(HeldEntry):
     """An operation accepted with a spool: ``key`` is its row there, once it has one."""
 
     __slots__ = ("key",)

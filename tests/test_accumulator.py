@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from cio_queue import _operations as ops
 from cio_queue._accumulator import GRAIN, BatchAccumulator
 from cio_queue._courier import Parcel
-from cio_queue._ledger import Entry
 from cio_queue._pacing import RATE_GUARD, RequestPacer
 
 
@@ -118,7 +117,7 @@ def test_a_burst_keeps_one_arrival_time_per_run_not_per_item() -> None:
 
 def _parcel(*, rank: int | None = None) -> Parcel:
     op = ops.track("42", "ev", {}, None, None).seal(batch=True)
-    return Parcel([Entry(op)], v2=True, batch=None, rank=rank)
+    return Parcel([op], v2=True, batch=None, rank=rank)
 
 
 def test_a_parcel_cut_from_another_keeps_its_place_before_newer_ones() -> None:

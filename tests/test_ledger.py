@@ -8,7 +8,8 @@ import pytest
 
 from cio_queue import _operations as ops
 from cio_queue._accumulator import BatchAccumulator
-from cio_queue._ledger import DELIVERED, Entry, Ledger, State, Verdict
+from cio_queue._intake import _as_entry
+from cio_queue._ledger import DELIVERED, Entry, HeldEntry, Ledger, State, Verdict
 from cio_queue._outcome import OutcomeStatus, Receipt
 
 pytestmark = pytest.mark.anyio  # the ledger's semaphore and event need a running loop
@@ -29,8 +30,8 @@ def queued(ledger: Ledger, acc: BatchAccumulator[Entry], count: int) -> list[Ent
     """Admit ``count`` operations as intake does: a place, the ledger, the accumulator."""
     entries = []
     for i in range(count):
-        entry = Entry(ops.track(f"c{i}", "ev", None, None, None).seal(batch=True),
-                      asyncio.get_running_loop())
+        entry = _as_entry(ops.track(f"c{i}", "ev", None, None, None).seal(batch=True),
+                          asyncio.get_running_loop())
         ledger.room.acquire_nowait()
         ledger.admit(entry)
         acc.append(entry, 0.0)
@@ -117,3 +118,27 @@ async def test_a_receipt_keeps_its_waiters_future_and_its_outcome_in_one_slot() 
     assert (await entry.wait()) is outcome
     assert first.cancelled()
     assert repr(entry) == "<Receipt track delivered>"
+
+
+async def test_an_operation_is_its_own_entry_once_and_is_held_by_a_new_one_after() -> None:
+    """One object per queued operation; but one given to intake twice gets its own entry.
+
+    The second admission must not share the first one's ledger state and receipt.
+    """
+    loop = asyncio.get_running_loop()
+    op = ops.track("c1", "ev", None, None, None).seal(batch=True)
+    first = _as_entry(op, loop)
+    second = _as_entry(op, loop)
+    assert first is op
+    assert first.op is op
+    assert type(second) is HeldEntry
+    assert second.op is op
+    assert (second.kind, second.event_id, second.state) == ("track", op.event_id, State.QUEUED)
+    ledger = Ledger(2, recorder=None, on_settled=lambda receipt, verdict: None)
+    for entry in (first, second):
+        ledger.room.acquire_nowait()
+        ledger.admit(entry)
+    ledger.dispatch([first, second])
+    ledger.decide(first, DELIVERED)
+    assert first.done()
+    assert not second.done()
