@@ -56,9 +56,10 @@ class Intake:
         # Whether a call may be accepted at once, as accept() does.
         self._at_once = (before_send is None and config.spool_path is None
                          and not self._wait_for_stream)
+        self.run: Pipeline | None = None  # the pipeline accept() admits into, once started
 
-    def accept(self, run: Pipeline, op: Operation) -> Receipt | None:
-        """Accept ``op`` at once when nothing can make the call wait; else return None.
+    def accept(self, op: Operation) -> Receipt | None:
+        """Accept ``op`` into :attr:`run` at once when nothing can make the call wait.
 
         Nothing can without a before_send hook, a spool or a wait for Redis, with a place
         free: the usual call ends here, in the caller's frame, without a coroutine of
@@ -66,6 +67,8 @@ class Intake:
         """
         if not self._at_once:
             return None
+        run = self.run
+        assert run is not None, "the queue starts its pipeline before any intake"
         sealed = op.seal(batch=self._batch)  # before the place: it may refuse the input
         try:
             run.ledger.room.acquire_nowait()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from threading import get_ident
 from typing import Any
 
@@ -60,6 +60,11 @@ class EventQueue:
         self._on_outcome = on_outcome if on_outcome is not None else config.on_outcome
         self._sender: Sender = sender if sender is not None else HttpSender(config)
         self._intake = Intake(config, config.before_send)
+        # Accept ``op`` at once if nothing can make the call wait; None: ``await
+        # _submit(op)``. Every public method ends ``return self._accept(op) or await
+        # self._submit(op)`` (a Receipt is always true), so the usual call costs no
+        # coroutine beyond its own; bound here, it costs no frame of the facade's either.
+        self._accept: Callable[[ops.Operation], Receipt | None] = self._intake.accept
         # Events are built sealed for the batch transport at once, skipping the v1 form,
         # unless a before_send hook is to see them first (it reads the v1 payload).
         self._sealed = config.transport == "batch" and config.before_send is None
@@ -107,11 +112,13 @@ class EventQueue:
         run = Pipeline(self._config, self._sender, self._on_outcome, self._stopped,
                        telemetry=metrics_for(self._config))
         self._run, self._state = run, "running"
+        self._intake.run = run
         run.start()
 
     def _stopped(self, final: Statistics) -> None:
         """The pipeline has ended (closed, or abandoned): keep its last statistics."""
         self._final, self._run, self._state = final, None, "closed"
+        self._intake.run = None
 
     def _check_context(self) -> None:
         if self._born != _forks[0]:
@@ -323,16 +330,6 @@ class EventQueue:
         # enqueue. (uvloop keeps no such record: it takes _check_context.)
         if self._born != _forks[0] or getattr(run.loop, "_thread_id", None) != get_ident():
             self._check_context()
-
-    def _accept(self, op: ops.Operation) -> Receipt | None:
-        """Accept ``op`` at once if nothing can make the call wait; None: ``await _submit(op)``.
-
-        Every public method ends ``return self._accept(op) or await self._submit(op)``
-        (a Receipt is always true): the usual call so costs no coroutine beyond its own.
-        """
-        run = self._run
-        assert run is not None
-        return self._intake.accept(run, op)
 
     def _submit(self, op: ops.Operation) -> Coroutine[Any, Any, Receipt]:
         """Hand ``op`` to intake; the caller awaits intake's own coroutine (one frame less).
