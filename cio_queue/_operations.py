@@ -23,7 +23,7 @@ import orjson
 
 from ._apirules import check_v2_call
 from ._exceptions import InvalidEventError
-from ._ledger import Entry, State
+from ._ledger import QUEUED, Entry
 from ._ulid import new_ulid
 from ._v2forms import (
     NO_TIME,
@@ -197,7 +197,7 @@ class Operation(Entry):
         # Its receipt's and its entry's fields (as Entry's subclasses set them).
         self._loop = None
         self._outcome = None
-        self.state = State.QUEUED
+        self.state = QUEUED
         self.attempts = 0
         self.verdict = None
 
