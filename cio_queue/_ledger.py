@@ -113,6 +113,12 @@ class Entry(Receipt):
     source: object = None
     """The stream entry it was taken from, in a fleet (a TakenEntry's)."""
 
+    def __init__(self) -> None:
+        # Only its subclasses are made: Operation (its own entry) and HeldEntry set every
+        # field themselves. Entry(op, loop), as entries were once made, would be taken as
+        # Receipt(kind=op, event_id=loop) and leave the entry's fields unset.
+        raise TypeError("an Entry is an Operation, or a HeldEntry that holds one")
+
     @property
     def op(self) -> Operation:
         """The operation (the entry itself, unless held apart)."""

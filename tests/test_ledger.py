@@ -142,3 +142,10 @@ async def test_an_operation_is_its_own_entry_once_and_is_held_by_a_new_one_after
     ledger.decide(first, DELIVERED)
     assert first.done()
     assert not second.done()
+
+
+def test_an_entry_is_made_only_as_an_operation_or_a_held_entry() -> None:
+    """Entry(op, loop), as entries were once made, is refused rather than half made."""
+    op = ops.track("c1", "ev", None, None, None).seal(batch=True)
+    with pytest.raises(TypeError):
+        Entry(op, None)  # type: ignore[call-arg]
