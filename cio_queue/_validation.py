@@ -302,9 +302,6 @@ _SUBCLASS_CLEANERS: Final[tuple[tuple[type | tuple[type, ...], _Cleaner], ...]] 
 )
 
 
-_MAX_UINT64: Final = 2**64 - 1
-
-
 def ready_as_is(value: dict[Any, Any], depth: int = 0) -> bool:
     """Whether ``value`` is JSON-ready as it is: what :func:`_clean_dict` would copy it to.
 
@@ -322,7 +319,7 @@ def ready_as_is(value: dict[Any, Any], depth: int = 0) -> bool:
         elif kind is float:
             ready = item - item == 0.0  # inf - inf and nan - nan are nan
         elif kind is int:
-            ready = MIN_INT <= item <= _MAX_UINT64
+            ready = _json_int(item)
         elif kind is dict:
             ready = ready_as_is(item, depth)
         else:
