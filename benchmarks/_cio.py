@@ -24,6 +24,7 @@ from ._harness import (
     EVENT_DATA,
     EVENT_NAME,
     OPS_PER_REQUEST,
+    GcClock,
     Outcome,
     Probe,
     customer_id,
@@ -66,7 +67,9 @@ async def deliver(server: ServerHandle, ops: int, transport: Transport,
     default size and makes producers wait for room, as a sustained stream does. A
     rate-limited run idles ``rate_window`` seconds after its warm-up, so the limiter's
     window holds none of the warm-up's requests when the clock starts. ``drain_s`` in the
-    outcome is the time from the last call's return to the last delivery.
+    outcome is the time from the last call's return to the last delivery; ``gc_us``
+    the cyclic GC's CPU per operation in the timed part, ``gc0`` to ``gc2`` its
+    collections of each generation there (see :class:`GcClock`).
     """
     size = max_queue_size or max(DEFAULT_MAX_QUEUE_SIZE, ops + warmup_ops(transport))
     config = queue_config(server, transport, rate_limit, max_queue_size=size,
@@ -84,13 +87,15 @@ async def deliver(server: ServerHandle, ops: int, transport: Transport,
         if rate_limit is not None:
             await asyncio.sleep(rate_window)
         gc.collect()
-        probe.start()
-        await produce(ops, enqueue, probe.ids, latencies)
-        produced = time.perf_counter()
-        done = await cio.flush()
-        probe.stop()
+        with GcClock().watching() as collector:
+            probe.start()
+            await produce(ops, enqueue, probe.ids, latencies)
+            produced = time.perf_counter()
+            done = await cio.flush()
+            probe.stop()
         drain = time.perf_counter() - produced
-    extra = {} if latencies is None else latency_figures(latencies)
+    extra = {**collector.figures(ops), **({} if latencies is None
+                                           else latency_figures(latencies))}
     return Outcome(delivered=done.delivered - warm.delivered,
                    requests=done.requests - warm.requests,
                    settled_undelivered=done.failed + done.rejected - warm.failed - warm.rejected,

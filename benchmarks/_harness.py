@@ -12,8 +12,10 @@ event id by event id.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -50,6 +52,45 @@ class IdTally:
             raise RuntimeError("the client under test returned no event id")
         self.count += 1
         self.checksum += event_checksum(event_id)
+
+
+class GcClock:
+    """CPU time the cyclic garbage collector takes in this thread, and its collections.
+
+    It only watches, through ``gc.callbacks``: nothing about the collector's settings
+    changes. A collection runs in the thread whose allocation set it off, so on the
+    client's event loop thread this is the GC share of a run's client CPU.
+    """
+
+    __slots__ = ("_started", "collections", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]  # by generation collected
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.thread_time() - self._started
+            self.collections[generation] += 1
+
+    @contextmanager
+    def watching(self) -> Iterator[GcClock]:
+        """Count the collections that run inside the block."""
+        gc.callbacks.append(self)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self)
+
+    def figures(self, ops: int) -> dict[str, float]:
+        """Return GC µs per operation, and the collections of each generation."""
+        return {"gc_us": sum(self.seconds) / ops * 1e6 if ops else 0.0,
+                **{f"gc{generation}": float(count)
+                   for generation, count in enumerate(self.collections)}}
 
 
 @dataclass(slots=True)

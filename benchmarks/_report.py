@@ -191,6 +191,22 @@ def scaling_points(results: Results) -> list[tuple[int, float, int]]:
     return [(ops, statistics.median(v), len(v)) for ops, v in sorted(by_ops.items())]
 
 
+def scaling_gc(results: Results) -> dict[int, tuple[float, float, float]]:
+    """Return, for each operation count of figure 4, the medians of its runs' GC figures.
+
+    Each is (GC µs per op, generation-1 collections, full collections) over the timed
+    part, from the runs that measured them.
+    """
+    by_ops: dict[int, list[dict[str, float]]] = {}
+    for run in results.runs:
+        if run.group == SCALING and "gc_us" in run.outcome.extra:
+            by_ops.setdefault(run.ops, []).append(run.outcome.extra)
+    return {ops: (statistics.median(e["gc_us"] for e in extras),
+                  statistics.median(e["gc1"] for e in extras),
+                  statistics.median(e["gc2"] for e in extras))
+            for ops, extras in by_ops.items()}
+
+
 def goals(results: Results) -> list[Goal]:
     """Evaluate every goal from the results (n/a where a run is missing)."""
     found: list[Goal] = []
@@ -411,13 +427,21 @@ def _figures(results: Results, pngs: dict[int, str]) -> list[str]:
     points = scaling_points(results)
     if points:
         base = points[0][1]
-        rows = [[f"{ops:,}", f"{cpu:.1f}", str(n), f"{cpu / base:.2f}x"]
+        collector = scaling_gc(results)
+        rows = [[f"{ops:,}", f"{cpu:.1f}", str(n), f"{cpu / base:.2f}x",
+                 *(_f(figure, fmt) for figure, fmt in
+                   zip(collector.get(ops, (None, None, None)), (".2f", ",.0f", ",.0f"),
+                       strict=True))]
                 for ops, cpu, n in points]
         lines += _figure(4, "CPU per operation against volume",
                          f"{HEADLINE}, 0 ms, default max_queue_size with overflow=\"block\", "
                          f"{PRODUCERS} producers; client CPU over the timed part per "
-                         "operation (median where repeated).",
-                         _table(["ops", "µs CPU/op", "runs", "vs smallest"], rows),
+                         "operation (median where repeated). GC: the part of it the cyclic "
+                         "garbage collector took (timed through gc.callbacks, settings "
+                         "untouched), and its generation-1 and full collections in the "
+                         "timed part (medians).",
+                         _table(["ops", "µs CPU/op", "runs", "vs smallest",
+                                 "GC µs/op", "gen-1 GCs", "full GCs"], rows),
                          pngs.get(4))
     stream = [r for r in results.runs if r.group == STREAM]
     if stream:

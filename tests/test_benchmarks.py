@@ -5,12 +5,14 @@ The suite's quick mode, and each standalone benchmark the README lists at a smal
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks._harness import GcClock
 from benchmarks._server import _LedgerBook
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,7 @@ def test_benchmark_suite_runs_and_checks_every_delivery(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Every run delivered every operation exactly once" in report
     assert "## Goals" in report
+    assert "| GC µs/op | gen-1 GCs | full GCs |" in report  # figure 4's GC columns
     assert (tmp_path / "results.json").is_file()
     assert len(list(tmp_path.glob("fig*.png"))) == 10
 
@@ -75,3 +78,20 @@ def test_the_servers_ledger_counts_a_duplicate_and_a_missing_event() -> None:
     book.add_event("01B")
     assert book.snapshot(in_flight=0).distinct_events == 4
     assert book.missing(["01A", "01B", "01D", "01D", "01E"]) == 1
+
+
+def test_the_gc_clock_counts_the_collections_inside_its_block_only() -> None:
+    """GcClock times the collections made inside ``watching()`` and then lets go."""
+    clock = GcClock()
+    gc.collect()  # every generation's count at 0: nothing inside collects on its own
+    with clock.watching():
+        gc.collect()
+        gc.collect(1)
+    gc.collect()  # after the block: not counted
+    assert clock not in gc.callbacks
+    assert clock.collections[1] == 1
+    assert clock.collections[2] == 1
+    assert all(seconds >= 0.0 for seconds in clock.seconds)
+    figures = clock.figures(ops=1000)
+    assert (figures["gc1"], figures["gc2"]) == (1.0, 1.0)
+    assert figures["gc_us"] == sum(clock.seconds) / 1000 * 1e6
