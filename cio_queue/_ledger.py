@@ -25,10 +25,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
-import anyio
-
 from ._exceptions import DeliveryError
 from ._outcome import OutcomeStatus, Receipt
+from ._room import Room
 
 if TYPE_CHECKING:
     from ._operations import Operation
@@ -172,7 +171,7 @@ class Ledger:
                  on_settled: Callable[[Receipt, Verdict], None],
                  unspool: Callable[[int], None] | None = None,
                  source: Source | None = None) -> None:
-        self.room = anyio.Semaphore(capacity, max_value=capacity, fast_acquire=True)
+        self.room = Room(capacity)
         self.recorder = recorder
         # With a spool: settling removes an operation's row, and what is stranded stays
         # there (settled spooled) for the next start instead of going to the recorder.

@@ -39,7 +39,7 @@ from ._config import OnOutcome, QueueConfig
 from ._courier import Closing, Courier
 from ._deadletter import DeadLetterWriter
 from ._dispatch import SHUTDOWN_REASON, Dispatcher
-from ._exceptions import ConfigError, SpoolError
+from ._exceptions import ConfigError, QueueClosedError, SpoolError
 from ._ledger import Entry, Ledger, Verdict
 from ._log import log
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics, run_on_outcome
@@ -100,7 +100,7 @@ class Pipeline:
             self.route = self.fleet.hand_off
         self.spooler = (Spooler(config, self.ledger, self.route, self.loop)
                         if spooled else None)
-        self.blocked: set[anyio.CancelScope] = set()  # callers waiting for room
+        self.blocked: set[asyncio.Future[None]] = set()  # callers waiting for room
         self._tasks: list[asyncio.Task[None]] = []
         self._callbacks: set[asyncio.Task[Any]] = set()
         self._closer: asyncio.Task[None] | None = None
@@ -213,8 +213,7 @@ class Pipeline:
         self.dispatcher.begin_close(deadline)
         if self.fleet is not None:
             self.fleet.stop_taking()
-        for scope in self.blocked:
-            scope.cancel()
+        self._fail_blocked()
         if self._cut:
             return
         with anyio.CancelScope() as self._drain_scope, \
@@ -297,6 +296,13 @@ class Pipeline:
             closing.add_done_callback(_closing_senders.discard)
         self._finish(None)
 
+    def _fail_blocked(self) -> None:
+        """Wake every caller waiting for room with QueueClosedError (they hold no place)."""
+        for waiter in self.blocked:
+            if not waiter.done():
+                waiter.set_exception(
+                    QueueClosedError("the EventQueue closed while this call waited"))
+
     def _stop_everything(self) -> None:
         """Cancel every task of the pipeline but the current one, and release the blocked."""
         self._stopping = True
@@ -304,8 +310,7 @@ class Pipeline:
         for task in [*self._tasks, self._closer]:
             if task is not None and task is not current:
                 task.cancel()
-        for scope in self.blocked:
-            scope.cancel()
+        self._fail_blocked()
 
     def _spill_blocking(self, reason: str) -> int:
         """Strand everything pending, keep or record it by blocking; return how many."""
