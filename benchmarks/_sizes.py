@@ -51,8 +51,14 @@ class Sizes:
         gather_ops: events of the list + gather baseline.
         memory_ops: operations queued behind the hung server (figure 3).
         scaling_ops: the small and large operation counts of figure 4.
-        scaling_repeats: runs of each count of figure 4, interleaved; the median CPU per
-            op of each is kept.
+        scaling_repeats: runs of the large count of figure 4, each after
+            ``scaling_small_runs`` runs of the small count; the median CPU per op of
+            each count is kept.
+        scaling_small_runs: runs of the small count before each run of the large one.
+            A small run lasts a hundredth as long, so one slow spell of a shared machine
+            can cover it whole (its CPU per op then rises by half or more), where a large
+            run averages over the spell: more small runs keep one spell from setting
+            their median.
         stream_ops: operations of the sustained stream, clean and faulty (figure 5).
         aclose_pending: operations pending when aclose() is timed (figure 8).
         aclose_deadline: the shutdown_timeout of those runs, in seconds.
@@ -75,6 +81,7 @@ class Sizes:
     memory_ops: int
     scaling_ops: tuple[int, int]
     scaling_repeats: int
+    scaling_small_runs: int
     stream_ops: int
     aclose_pending: int
     aclose_deadline: float
@@ -87,6 +94,7 @@ FULL: Final = Sizes(
     throughput_ops=10_000, throughput_repeats=5, v1_ops=2_000, v1_limited_ops=1_000,
     sequential_ops=200, per_event_ops=2_000, posthog_ops=10_000, gather_ops=10_000,
     memory_ops=100_000, scaling_ops=(10_000, 1_000_000), scaling_repeats=3,
+    scaling_small_runs=3,
     stream_ops=1_000_000, aclose_pending=100_000, aclose_deadline=1.0,
 )
 QUICK: Final = Sizes(
@@ -95,6 +103,7 @@ QUICK: Final = Sizes(
     throughput_ops=2_000, throughput_repeats=3, v1_ops=400, v1_limited_ops=100,
     sequential_ops=50, per_event_ops=400, posthog_ops=1_000, gather_ops=1_000,
     memory_ops=10_000, scaling_ops=(10_000, 100_000), scaling_repeats=2,
+    scaling_small_runs=1,
     stream_ops=20_000, aclose_pending=10_000, aclose_deadline=0.5, rate_window=0.5,
 )
 SMOKE: Final = Sizes(
@@ -103,5 +112,6 @@ SMOKE: Final = Sizes(
     throughput_ops=300, throughput_repeats=1, v1_ops=40, v1_limited_ops=10,
     sequential_ops=5, per_event_ops=40, posthog_ops=200, gather_ops=200,
     memory_ops=500, scaling_ops=(500, 2_000), scaling_repeats=1,
+    scaling_small_runs=1,
     stream_ops=1_000, aclose_pending=500, aclose_deadline=0.2, rate_window=0.0,
 )

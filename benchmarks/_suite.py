@@ -331,10 +331,12 @@ class Suite:
         small, large = s.scaling_ops
         self.emit(f"figure 4: CPU per op at {small:,} and {large:,} ops (after one discarded "
                   f"run of {small:,})")
-        # Each count as often, interleaved: one run of the large count varied by 10%
-        # from the next, as much as the goal's margin.
+        # Interleaved, and each count repeated: one run of the large count varied by 10%
+        # from the next, as much as the goal's margin; the short runs more often (see
+        # Sizes.scaling_small_runs).
         runs = [(SCALING_WARMUP, small),
-                *[(SCALING, ops) for _ in range(s.scaling_repeats) for ops in (small, large)]]
+                *[(SCALING, ops) for _ in range(s.scaling_repeats)
+                  for ops in (*[small] * s.scaling_small_runs, large)]]
         for group, ops in runs:
             self.measure(group, _cio.label("batch", None), ops, self._blocking_stream(ops))
 
