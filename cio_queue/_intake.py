@@ -20,7 +20,7 @@ from ._ledger import Entry, HeldEntry, Verdict
 from ._log import log
 from ._operations import Operation
 from ._outcome import OutcomeStatus, Receipt
-from ._pipeline import Pipeline
+from ._pipeline import CLOSED_WHILE_WAITING, Pipeline
 from ._spooled import SpooledEntry
 
 __all__ = ["Intake"]
@@ -154,4 +154,4 @@ class Intake:
                 timer.cancel()
         if not run.accepting:  # given a place as the queue began to close
             room.release()
-            raise QueueClosedError("the EventQueue closed while this call waited")
+            raise QueueClosedError(CLOSED_WHILE_WAITING)

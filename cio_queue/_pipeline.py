@@ -61,6 +61,8 @@ _RECANCEL: Final = 0.05
 """Seconds between two cancellations of a task that did not stop (a swallowed cancel)."""
 _ABANDONED_HINT: Final = ("the event loop stopped the queue's tasks before aclose() was "
                           "called: close the queue in the app's lifespan or `async with`")
+CLOSED_WHILE_WAITING: Final = "the EventQueue closed while this call waited"
+"""Why a caller waiting for room gets QueueClosedError (from the shutdown, or intake)."""
 
 # Tasks that close senders of abandoned pipelines: the loop only keeps weak references.
 _closing_senders: set[asyncio.Task[None]] = set()
@@ -300,8 +302,7 @@ class Pipeline:
         """Wake every caller waiting for room with QueueClosedError (they hold no place)."""
         for waiter in self.blocked:
             if not waiter.done():
-                waiter.set_exception(
-                    QueueClosedError("the EventQueue closed while this call waited"))
+                waiter.set_exception(QueueClosedError(CLOSED_WHILE_WAITING))
 
     def _stop_everything(self) -> None:
         """Cancel every task of the pipeline but the current one, and release the blocked."""
