@@ -120,8 +120,7 @@ class Intake:
         oldest = policy == "drop_oldest" and run.fleet is None
         victim = run.dispatcher.take_oldest() if oldest else None
         if victim is not None:
-            run.ledger.drop(victim, _QUEUE_FULL)  # frees the place the new one takes
-            run.ledger.room.acquire_nowait()
+            run.ledger.drop(victim, _QUEUE_FULL)  # its place passes to the new one
         else:
             run.ledger.refuse(entry, _QUEUE_FULL)
         log.warning("cio_queue.dropped", reason="queue_full", policy=policy,

@@ -261,10 +261,15 @@ class Ledger:
             self._in_flight += 1
 
     def drop(self, entry: Entry, verdict: Verdict) -> None:
-        """Settle a queued operation that the overflow policy dropped."""
+        """Settle a queued operation that the overflow policy dropped for a new one.
+
+        Its place passes to the new operation, whose caller now holds it: given back to
+        the room, it could go to a waiter instead (the spool's loader), and the
+        operation it was dropped for would find none.
+        """
         assert entry.state is QUEUED
         self.queued -= 1
-        self._settle(entry, verdict)
+        self._settle(entry, verdict, release=False)
         self._check_decided()
 
     def decide(self, entry: Entry, verdict: Verdict) -> None:
@@ -352,7 +357,7 @@ class Ledger:
 
     # --- settling ----------------------------------------------------------------------
 
-    def _settle(self, entry: Entry, verdict: Verdict) -> None:
+    def _settle(self, entry: Entry, verdict: Verdict, *, release: bool = True) -> None:
         entry.state = SETTLED
         entry.verdict = None
         self._live.pop(entry, None)  # a queued one (dropped, stranded) was not there
@@ -361,7 +366,8 @@ class Ledger:
             self.source.settled(entry, verdict)
             self._finish(entry, verdict)
             return
-        self.room.release()
+        if release:
+            self.room.release()
         if entry.key is not None and verdict.status is not _SPOOLED_OUTCOME:
             assert self._unspool is not None
             self._unspool(entry.key)

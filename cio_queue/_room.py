@@ -38,6 +38,11 @@ class Room:
         """Places free now."""
         return self._value
 
+    @property
+    def waiting(self) -> int:
+        """Waiters queued (one that failed or was cancelled may stay until passed over)."""
+        return len(self._waiters)
+
     def try_acquire(self) -> bool:
         """Take a place if one is free; return whether it did (no exception when not)."""
         if self._value:

@@ -84,10 +84,35 @@ async def test_a_dropped_or_directly_stranded_queued_operation_settles_without_a
     victim = acc.popleft()
     ledger.drop(victim, Verdict(OutcomeStatus.DROPPED, "queue_full"))
     assert ledger.unsettled() == entries[1:]
-    assert ledger.strand_all("shutdown_deadline") == 2
-    assert (ledger.pending, ledger.room.value) == (0, 10)
+    assert ledger.room.value == 7  # the dropped one's place is the new one's (below)
+    ledger.strand_all("shutdown_deadline")  # before the caller admits the new one
+    assert (ledger.pending, ledger.room.value) == (0, 9)
     assert [e.outcome.status for e in entries if e.outcome] == [
         OutcomeStatus.DROPPED, OutcomeStatus.FAILED, OutcomeStatus.FAILED]
+
+
+async def test_a_dropped_operations_place_passes_to_the_new_one_not_to_a_waiter() -> None:
+    """drop() leaves the victim's place held: the operation it made way for takes it.
+
+    Given back to the room, the place would go to the oldest waiter (the spool's loader),
+    and the new operation would have none.
+    """
+    ledger = Ledger(3, recorder=None, on_settled=lambda r, v: None)
+    acc: BatchAccumulator[Entry] = BatchAccumulator(100, 5.0)
+    ledger.waiting = acc.items
+    entries = queued(ledger, acc, 3)
+    waiter = ledger.room.waiter()  # the loader, waiting for a place
+    ledger.drop(acc.popleft(), Verdict(OutcomeStatus.DROPPED, "queue_full"))
+    assert (ledger.room.value, waiter.done()) == (0, False)
+    newcomer = _as_entry(ops.track("new", "ev", None, None, None).seal(batch=True),
+                         asyncio.get_running_loop())
+    ledger.admit(newcomer)  # in the dropped one's place
+    acc.append(newcomer, 0.0)
+    assert ledger.unsettled() == [*entries[1:], newcomer]
+    assert (ledger.pending, ledger.room.value, waiter.done()) == (3, 0, False)
+    ledger.strand_all("shutdown_deadline")
+    assert waiter.done()  # the first place given back goes to the waiter, the rest free
+    assert (ledger.pending, ledger.room.value) == (0, 2)
 
 
 async def test_a_receipt_keeps_its_waiters_future_and_its_outcome_in_one_slot() -> None:

@@ -247,6 +247,54 @@ async def test_a_full_spool_applies_the_overflow_policy(tmp_path: Path, overflow
     assert {o.status for o in outcomes} == {OutcomeStatus.DELIVERED}
 
 
+async def test_drop_oldest_with_a_full_spool_gives_the_freed_place_to_the_new_operation(
+        tmp_path: Path) -> None:
+    """Memory and spool full, the loader waiting for a place: drop_oldest still admits.
+
+    The dropped operation's place passes to the one it was dropped for. Given back to the
+    room, it went to the spool's loader, and the call raised anyio.WouldBlock.
+    """
+    sender = RecordingSender()
+    sender.hold.clear()  # nothing is answered: memory fills, then the spool
+    # One batch of 8 in flight; the 2 after it stay in the accumulator, to be dropped.
+    cfg = config(tmp_path / "spool", max_spool_bytes=32_768, overflow="drop_oldest",
+                 max_concurrency=1, batch_size=8, flush_interval=3600)
+    pad = {"pad": "x" * 100}
+    async with EventQueue(cfg, sender=sender) as queue:
+        receipts = [await queue.track(f"c{i:03}", "ev", pad) for i in range(8)]
+        with anyio.fail_after(20):
+            await sender.wait_for(1)  # c000 to c007 in flight
+        receipts += [await queue.track(f"c{i:03}", "ev", pad) for i in range(8, 11)]
+        assert queue.statistics().spooled == 1  # memory is full: c010 waits on disk
+        assert queue._run is not None
+        room = queue._run.ledger.room
+        await wait_until(lambda: room.waiting == 1)  # the loader, for c010's place
+        # Until the spool is full too, and four calls have each dropped the oldest queued
+        # in memory (a dropped one's row leaves the spool, which may then take the next).
+        while queue.statistics().dropped < 4:
+            assert len(receipts) < 1000
+            receipts.append(await queue.track(f"c{len(receipts):03}", "ev", pad))
+            assert not receipts[-1].done()  # admitted: in memory, or on disk
+        stats = queue.statistics()
+        assert stats.enqueued == settled_sum(stats) == len(receipts)
+        dropped = [i for i, r in enumerate(receipts) if r.done()]
+        assert dropped[:2] == [8, 9]  # the queued in memory, oldest first
+        assert len(dropped) == 4
+        assert all(receipts[i].outcome == Outcome(OutcomeStatus.DROPPED, "track", f"c{i:03}",
+                                                  receipts[i].event_id, 0, "queue_full")
+                   for i in dropped)
+        assert room.waiting == 1  # the loader still waits: no place went to it
+        sender.hold.set()
+    # The rest was delivered, or stays in the spool for the next start: none is lost.
+    statuses = [r.outcome.status if r.outcome else None for r in receipts]
+    assert [i for i, s in enumerate(statuses) if s is OutcomeStatus.DROPPED] == dropped
+    assert {s for i, s in enumerate(statuses) if i not in dropped} <= {
+        OutcomeStatus.DELIVERED, OutcomeStatus.SPOOLED}
+    stats = queue.statistics()
+    assert stats.enqueued == settled_sum(stats) == len(receipts)
+    assert stats.delivered >= 8  # at least the batch in flight when the hold was lifted
+
+
 async def test_aclose_keeps_its_bound_with_a_spool_and_a_hung_api(tmp_path: Path) -> None:
     """A hung API and a full spool: aclose() returns within shutdown_timeout + the margin."""
     sender = RecordingSender()
