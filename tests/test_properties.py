@@ -34,6 +34,7 @@ from cio_queue import (
     RetryPolicy,
 )
 from cio_queue import _operations as ops
+from cio_queue._apirules import json_fits, json_size
 from cio_queue._operations import Operation
 from cio_queue._ulid import new_ulid
 from cio_queue._validation import clean_mapping, ready_as_is
@@ -535,6 +536,30 @@ def test_json_ready_data_reaches_the_wire_as_json_dumps_writes_it(data: dict[str
     # What the official SDK (requests' json=) sends: json.dumps of the same values.
     assert strict_json(track.body)["data"] == json.loads(json.dumps(data))
     assert strict_json(identify.body) == json.loads(json.dumps(attributes))
+
+
+parsed_leaves = st.one_of(  # what json.loads can give the fake: lone surrogates, NaN, any int
+    surrogate_text, tricky_strings, st.text(st.characters(max_codepoint=0x1F), max_size=8),
+    st.text(st.characters(min_codepoint=0x10000), max_size=4), st.integers(),
+    st.just(10**400), st.floats(), st.sampled_from([1e16, 1e-7, -1.5e300, 5e-324]),
+    st.booleans(), st.none(),
+)
+parsed_values = st.recursive(
+    parsed_leaves,
+    lambda children: st.one_of(st.lists(children, max_size=4),
+                               st.dictionaries(surrogate_text, children, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(parsed_values, st.integers(min_value=0, max_value=400))
+@example("\x01" * 40, 240)  # control characters: 6 bytes each in both encodings
+@example("\U0001F600" * 20, 240)  # astral: 12 bytes escaped, 4 as UTF-8
+@example([1e16] * 10, 59)  # json writes 1e+16, orjson 1e16
+def test_json_fits_answers_what_json_size_would(value: Any, limit: int) -> None:
+    """The fake's size checks answer as json.dumps' compact ASCII size would, always."""
+    assert json_fits(value, limit) is (json_size(value) <= limit)
 
 
 def test_event_ids_stay_unique_in_a_forked_child() -> None:
