@@ -226,13 +226,24 @@ def goals(results: Results) -> list[Goal]:
             continue
         ratio = mine_run.ops_per_second / raw_run.ops_per_second
         detail = f"{mine_run.ops_per_second:,.0f} vs {raw_run.ops_per_second:,.0f} ops/s"
-        bound = [name for name, run in (("raw", raw_run), ("cio-queue", mine_run))
-                 if run.server_cpu_share >= SERVER_BOUND_SHARE]
-        if bound:
-            detail += (f"; server-bound ({' and '.join(bound)} run kept the server "
+        passed: bool | None = ratio >= target
+        raw_bound, mine_bound = (run.server_cpu_share >= SERVER_BOUND_SHARE
+                                 for run in (raw_run, mine_run))
+        if raw_bound or mine_bound:
+            bound = " and ".join(name for name, limited in (("raw", raw_bound),
+                                                             ("cio-queue", mine_bound))
+                                 if limited)
+            detail += (f"; server-bound ({bound} run kept the server "
                        f"{max(r.server_cpu_share for r in (raw_run, mine_run)):.0%} busy)")
+            # A server-bound run shows a floor of what its client can do, not its limit:
+            # the true ratio is at most this one when the raw run was bound (a FAIL
+            # stands, a PASS is unknown), at least this one when cio-queue's was (a PASS
+            # stands), and unknown when both were.
+            if (raw_bound and passed) or (mine_bound and not passed):
+                passed = None
+                detail += ": not judged"
         found.append(Goal(f"throughput at {latency * 1000:g} ms, batch / raw limit (orjson)",
-                          ratio, f">= {target}", ratio >= target, detail))
+                          ratio, f">= {target}", passed, detail))
     for figure in results.memory:
         budget = MEMORY_FACTOR * figure.json_bytes + MEMORY_SLACK
         ratio = figure.bytes_per_op / budget

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._harness import GcClock
+from benchmarks._harness import GcClock, Outcome, Run
+from benchmarks._report import BASELINE, HEADLINE, goals
+from benchmarks._server import Ledger as ServerLedger
 from benchmarks._server import _LedgerBook
+from benchmarks._sizes import QUICK, ZERO_LATENCY
+from benchmarks._suite import MATRIX, Results
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICK_TIMEOUT = 240  # seconds; the quick run takes about 30 s on two cores, 60 s loaded
@@ -95,3 +99,30 @@ def test_the_gc_clock_counts_the_collections_inside_its_block_only() -> None:
     figures = clock.figures(ops=1000)
     assert (figures["gc1"], figures["gc2"]) == (1.0, 1.0)
     assert figures["gc_us"] == sum(clock.seconds) / 1000 * 1e6
+
+
+def _throughput_run(client: str, ops_per_second: float, server_share: float) -> Run:
+    """A run of figure 2 at 0 ms: ``ops`` in one second, the server busy ``server_share``."""
+    ops = round(ops_per_second)
+    return Run(MATRIX, client, ZERO_LATENCY, ops, 1.0, 1.0, server_share, Outcome(ops),
+               ServerLedger(), ops, 0)
+
+
+@pytest.mark.parametrize(("raw", "mine", "verdict"), [
+    # ops/s and server CPU share of the raw limit's run and of cio-queue's; the goal is 0.8
+    ((100_000, 0.5), (90_000, 0.5), "PASS"),
+    ((100_000, 0.5), (50_000, 0.5), "FAIL"),
+    ((100_000, 1.0), (50_000, 0.5), "FAIL"),  # the raw limit is higher still: it fails
+    ((100_000, 1.0), (90_000, 0.5), "n/a"),  # the raw limit may be far higher
+    ((100_000, 0.5), (90_000, 1.0), "PASS"),  # cio-queue could do more still
+    ((100_000, 0.5), (50_000, 1.0), "n/a"),  # cio-queue may do far more
+    ((100_000, 1.0), (95_000, 1.0), "n/a"),  # both measure the server
+])
+def test_a_throughput_goal_is_judged_only_where_the_server_did_not_set_the_answer(
+        raw: tuple[float, float], mine: tuple[float, float], verdict: str) -> None:
+    """A server-bound run is a floor of its client's throughput, not its limit."""
+    results = Results(QUICK, runs=[_throughput_run(BASELINE, *raw),
+                                   _throughput_run(HEADLINE, *mine)])
+    (goal,) = [g for g in goals(results) if g.name.startswith("throughput at 0 ms")]
+    assert goal.verdict == verdict
+    assert ("not judged" in goal.detail) is (verdict == "n/a")
