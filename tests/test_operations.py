@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -255,3 +256,21 @@ def test_an_int_no_json_reader_holds_is_refused_on_both_transports(value: int) -
             op = ops.track("42", "ev", {"n": fine}, None, None).seal(batch=batch)
             wire = op.v2 if op.v2 is not None else op.body
             assert json.loads(wire)["attributes" if batch else "data"]["n"] == fine
+
+
+def test_an_operation_built_sealed_keeps_its_wire_bytes_in_memory_of_their_size() -> None:
+    """orjson hands each result back in a 4 KiB allocation; a queued op must not keep it.
+
+    Each event's bytes are a copy of their own size: a thousand queued events hold well
+    under a megabyte between them, not the 4 MB that orjson's buffers would.
+    """
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        built = [ops.track(f"c{i}", "purchase", {"price": 9.5}, None, None, batch=True)
+                 for i in range(1000)]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert all(op.v2 is not None and len(op.v2) < 200 for op in built)
+    assert (held - before) / len(built) < 1000  # bytes per operation, object and all
