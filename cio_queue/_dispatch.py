@@ -24,7 +24,7 @@ import asyncio
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import anyio
@@ -33,7 +33,7 @@ from ._accumulator import BatchAccumulator
 from ._config import QueueConfig
 from ._courier import Closing, Courier, Done, Order, Parcel, Retry, Split, Step, Stranded
 from ._exceptions import RateLimitedError, UnauthorizedError
-from ._ledger import Entry, Ledger, State, Verdict, may_succeed_later
+from ._ledger import Entry, Ledger, Verdict, may_succeed_later
 from ._log import log
 from ._ordering import order_keys
 from ._outcome import OutcomeStatus
@@ -351,16 +351,21 @@ class Dispatcher:
 
     def _decide(self, parcel: Parcel, step: Done) -> None:
         batch: _Batch = parcel.batch
-        decide, counts = self._ledger.decide, batch.counts
+        counts = batch.counts
+        entries, verdicts = parcel.entries, step.verdicts
         again: list[Entry] = []
-        for entry, verdict in zip(parcel.entries, step.verdicts, strict=True):
-            if self._retry_in_place and _keeps_its_place(entry, verdict):
-                again.append(entry)
-                continue
-            decide(entry, verdict)
-            counts["spooled" if entry.state is State.SPOOLED
-                   else _COUNT_NAMES[verdict.status]] += 1
-            if self._lines:
+        if self._retry_in_place:
+            kept = [_keeps_its_place(e, v) for e, v in zip(entries, verdicts, strict=True)]
+            if any(kept):
+                again = [e for e, keep in zip(entries, kept, strict=True) if keep]
+                entries = [e for e, keep in zip(entries, kept, strict=True) if not keep]
+                verdicts = [v for v, keep in zip(verdicts, kept, strict=True) if not keep]
+        for verdict, group in _runs(entries, verdicts):
+            spooled = self._ledger.decide_all(group, verdict)
+            counts["spooled"] += spooled
+            counts[_COUNT_NAMES[verdict.status]] += len(group) - spooled
+        if self._lines:
+            for entry in entries:
                 self._release(entry, stranded=False)
         if step.error is not None:
             batch.status, batch.error = step.status, str(step.error)
@@ -385,6 +390,26 @@ class Dispatcher:
         if self._lines:
             for entry in parcel.entries:
                 self._release(entry, stranded=True)
+
+
+def _runs(entries: list[Entry], verdicts: Sequence[Verdict]
+          ) -> list[tuple[Verdict, list[Entry]]]:
+    """The operations of a parcel in runs of one verdict each, in order.
+
+    Usually one run (a 2xx, or a refusal, gives every operation the same verdict), which
+    the ledger takes in one call; a 207 that names some makes a run of each stretch.
+    """
+    if not verdicts:
+        return []
+    first = verdicts[0]
+    if verdicts.count(first) == len(verdicts):
+        return [(first, entries)]
+    runs, start = [], 0
+    for index in range(1, len(verdicts) + 1):
+        if index == len(verdicts) or verdicts[index] is not verdicts[start]:
+            runs.append((verdicts[start], entries[start:index]))
+            start = index
+    return runs
 
 
 def _keeps_its_place(entry: Entry, verdict: Verdict) -> bool:

@@ -273,28 +273,42 @@ class Ledger:
         self._check_decided()
 
     def decide(self, entry: Entry, verdict: Verdict) -> None:
-        """Take the courier's verdict on an in-flight operation; late verdicts are ignored.
+        """Take the courier's verdict on one in-flight operation (see :meth:`decide_all`)."""
+        self.decide_all((entry,), verdict)
+
+    def decide_all(self, entries: Iterable[Entry], verdict: Verdict) -> int:
+        """Take one verdict of the courier's on in-flight operations; late ones are ignored.
 
         With a spool, an operation given up on an error that a later attempt may overcome
         (the API down or failing) does not fail: it goes back to the spool (``SPOOLED``),
-        unsettled, and frees its place in memory.
+        unsettled, and frees its place in memory. Returns how many went back.
+
+        An answer is usually one verdict for every operation of a request (a 2xx, or a
+        refusal): what depends on the verdict alone is worked out once for them all.
         """
-        if entry.state is not IN_FLIGHT:
-            return
-        self._in_flight -= 1
-        recorder = self.recorder if entry.source is None else self.source
-        if (self.respool is not None and entry.key is not None and may_succeed_later(verdict)
-                and self.respool(entry)):
-            entry.state = SPOOLED
-            del self._live[entry]
-            self.room.release()
-        elif recorder is not None and verdict.status in _RECORDED_STATUSES:
-            entry.state = RECORDING
-            entry.verdict = verdict
-            recorder.put(entry)
-        else:
-            self._settle(entry, verdict)
+        respool = self.respool if may_succeed_later(verdict) else None
+        recorded = verdict.status in _RECORDED_STATUSES
+        respooled = 0
+        for entry in entries:
+            if entry.state is not IN_FLIGHT:
+                continue
+            self._in_flight -= 1
+            if respool is not None and entry.key is not None and respool(entry):
+                entry.state = SPOOLED
+                del self._live[entry]
+                self.room.release()
+                respooled += 1
+                continue
+            recorder = (None if not recorded else self.recorder if entry.source is None
+                        else self.source)
+            if recorder is not None:
+                entry.state = RECORDING
+                entry.verdict = verdict
+                recorder.put(entry)
+            else:
+                self._settle(entry, verdict)
         self._check_decided()
+        return respooled
 
     def strand(self, entries: Iterable[Entry], reason: str) -> int:
         """End the delivery of queued or in-flight operations that will not be sent.

@@ -8,6 +8,7 @@ import pytest
 
 from cio_queue import _operations as ops
 from cio_queue._accumulator import BatchAccumulator
+from cio_queue._dispatch import _runs
 from cio_queue._intake import _as_entry
 from cio_queue._ledger import DELIVERED, Entry, HeldEntry, Ledger, State, Verdict
 from cio_queue._outcome import OutcomeStatus, Receipt
@@ -174,3 +175,35 @@ def test_an_entry_is_made_only_as_an_operation_or_a_held_entry() -> None:
     op = ops.track("c1", "ev", None, None, None).seal(batch=True)
     with pytest.raises(TypeError):
         Entry(op, None)  # type: ignore[call-arg]
+
+
+async def test_one_verdict_settles_many_in_flight_and_a_late_one_is_ignored() -> None:
+    """decide_all: the verdict of a whole request, taken once; a settled entry stays so."""
+    settled: list[tuple[Receipt, Verdict]] = []
+    ledger = Ledger(10, recorder=None, on_settled=lambda r, v: settled.append((r, v)))
+    acc: BatchAccumulator[Entry] = BatchAccumulator(100, 5.0)
+    ledger.waiting = acc.items
+    entries = queued(ledger, acc, 4)
+    ledger.dispatch(acc.take())
+    ledger.decide(entries[3], DELIVERED)
+    assert ledger.decide_all(entries, DELIVERED) == 0  # nothing went back to a spool
+    assert [receipt for receipt, _ in settled] == [entries[3], *entries[:3]]
+    assert (ledger.pending, ledger.undecided, ledger.room.value) == (0, 0, 10)
+    assert ledger.settled[OutcomeStatus.DELIVERED] == 4
+
+
+def test_a_parcels_verdicts_go_to_the_ledger_in_runs_of_one_verdict() -> None:
+    """One run for a 2xx (the usual answer), a run per stretch for a 207 naming some."""
+    loop = asyncio.new_event_loop()
+    try:
+        entries = [_as_entry(ops.track(f"c{i}", "ev", None, None, None).seal(batch=True), loop)
+                   for i in range(5)]
+    finally:
+        loop.close()
+    first = Verdict(OutcomeStatus.REJECTED, "rejected")
+    second = Verdict(OutcomeStatus.REJECTED, "rejected")
+    assert _runs(entries, [DELIVERED] * 5) == [(DELIVERED, entries)]
+    assert _runs(entries, [DELIVERED, DELIVERED, first, DELIVERED, second]) == [
+        (DELIVERED, entries[:2]), (first, [entries[2]]), (DELIVERED, [entries[3]]),
+        (second, [entries[4]])]
+    assert _runs([], []) == []
