@@ -34,7 +34,7 @@ from ._config import QueueConfig
 from ._courier import Closing, Courier, Done, Order, Parcel, Retry, Split, Step, Stranded
 from ._exceptions import RateLimitedError, UnauthorizedError
 from ._ledger import Entry, Ledger, Verdict, may_succeed_later
-from ._log import log
+from ._log import debug_enabled, log
 from ._ordering import order_keys
 from ._outcome import OutcomeStatus
 from ._packing import pack
@@ -71,9 +71,12 @@ class _Batch:
 
     def log(self, now: float) -> None:
         counts = self.counts
+        sent = counts["delivered"] + counts["held"] == self.size
+        if sent and not debug_enabled():
+            return
         fields = {"operations": self.size, "requests": self.requests, **counts,
                   "duration": round(now - self.started, 4)}
-        if counts["delivered"] + counts["held"] == self.size:
+        if sent:
             log.debug("cio_queue.batch_sent", **fields)
         else:
             log.warning("cio_queue.batch_failed", **fields, status=self.status,

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import structlog
 
-__all__ = ["LOGGER_NAME", "log"]
+__all__ = ["LOGGER_NAME", "debug_enabled", "log"]
 
 LOGGER_NAME: Final = "cio_queue"
 # Attributes a LogRecord already has: a field with one of these names would clash.
@@ -39,10 +39,20 @@ def _to_record(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
             "exc_info": exc_info}
 
 
+_STDLIB_LOGGER: Final = logging.getLogger(LOGGER_NAME)
 log: Final = structlog.wrap_logger(
-    logging.getLogger(LOGGER_NAME),
+    _STDLIB_LOGGER,
     processors=[structlog.stdlib.filter_by_level, _to_record],
     wrapper_class=structlog.stdlib.BoundLogger,
     cache_logger_on_first_use=True,
 )
 """The library's logger: ``log.info("cio_queue.event", key=value)``."""
+
+
+def debug_enabled() -> bool:
+    """Whether a DEBUG event would be logged now (the application's settings decide).
+
+    For a line made per batch: with DEBUG off, ``log.debug()`` still costs about 4 µs
+    (structlog runs its filter and drops the event), besides building its fields.
+    """
+    return _STDLIB_LOGGER.isEnabledFor(logging.DEBUG)
