@@ -378,13 +378,12 @@ class Ledger:
         if entry.source is not None:
             assert self.source is not None
             self.source.settled(entry, verdict)
-            self._finish(entry, verdict)
-            return
-        if release:
-            self.room.release()
-        if entry.key is not None and verdict.status is not _SPOOLED_OUTCOME:
-            assert self._unspool is not None
-            self._unspool(entry.key)
+        else:
+            if release:
+                self.room.release()
+            if entry.key is not None and verdict.status is not _SPOOLED_OUTCOME:
+                assert self._unspool is not None
+                self._unspool(entry.key)
         self._finish(entry, verdict)
 
     def _finish(self, entry: Entry, verdict: Verdict) -> None:

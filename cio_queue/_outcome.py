@@ -158,10 +158,10 @@ class Receipt:
 
     def _settle_parts(self, parts: OutcomeParts) -> None:
         """Settle, making the Outcome only once somebody asks (or already waits)."""
-        if asyncio.isfuture(self._outcome):  # somebody waits
-            self._settle(Outcome(parts[0], self.kind, *parts[1:]))
-        else:
+        if self._outcome is None:  # nobody waits (unsettled, its slot holds a future else)
             self._outcome = parts
+        else:
+            self._settle(Outcome(parts[0], self.kind, *parts[1:]))
 
 
 @dataclass(frozen=True, slots=True)
