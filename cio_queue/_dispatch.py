@@ -35,7 +35,7 @@ from ._courier import Closing, Courier, Done, Order, Parcel, Retry, Split, Step,
 from ._exceptions import RateLimitedError, UnauthorizedError
 from ._ledger import Entry, Ledger, Verdict, may_succeed_later
 from ._log import debug_enabled, log
-from ._ordering import order_keys
+from ._ordering import MAY_BE_ORDERED, order_keys
 from ._outcome import OutcomeStatus
 from ._packing import pack
 from ._telemetry import Telemetry
@@ -226,10 +226,10 @@ class Dispatcher:
                 batch.extend(taken)
                 continue
             for entry in taken:
-                if self._line_up(entry):
-                    batch.append(entry)
-                else:
+                if entry.op.kind in MAY_BE_ORDERED and not self._line_up(entry):
                     held += 1
+                else:
+                    batch.append(entry)
         self._send(batch, held, now)
 
     def _send(self, entries: list[Entry], held: int, now: float) -> None:

@@ -14,12 +14,15 @@ from typing import Any, Final
 
 from ._operations import RAW_KIND, Operation, person_identifiers
 
-__all__ = ["ORDERED_KINDS", "order_keys"]
+__all__ = ["MAY_BE_ORDERED", "ORDERED_KINDS", "order_keys"]
 
 
 ORDERED_KINDS: Final = frozenset({"identify", "delete", "suppress", "unsuppress",
                                   "add_device", "delete_device", "merge_customers"})
 """Operations that overwrite a person's state, so their order matters."""
+MAY_BE_ORDERED: Final = ORDERED_KINDS | {RAW_KIND}
+"""The kinds for which :func:`order_keys` may name people (a v2 element's depends on its
+action): it names none for any other, such as the events."""
 
 
 def order_keys(op: Operation) -> tuple[tuple[str, str], ...]:
