@@ -72,20 +72,23 @@ def json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":")).encode())
 
 
-_AT_MOST_LONGER: Final = 6
-"""How many times longer :func:`json_size` can be than orjson's encoding of the value,
-with room to spare: json's ASCII escapes make a character at most 3 times its UTF-8 bytes
-(``\\uXXXX`` for 2 or 3 bytes, two of them for 4), control characters are escaped alike
-by both, and a number's text differs by at most a sign of its exponent and a digit."""
+_AT_MOST_LONGER: Final = 8
+"""More times than :func:`json_size` can be longer than orjson's text of the same value.
+
+At most 6: json's ASCII escapes write DEL (U+007F) as ``\\u007f``, 6 bytes where orjson
+writes 1; any other character takes at most 3 times its UTF-8 bytes (``\\uXXXX`` for 2
+or 3 bytes, two of them for 4), control characters are escaped alike by both, and a
+number's text differs by at most its exponent's sign and a leading zero. 8 leaves room."""
 
 
 def json_fits(value: Any, limit: int) -> bool:
     """Whether ``json_size(value) <= limit``, measured exactly only near the limit.
 
-    orjson sizes the usual value in a tenth of json's time, and a value whose orjson
-    text is a sixth of the limit or less is within it whatever json makes of it; the
-    rest (and what orjson will not encode: an int beyond 64 bits, a lone surrogate) is
-    measured with json. The answer is json_size's in every case.
+    For a JSON-ready value (what ``json.loads`` gives, or data already cleaned): orjson
+    sizes the usual one in a tenth of json's time, and one whose orjson text is an
+    eighth of the limit or less is within it whatever json makes of it; the rest (and
+    what orjson will not encode: an int beyond 64 bits, a lone surrogate) is measured
+    with json. The answer is json_size's in every case.
     """
     try:
         if len(orjson.dumps(value)) * _AT_MOST_LONGER <= limit:

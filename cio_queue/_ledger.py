@@ -7,7 +7,8 @@ the dead-letter file first, hands it to the writer (``RECORDING``); operations s
 undecided at the shutdown deadline are ``STRANDED`` and go the same way. Only
 :meth:`Ledger.settle` gives an operation its Outcome: it resolves the receipt, frees its
 place in the queue (the ``room`` semaphore, whose released places go to the callers that
-waited longest), and runs the on_outcome hook. A verdict for an operation that is no
+waited longest; an operation the overflow policy drops passes its place to the one it
+was dropped for instead), and runs the on_outcome hook. A verdict for an operation that is no
 longer in flight (it was stranded while its request was out) is ignored, so nothing is
 ever settled twice. Every counter is kept by the state transitions themselves.
 
@@ -164,7 +165,8 @@ class Ledger:
     """Track every accepted operation from admission to its one Outcome.
 
     ``pending`` (admitted, not settled) never exceeds ``capacity``: intake takes a place
-    from :attr:`room` before admitting, and settling gives it back.
+    from :attr:`room` before admitting, and settling gives it back (or, for an operation
+    dropped by the overflow policy, passes it to the one admitted in its stead).
     """
 
     def __init__(self, capacity: int, *, recorder: Recorder | None,

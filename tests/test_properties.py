@@ -539,7 +539,7 @@ def test_json_ready_data_reaches_the_wire_as_json_dumps_writes_it(data: dict[str
 
 
 parsed_leaves = st.one_of(  # what json.loads can give the fake: lone surrogates, NaN, any int
-    surrogate_text, tricky_strings, st.text(st.characters(max_codepoint=0x1F), max_size=8),
+    surrogate_text, tricky_strings, st.text(st.characters(max_codepoint=0x7F), max_size=8),
     st.text(st.characters(min_codepoint=0x10000), max_size=4), st.integers(),
     st.just(10**400), st.floats(), st.sampled_from([1e16, 1e-7, -1.5e300, 5e-324]),
     st.booleans(), st.none(),
@@ -554,6 +554,7 @@ parsed_values = st.recursive(
 
 @settings(max_examples=500, deadline=None, database=None)
 @given(parsed_values, st.integers(min_value=0, max_value=400))
+@example("\x7f" * 40, 241)  # DEL: 6 bytes escaped by json, 1 by orjson (242 against 42)
 @example("\x01" * 40, 240)  # control characters: 6 bytes each in both encodings
 @example("\U0001F600" * 20, 240)  # astral: 12 bytes escaped, 4 as UTF-8
 @example([1e16] * 10, 59)  # json writes 1e+16, orjson 1e16
