@@ -28,7 +28,7 @@ operation's :class:`~cio_queue.Outcome`. Whether one is retried is decided by it
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 __all__ = [
     "CioQueueError",
@@ -70,6 +70,10 @@ class InvalidEventError(CioQueueError, ValueError):
 
 class QueueClosedError(CioQueueError):
     """Raised by an enqueue call after ``aclose()`` has begun."""
+
+
+CLOSED_WHILE_WAITING: Final = "the EventQueue closed while this call waited"
+"""Why a call that waited (for room, for the spool) gets QueueClosedError."""
 
 
 class QueueFullError(CioQueueError):

@@ -15,12 +15,12 @@ from typing import Final
 
 from ._before_send import BeforeSend, apply_before_send
 from ._config import QueueConfig
-from ._exceptions import QueueClosedError, QueueFullError
+from ._exceptions import CLOSED_WHILE_WAITING, QueueClosedError, QueueFullError
 from ._ledger import Entry, HeldEntry, Verdict
 from ._log import log
 from ._operations import Operation
 from ._outcome import OutcomeStatus, Receipt
-from ._pipeline import CLOSED_WHILE_WAITING, Pipeline
+from ._pipeline import Pipeline
 from ._spooled import SpooledEntry
 
 __all__ = ["Intake"]

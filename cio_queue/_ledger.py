@@ -236,7 +236,11 @@ class Ledger:
         self.admit(entry, counted=False)
 
     def refuse(self, entry: Entry, verdict: Verdict) -> None:
-        """Count an operation that was accepted and dropped at once, without a place."""
+        """Count an operation that was accepted and settled at once, without a place.
+
+        Dropped by the overflow policy, filtered by before_send, or (with a spool) left
+        on disk for the next start by a shutdown that began during its commit.
+        """
         self.enqueued += 1
         entry.state = SETTLED
         self._finish(entry, verdict)

@@ -39,7 +39,7 @@ from ._config import OnOutcome, QueueConfig
 from ._courier import Closing, Courier
 from ._deadletter import DeadLetterWriter
 from ._dispatch import SHUTDOWN_REASON, Dispatcher
-from ._exceptions import ConfigError, QueueClosedError, SpoolError
+from ._exceptions import CLOSED_WHILE_WAITING, ConfigError, QueueClosedError, SpoolError
 from ._ledger import Entry, Ledger, Verdict
 from ._log import log
 from ._outcome import Outcome, OutcomeStatus, Receipt, Statistics, run_on_outcome
@@ -61,8 +61,6 @@ _RECANCEL: Final = 0.05
 """Seconds between two cancellations of a task that did not stop (a swallowed cancel)."""
 _ABANDONED_HINT: Final = ("the event loop stopped the queue's tasks before aclose() was "
                           "called: close the queue in the app's lifespan or `async with`")
-CLOSED_WHILE_WAITING: Final = "the EventQueue closed while this call waited"
-"""Why a caller waiting for room gets QueueClosedError (from the shutdown, or intake)."""
 
 # Tasks that close senders of abandoned pipelines: the loop only keeps weak references.
 _closing_senders: set[asyncio.Task[None]] = set()
@@ -100,7 +98,8 @@ class Pipeline:
         if self.fleet is not None:
             self.fleet.attach(self.ledger, self.dispatcher.submit)
             self.route = self.fleet.hand_off
-        self.spooler = (Spooler(config, self.ledger, self.route, self.loop)
+        self.spooler = (Spooler(config, self.ledger, self.route, self.loop,
+                                lambda: self.accepting)
                         if spooled else None)
         self.blocked: set[asyncio.Future[None]] = set()  # callers waiting for room
         self._tasks: list[asyncio.Task[None]] = []

@@ -303,12 +303,22 @@ class EventQueue:
         Raises:
             InvalidEventError: not a list of dicts, or one the API would refuse, naming it
                 and its field (``operations[1].timestamp``); nothing is queued.
+            QueueClosedError: the queue is closed, or began to close while one of them
+                waited (for room, the spool or Redis); those before it were accepted and
+                end as any accepted operation does (``on_outcome`` and the statistics
+                count them).
         """
         self._ready()
         if not isinstance(operations, list | tuple):
             raise InvalidEventError("operations", "must be a list of v2 operation dicts")
         built = [ops.raw_v2(op, f"operations[{i}]") for i, op in enumerate(operations)]
-        return [self._accept(op) or await self._submit(op) for op in built]
+        receipts = []
+        for op in built:
+            # An earlier one may have waited (for room, the spool, Redis) while the queue
+            # began to close: the rest get QueueClosedError, as a call of their own would.
+            self._ready()
+            receipts.append(self._accept(op) or await self._submit(op))
+        return receipts
 
     # --- intake ----------------------------------------------------------------------------
 

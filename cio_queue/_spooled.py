@@ -24,7 +24,8 @@ from typing import Final
 import anyio
 
 from ._config import QueueConfig
-from ._exceptions import SpoolError
+from ._dispatch import SHUTDOWN_REASON
+from ._exceptions import CLOSED_WHILE_WAITING, QueueClosedError, SpoolError
 from ._ledger import Entry, HeldEntry, Ledger, State, Verdict
 from ._log import log
 from ._operations import Operation
@@ -71,11 +72,12 @@ class Spooler:
     """Keep the spool in step with intake and the ledger, and load the backlog back."""
 
     def __init__(self, config: QueueConfig, ledger: Ledger, route: Callable[[Entry], None],
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, accepting: Callable[[], bool]) -> None:
         self._config = config
         self._ledger = ledger
         self._route = route  # where an admitted operation goes: the dispatcher or the fleet
         self._loop = loop
+        self._accepting = accepting  # whether the pipeline's intake is open (no shutdown yet)
         self._batch = config.transport == "batch"
         self.store: SpoolStore | None = None
         self._opened = asyncio.Event()
@@ -123,10 +125,19 @@ class Spooler:
 
         Returns False when the spool is full: the caller applies the overflow policy.
 
+        The shutdown may begin while this waits: for the store to open (then nothing is
+        written, and QueueClosedError says so), or for a ``"sync"`` commit (then the row
+        stays in the spool for the next start, and the operation settles ``spooled`` at
+        once, through the ledger: admitted now, it could come after the shutdown's last
+        look at the ledger, and never settle).
+
         Raises:
             SpoolError: the spool could not be opened, or (``"sync"``) the commit failed.
+            QueueClosedError: the queue began to close before anything was written.
         """
         store = await self.ready()
+        if not self._accepting():
+            raise QueueClosedError(CLOSED_WHILE_WAITING)
         record = entry.op.pack()
         if store.full(len(record)):
             return False
@@ -140,6 +151,9 @@ class Spooler:
                 raise
         entry.key = key
         ledger = self._ledger
+        if not self._accepting():  # it closed during the commit: the row stays on disk
+            ledger.refuse(entry, Verdict(OutcomeStatus.SPOOLED, SHUTDOWN_REASON))
+            return True
         if not self.disk_only:
             try:
                 ledger.room.acquire_nowait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -16,6 +17,7 @@ from cio_queue import (
     EventQueue,
     Outcome,
     OutcomeStatus,
+    QueueClosedError,
     QueueConfig,
     QueueFullError,
     Receipt,
@@ -293,6 +295,64 @@ async def test_drop_oldest_with_a_full_spool_gives_the_freed_place_to_the_new_op
     stats = queue.statistics()
     assert stats.enqueued == settled_sum(stats) == len(receipts)
     assert stats.delivered >= 8  # at least the batch in flight when the hold was lifted
+
+
+async def test_a_call_whose_sync_commit_outlasts_the_start_of_aclose_still_settles(
+        tmp_path: Path) -> None:
+    """aclose() begins while a call waits for its "sync" commit: it still gets an outcome.
+
+    Admitted once its row was committed, the operation came after the shutdown's last
+    look at the ledger: its receipt never settled and the closed queue said pending 1.
+    Now it settles ``spooled`` (its row stays for the next start), or ``delivered`` if
+    the commit ever won the race; the next queue on the spool sends what stayed.
+    """
+    spool = tmp_path / "spool"
+    outcomes: list[Outcome] = []
+    queue = EventQueue(config(spool, spool_durability="sync"), sender=RecordingSender(),
+                       on_outcome=outcomes.append)
+    await queue.track("warm-up", "ev")  # the spool is open: the call below commits
+    with anyio.fail_after(30):
+        await queue.flush()  # nothing for the shutdown to drain
+    call = asyncio.ensure_future(queue.track("c1", "ev"))
+    await asyncio.sleep(0)  # the call is waiting for its commit
+    with anyio.fail_after(30):
+        stats = await queue.aclose()
+        receipt = await call
+    assert receipt.outcome is not None
+    status = receipt.outcome.status
+    assert status in (OutcomeStatus.SPOOLED, OutcomeStatus.DELIVERED)
+    assert stats.pending == 0
+    assert stats.enqueued == settled_sum(stats) == 2
+    assert [o for o in outcomes if o.customer_id == "c1"] == [receipt.outcome]  # once
+    async with FakeTrackAPI() as fake:
+        async with EventQueue(config(spool, base_url=fake.url)) as second:
+            if status is OutcomeStatus.SPOOLED:
+                with anyio.fail_after(30):
+                    await fake.wait_for_operations(1)
+        assert [e["id"] for e in fake.accepted_events()] == (
+            [receipt.event_id] if status is OutcomeStatus.SPOOLED else [])
+        assert second.statistics().delivered == (status is OutcomeStatus.SPOOLED)
+
+
+async def test_a_batch_that_meets_the_shutdown_midway_raises_queue_closed_error(
+        tmp_path: Path) -> None:
+    """The rest of a batch() gets QueueClosedError, never an AssertionError or SpoolError.
+
+    What it accepted before the shutdown began settles as any accepted operation does.
+    """
+    cfg = config(tmp_path / "spool", spool_durability="sync")
+    queue = EventQueue(cfg, sender=RecordingSender())
+    await queue.track("warm-up", "ev")
+    elements = [{"type": "person", "identifiers": {"id": f"c{i}"}, "action": "event",
+                 "name": "ev"} for i in range(5)]
+    call = asyncio.ensure_future(queue.batch(elements))
+    await asyncio.sleep(0)  # its first element is waiting for its commit
+    with anyio.fail_after(30):
+        stats = await queue.aclose()
+        with pytest.raises(QueueClosedError):
+            await call
+    assert stats.pending == 0
+    assert stats.enqueued == settled_sum(stats) >= 2
 
 
 async def test_aclose_keeps_its_bound_with_a_spool_and_a_hung_api(tmp_path: Path) -> None:
