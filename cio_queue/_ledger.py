@@ -246,10 +246,11 @@ class Ledger:
         self._finish(entry, verdict)
 
     def lose(self, receipt: Receipt, verdict: Verdict) -> None:
-        """Settle an accepted operation that holds no place and will never be sent.
+        """Settle an accepted operation that holds no place and this queue will not send.
 
-        One that waited in the spool only, whose row could not be read back: ``receipt``
-        is its entry if its caller still holds it, else a receipt made for the outcome.
+        One that waited in the spool only: whose row could not be read back (``receipt``
+        is its entry if its caller still holds it, else a receipt made for the outcome),
+        or that the shutdown leaves there for the next start.
         """
         if isinstance(receipt, Entry):
             receipt.state = SETTLED

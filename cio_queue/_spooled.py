@@ -29,7 +29,7 @@ from ._exceptions import CLOSED_WHILE_WAITING, QueueClosedError, SpoolError
 from ._ledger import Entry, HeldEntry, Ledger, State, Verdict
 from ._log import log
 from ._operations import Operation
-from ._outcome import Outcome, OutcomeStatus, Receipt
+from ._outcome import OutcomeStatus, Receipt
 from ._spool import SpoolStore
 
 __all__ = ["Spooler"]
@@ -83,6 +83,7 @@ class Spooler:
         self._opened = asyncio.Event()
         self._error: SpoolError | None = None
         self.disk_only = 0  # accepted, on disk only, not loaded back yet
+        self._stranded = False  # the shutdown has settled what waits on disk only
         self._loaded = 0  # the key of the last row loaded back
         self._backlog = asyncio.Event()
         # The entries (receipts) of disk-only operations, while their callers keep them.
@@ -126,10 +127,12 @@ class Spooler:
         Returns False when the spool is full: the caller applies the overflow policy.
 
         The shutdown may begin while this waits: for the store to open (then nothing is
-        written, and QueueClosedError says so), or for a ``"sync"`` commit (then the row
-        stays in the spool for the next start, and the operation settles ``spooled`` at
-        once, through the ledger: admitted now, it could come after the shutdown's last
-        look at the ledger, and never settle).
+        written, and QueueClosedError says so), or for a ``"sync"`` commit. Then the
+        operation is not admitted in memory, where it could come after the shutdown's
+        last look at the ledger and never settle: it waits on disk with the disk-only
+        ones (the drain may still load and send it, else it settles ``spooled`` with
+        them), or, once those are settled, settles ``spooled`` at once through the
+        ledger. Either way a row left behind is sent by the next start.
 
         Raises:
             SpoolError: the spool could not be opened, or (``"sync"``) the commit failed.
@@ -151,8 +154,12 @@ class Spooler:
                 raise
         entry.key = key
         ledger = self._ledger
-        if not self._accepting():  # it closed during the commit: the row stays on disk
-            ledger.refuse(entry, Verdict(OutcomeStatus.SPOOLED, SHUTDOWN_REASON))
+        if not self._accepting():  # the queue began to close during the commit
+            if self._stranded:  # and has settled what waits on disk: this row stays too
+                ledger.refuse(entry, Verdict(OutcomeStatus.SPOOLED, SHUTDOWN_REASON))
+            else:  # it waits on disk with the rest: the drain may load and send it yet
+                ledger.enqueued += 1
+                self._keep_on_disk(key, entry)
             return True
         if not self.disk_only:
             try:
@@ -245,12 +252,16 @@ class Spooler:
 
     def strand_disk_only(self, reason: str) -> int:
         """At the end: the disk-only operations stay in the spool; settle their receipts."""
+        self._stranded = True
         left = self.disk_only
-        for key, receipt in list(self._receipts.items()):
-            del self._receipts[key]
-            receipt._settle(Outcome(OutcomeStatus.SPOOLED, receipt.kind, None,
-                                    receipt.event_id, 0, reason))
-        self._ledger.settled[OutcomeStatus.SPOOLED] += left
+        verdict = Verdict(OutcomeStatus.SPOOLED, reason)
+        held = list(self._receipts.values())
+        self._receipts.clear()
+        for receipt in held:
+            self._ledger.lose(receipt, verdict)  # counted, and reported (on_outcome)
+        # Those whose callers let their receipts go are counted only: what else they
+        # were is on disk alone.
+        self._ledger.settled[OutcomeStatus.SPOOLED] += left - len(held)
         self.disk_only = 0
         return left
 

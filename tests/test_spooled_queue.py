@@ -21,9 +21,12 @@ from cio_queue import (
     QueueConfig,
     QueueFullError,
     Receipt,
+    Request,
+    Response,
     RetryPolicy,
     SpoolError,
     Statistics,
+    _spooled,
 )
 from cio_queue._pipeline import CLOSE_MARGIN
 from cio_queue.testing import FakeTrackAPI, refused_url
@@ -332,6 +335,49 @@ async def test_a_call_whose_sync_commit_outlasts_the_start_of_aclose_still_settl
         assert [e["id"] for e in fake.accepted_events()] == (
             [receipt.event_id] if status is OutcomeStatus.SPOOLED else [])
         assert second.statistics().delivered == (status is OutcomeStatus.SPOOLED)
+
+
+class SlowSender(RecordingSender):
+    """A RecordingSender whose requests take 5 ms, as a nearby API's would."""
+
+    async def send(self, request: Request) -> Response:
+        """Answer 5 ms later than RecordingSender would."""
+        await asyncio.sleep(0.005)
+        return await super().send(request)
+
+
+async def test_a_call_committed_while_the_drain_loads_the_disk_ends_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that ends after aclose() began, with rows still on disk: one outcome.
+
+    Its row is one of those waiting on disk, which the drain may load and send: settled
+    ``spooled`` at once instead, it was loaded by the loader's next read all the same,
+    sent, and settled a second time (two outcomes, the counters off by one).
+    """
+    monkeypatch.setattr(_spooled, "LOAD_CHUNK", 5)  # the loader reads ahead sooner
+    sender = SlowSender()
+    sender.hold.clear()  # memory fills (10), the rest waits on disk
+    outcomes: list[Outcome] = []
+    # One request at a time: the drain lasts while the loader brings the disk back.
+    queue = EventQueue(config(tmp_path / "spool", spool_durability="sync", max_concurrency=1,
+                              shutdown_timeout=30), sender=sender, on_outcome=outcomes.append)
+    with anyio.fail_after(30):
+        await asyncio.gather(*(queue.track(f"c{i:02}", "ev") for i in range(23)))
+    assert queue.statistics().spooled == 13
+    call = asyncio.ensure_future(queue.track("late", "ev"))
+    await asyncio.sleep(0)  # the call is waiting for its commit
+    closing = asyncio.ensure_future(queue.aclose())
+    await asyncio.sleep(0)  # the shutdown has begun
+    with anyio.fail_after(30):
+        receipt = await call
+        sender.hold.set()
+        stats = await closing
+    assert [o for o in outcomes if o.customer_id == "late"] == [receipt.outcome]
+    assert receipt.outcome is not None
+    sent = sum(b'"late"' in request.body for request in sender.requests)
+    assert sent == (receipt.outcome.status is OutcomeStatus.DELIVERED)
+    assert stats.enqueued == settled_sum(stats) == 24
+    assert stats.pending == 0
 
 
 async def test_a_batch_that_meets_the_shutdown_midway_raises_queue_closed_error(
