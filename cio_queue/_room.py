@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 from collections import deque
 
-import anyio
-
 __all__ = ["Room"]
 
 
@@ -49,16 +47,6 @@ class Room:
             self._value -= 1
             return True
         return False
-
-    def acquire_nowait(self) -> None:
-        """Take a place that is free now.
-
-        Raises:
-            anyio.WouldBlock: none is.
-        """
-        if not self._value:
-            raise anyio.WouldBlock
-        self._value -= 1
 
     async def acquire(self) -> None:
         """Take a place, waiting for one in turn; a cancelled wait holds none."""

@@ -21,8 +21,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-import anyio
-
 from ._config import QueueConfig
 from ._dispatch import SHUTDOWN_REASON
 from ._exceptions import CLOSED_WHILE_WAITING, QueueClosedError, SpoolError
@@ -154,22 +152,16 @@ class Spooler:
                 raise
         entry.key = key
         ledger = self._ledger
-        if not self._accepting():  # the queue began to close during the commit
-            if self._stranded:  # and has settled what waits on disk: this row stays too
-                ledger.refuse(entry, Verdict(OutcomeStatus.SPOOLED, SHUTDOWN_REASON))
-            else:  # it waits on disk with the rest: the drain may load and send it yet
-                ledger.enqueued += 1
-                self._keep_on_disk(key, entry)
-            return True
-        if not self.disk_only:
-            try:
-                ledger.room.acquire_nowait()
-            except anyio.WouldBlock:
-                pass  # memory is full: this one waits on disk
-            else:
+        if self._accepting():
+            if not self.disk_only and ledger.room.try_acquire():
                 ledger.admit(entry)
                 self._route(entry)
                 return True
+        elif self._stranded:  # closed during the commit, disk-only ones settled: it stays
+            ledger.refuse(entry, Verdict(OutcomeStatus.SPOOLED, SHUTDOWN_REASON))
+            return True
+        # Memory is full, or the queue began to close during the commit: it waits on disk
+        # with the rest (which the drain may still load and send).
         ledger.enqueued += 1
         self._keep_on_disk(key, entry)
         return True

@@ -33,7 +33,7 @@ def queued(ledger: Ledger, acc: BatchAccumulator[Entry], count: int) -> list[Ent
     for i in range(count):
         entry = _as_entry(ops.track(f"c{i}", "ev", None, None, None).seal(batch=True),
                           asyncio.get_running_loop())
-        ledger.room.acquire_nowait()
+        assert ledger.room.try_acquire()
         ledger.admit(entry)
         acc.append(entry, 0.0)
         entries.append(entry)
@@ -162,7 +162,7 @@ async def test_an_operation_is_its_own_entry_once_and_is_held_by_a_new_one_after
     assert (second.kind, second.event_id, second.state) == ("track", op.event_id, State.QUEUED)
     ledger = Ledger(2, recorder=None, on_settled=lambda receipt, verdict: None)
     for entry in (first, second):
-        ledger.room.acquire_nowait()
+        assert ledger.room.try_acquire()
         ledger.admit(entry)
     ledger.dispatch([first, second])
     ledger.decide(first, DELIVERED)
