@@ -84,6 +84,11 @@ class Spooler:
         self._stranded = False  # the shutdown has settled what waits on disk only
         self._loaded = 0  # the key of the last row loaded back
         self._backlog = asyncio.Event()
+        # The rows of "sync" calls still waiting for their commit: not counted on disk yet
+        # (the call decides where its operation goes once it resumes), though a read
+        # returns them, so the loader stops short of them; and the news of one decided.
+        self._committing: set[int] = set()
+        self._commit_ended = asyncio.Event()
         # The entries (receipts) of disk-only operations, while their callers keep them.
         self._receipts: weakref.WeakValueDictionary[int, SpooledEntry] = (
             weakref.WeakValueDictionary())
@@ -144,12 +149,16 @@ class Spooler:
             return False
         key, committed = store.add(record)
         if committed is not None:
+            self._committing.add(key)
             try:
                 await committed
             except BaseException:  # a failed commit, or a cancelled caller: not enqueued
                 with contextlib.suppress(SpoolError):  # closed meanwhile: keep the first error
                     store.remove(key)
                 raise
+            finally:  # what follows decides without a pause, before the loader runs again
+                self._committing.discard(key)
+                self._commit_ended.set()
         entry.key = key
         ledger = self._ledger
         if self._accepting():
@@ -206,13 +215,29 @@ class Spooler:
                     self._backlog.clear()
                     await self._backlog.wait()
                     continue
-                rows.extend(await store.load(self._loaded, LOAD_CHUNK))
-                if not rows:  # keys ran out before the count: trust the store
-                    self.disk_only = 0
+                read = await store.load(self._loaded, LOAD_CHUNK)
+                rows.extend(self._disk_only_rows(read))
+                if not rows:
+                    if read:  # the next row's call awaits its commit: wait till it decides
+                        self._commit_ended.clear()
+                        await self._commit_ended.wait()
+                    else:  # keys ran out before the count: trust the store
+                        self.disk_only = 0
                     continue
                 self._loaded = rows[-1][0]
             await room.acquire()
             self._bring_back(*rows.popleft())
+
+    def _disk_only_rows(self, read: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """The rows of a read that wait on disk: those before the first still committing.
+
+        Keys grow with time, so the rows cut off are newer than that call: the loader
+        reads them again once it has decided, and takes them in key order all the same.
+        """
+        if not self._committing:
+            return read
+        first = min(self._committing)
+        return [row for row in read if row[0] < first]
 
     def _bring_back(self, key: int, record: bytes) -> None:
         """Admit one disk-only operation in memory; its caller holds a place."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,59 @@ async def test_a_call_committed_while_the_drain_loads_the_disk_ends_once(
     assert sent == (receipt.outcome.status is OutcomeStatus.DELIVERED)
     assert stats.enqueued == settled_sum(stats) == 24
     assert stats.pending == 0
+
+
+async def test_a_row_read_while_its_call_awaits_the_commit_is_sent_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader reads uncommitted rows too: one whose call awaits its commit isn't its own.
+
+    Such a row is not counted on disk yet. Loaded all the same, it was admitted as a copy
+    of the call's operation: once the disk-only rows had run out, the call put the
+    original in memory as well (sent twice); else it counted its row on disk, where its
+    receipt waited for the shutdown to settle it ``spooled`` (two outcomes).
+    """
+    spool = tmp_path / "spool"
+    with refused_url() as down:  # five rows on disk: the backlog of the queue below
+        async with EventQueue(config(spool, base_url=down)) as first:
+            for i in range(5):
+                await first.track(f"c{i}", "ev")
+    assert first.statistics().spooled == 5
+    monkeypatch.setattr(_spooled, "LOAD_CHUNK", 2)
+    sender = RecordingSender()
+    sender.hold.clear()
+    outcomes: list[Outcome] = []
+    queue = EventQueue(config(spool, spool_durability="sync", max_queue_size=2, batch_size=1,
+                              shutdown_timeout=30),
+                       sender=sender, on_outcome=outcomes.append)
+    with anyio.fail_after(30):
+        await queue.start()
+        # The loader reads c0 and c1, admits them (memory is full), and asks at once for
+        # the next two, c2 and c3: they wait for room.
+        await sender.wait_for(2)
+        run = queue._run
+        assert run is not None
+        assert run.spooler is not None
+        store = run.spooler.store
+        assert store is not None
+        # Hold the spool's thread in a job, so that what follows queues up behind it.
+        unblock = threading.Event()
+
+        def hold_the_thread(_file: object) -> None:
+            unblock.wait(30)
+
+        store._thread.submit(hold_the_thread)
+        call = asyncio.ensure_future(queue.track("late", "ev"))
+        await asyncio.sleep(0)  # its row is added; its commit waits behind the job
+        sender.hold.set()  # c0 to c3 are sent; the loader asks for the rows after c3
+        await sender.wait_for(4)
+        unblock.set()  # that read (c4 and the late row) runs first, then the commit
+        receipt = await call
+        stats = await queue.aclose()
+    assert [o for o in outcomes if o.customer_id == "late"] == [receipt.outcome]
+    assert receipt.outcome is not None
+    assert receipt.outcome.status is OutcomeStatus.DELIVERED
+    assert sum(b'"late"' in request.body for request in sender.requests) == 1
+    assert stats.delivered == stats.enqueued == settled_sum(stats) == 6
 
 
 async def test_a_batch_that_meets_the_shutdown_midway_raises_queue_closed_error(
