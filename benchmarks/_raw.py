@@ -11,6 +11,11 @@ Two baselines live here, both without validation, retries, rate limit or bookkee
   ``CONCURRENCY`` workers, the body serialised per request with the stdlib ``json`` or
   with ``orjson``. A non-2xx answer is an error, not a retry.
 
+A third, :func:`pipe_raw`, joins the two: the same producers as cio-queue's runs call
+``RawLoop.track``, and workers send each 100 serialised ops as they come, so it does the
+work a client must do in the timed part (build while sending). It is not what the goals
+compare with; it shows how much of a gap to the raw limit that work alone explains.
+
 Event ids are ULIDs from cio-queue's own generator, so the comparison is about the
 pipeline, not about how ids are made.
 """
@@ -28,7 +33,16 @@ import orjson
 
 from cio_queue._ulid import new_ulid
 
-from ._harness import CONCURRENCY, EVENT_DATA, EVENT_NAME, OPS_PER_REQUEST, Outcome, Probe
+from ._harness import (
+    CONCURRENCY,
+    EVENT_DATA,
+    EVENT_NAME,
+    OPS_PER_REQUEST,
+    Outcome,
+    Probe,
+    customer_id,
+    produce,
+)
 from ._server import ServerHandle
 
 Encoder = Literal["json", "orjson"]
@@ -55,6 +69,29 @@ class RawLoop:
                                       "action": "event", "name": name, "id": event_id,
                                       "attributes": data}))
         return event_id
+
+
+class RawPipeline(RawLoop):
+    """RawLoop's intake, and what its senders need: ``full`` wakes them (see pipe_raw)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = asyncio.Event()
+        self.closing = False
+
+    def close(self) -> None:
+        """No more ops: the senders take what is left, then stop."""
+        self.closing = True
+        self.full.set()
+
+    def take(self) -> tuple[bytes, int] | None:
+        """The next request's body and op count: ``OPS_PER_REQUEST``, fewer only at the end."""
+        ops = self.ops
+        if len(ops) < OPS_PER_REQUEST and not (self.closing and ops):
+            return None
+        chunk = ops[:OPS_PER_REQUEST]
+        del ops[:OPS_PER_REQUEST]
+        return b'{"batch":[%b]}' % b",".join(chunk), len(chunk)
 
 
 def _encoder(kind: Encoder) -> Callable[[list[dict[str, Any]]], bytes]:
@@ -99,6 +136,55 @@ async def send_raw(server: ServerHandle, ops: list[dict[str, Any]], encoder: Enc
         delivered = await _run_workers(worker, iter(chunks), concurrency)
         probe.stop()
     return Outcome(delivered=delivered, requests=len(chunks))
+
+
+async def pipe_raw(server: ServerHandle, ops: int, probe: Probe,
+                   concurrency: int = CONCURRENCY) -> Outcome:
+    """Deliver ``ops`` track events as built: the producers' calls, then 100 per request."""
+    url = f"{server.track_url}/api/v2/batch"
+    headers = {"Authorization": _auth_header(server), "Content-Type": "application/json"}
+    pipeline = RawPipeline()
+    requests = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def post(body: bytes) -> None:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"raw pipeline: HTTP {response.status}")
+
+        async def worker() -> int:
+            nonlocal requests
+            sent = 0
+            while True:
+                taken = pipeline.take()
+                if taken is None:
+                    if pipeline.closing:
+                        return sent
+                    pipeline.full.clear()
+                    await pipeline.full.wait()
+                    continue
+                await post(taken[0])
+                sent += taken[1]
+                requests += 1
+
+        async def enqueue(i: int) -> str:  # cio-queue's runs await track() in one too
+            event_id = await pipeline.track(customer_id(i), EVENT_NAME, EVENT_DATA)
+            if len(pipeline.ops) >= OPS_PER_REQUEST:
+                pipeline.full.set()
+            return event_id
+
+        await asyncio.gather(*(post(orjson.dumps({"batch": [v2_event("warm-up", new_ulid(),
+                                                                       EVENT_DATA)]}))
+                               for _ in range(WARMUP_REQUESTS)))
+        workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+        probe.start()
+        await produce(ops, enqueue, probe.ids)
+        pipeline.close()
+        delivered = sum(await asyncio.gather(*workers))
+        probe.stop()
+    return Outcome(delivered=delivered, requests=requests)
 
 
 async def _run_workers(worker: Callable[[Iterator[list[dict[str, Any]]]], Any],

@@ -35,7 +35,7 @@ from ._harness import (
     harness_cpu_per_op,
     make_run,
 )
-from ._raw import Encoder, send_raw, v2_event
+from ._raw import Encoder, pipe_raw, send_raw, v2_event
 from ._server import ServerHandle, server_process
 from ._sizes import (
     ASYNC_CUSTOMERIO_CONCURRENCY,
@@ -78,6 +78,9 @@ PRODUCERS_NOTE: Final = f"ops from {PRODUCERS} producer tasks"
 
 def raw_label(encoder: Encoder) -> str:
     return f"raw limit, {encoder}"
+
+
+RAW_PIPELINE_LABEL: Final = "raw pipeline, orjson"
 
 
 GATHER_LABEL: Final = "list + gather every 5 s"
@@ -223,6 +226,9 @@ class Suite:
             self.cio(MATRIX, transport, rate_limit, ops, record_latency=True)
         for encoder in RAW_ENCODERS:
             self.raw(MATRIX, encoder, s.throughput_ops)
+        self.measure(MATRIX, RAW_PIPELINE_LABEL, s.throughput_ops,
+                     lambda probe: _run_async(lambda: pipe_raw(self.server, s.throughput_ops,
+                                                               probe)))
         self._repeat_goal_pair(MATRIX)
 
     def _repeat_goal_pair(self, group: str) -> None:

@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
-from benchmarks._harness import GcClock, Outcome, Run
+from benchmarks._harness import OPS_PER_REQUEST, GcClock, Outcome, Run
+from benchmarks._raw import RawPipeline
 from benchmarks._report import BASELINE, HEADLINE, goals
 from benchmarks._server import Ledger as ServerLedger
 from benchmarks._server import _LedgerBook
@@ -35,6 +37,7 @@ def test_benchmark_suite_runs_and_checks_every_delivery(tmp_path: Path) -> None:
     assert "Every run delivered every operation exactly once" in report
     assert "## Goals" in report
     assert "| GC µs/op | gen-1 GCs | full GCs |" in report  # figure 4's GC columns
+    assert "| raw pipeline, orjson |" in report  # figure 2's context row
     assert (tmp_path / "results.json").is_file()
     assert len(list(tmp_path.glob("fig*.png"))) == 10
 
@@ -126,3 +129,22 @@ def test_a_throughput_goal_is_judged_only_where_the_server_did_not_set_the_answe
     (goal,) = [g for g in goals(results) if g.name.startswith("throughput at 0 ms")]
     assert goal.verdict == verdict
     assert ("not judged" in goal.detail) is (verdict == "n/a")
+
+
+@pytest.mark.anyio
+async def test_the_raw_pipeline_sends_full_requests_and_the_rest_only_at_the_end() -> None:
+    """Its senders take 100 serialised ops per body, and fewer only once intake closed."""
+    pipeline = RawPipeline()
+    ids = [await pipeline.track(f"c{i}", "purchase", {"i": i}) for i in range(250)]
+    bodies = []
+    while (taken := pipeline.take()) is not None:
+        bodies.append(taken)
+    assert [count for _, count in bodies] == [OPS_PER_REQUEST, OPS_PER_REQUEST]
+    pipeline.close()
+    while (taken := pipeline.take()) is not None:
+        bodies.append(taken)
+    assert [count for _, count in bodies] == [100, 100, 50]
+    sent = [op for body, _ in bodies for op in orjson.loads(body)["batch"]]
+    assert [op["id"] for op in sent] == ids
+    assert sent[7] == {"type": "person", "identifiers": {"id": "c7"}, "action": "event",
+                       "name": "purchase", "id": ids[7], "attributes": {"i": 7}}
