@@ -199,7 +199,10 @@ class Spooler:
     def _keep_on_disk(self, key: int, entry: SpooledEntry) -> None:
         """Count the row ``key`` as disk-only, to be loaded after those before it."""
         if not self.disk_only:
-            self._loaded = key - 1  # disk-only rows are the keys from this one on
+            # Disk-only rows are the keys from this one on, and from the first row whose
+            # call still awaits its commit (a respool may come first): that call decides
+            # after, and may count its row on disk too, which the loader must not pass.
+            self._loaded = min(key, *self._committing) - 1 if self._committing else key - 1
         self.disk_only += 1
         self._receipts[key] = entry
         self._backlog.set()
@@ -233,6 +236,7 @@ class Spooler:
 
         Keys grow with time, so the rows cut off are newer than that call: the loader
         reads them again once it has decided, and takes them in key order all the same.
+        The loader never passes a committing row: nor does ``_keep_on_disk``.
         """
         if not self._committing:
             return read

@@ -434,6 +434,53 @@ async def test_a_row_read_while_its_call_awaits_the_commit_is_sent_once(
     assert stats.delivered == stats.enqueued == settled_sum(stats) == 6
 
 
+async def test_a_row_respooled_while_a_call_awaits_its_commit_does_not_strand_that_call(
+        tmp_path: Path) -> None:
+    """A respool that starts the disk-only rows must not put them past a committing row.
+
+    The respooled row came first on disk, so the loader's reads began after it; the call,
+    resuming behind it, counted its own (older) row on disk, where the loader never looked:
+    it waited for the next start, and the shutdown's count of the disk-only ones was off.
+    """
+    sender = RecordingSender()
+    sender.hold.clear()
+    outcomes: list[Outcome] = []
+    retry = RetryPolicy(attempts=1, wait_initial=0.01, wait_max=0.05, wait_jitter=0,
+                        timeout=30)
+    queue = EventQueue(config(tmp_path / "spool", spool_durability="sync", batch_size=1,
+                              retry=retry, shutdown_timeout=30),
+                       sender=sender, on_outcome=outcomes.append)
+    with anyio.fail_after(30):
+        first = await queue.track("first", "ev")  # in memory, then in flight, held
+        await sender.wait_for(1)
+        run = queue._run
+        assert run is not None
+        spooler = run.spooler
+        assert spooler is not None
+        store = spooler.store
+        assert store is not None
+        unblock = threading.Event()
+
+        def hold_the_thread(_file: object) -> None:
+            unblock.wait(30)
+
+        store._thread.submit(hold_the_thread)
+        call = asyncio.ensure_future(queue.track("late", "ev"))
+        await asyncio.sleep(0)  # its row is added; its commit waits behind the job
+        sender.script.append(503)  # "first" runs out of its one attempt: respooled
+        sender.hold.set()
+        await spooler._backlog.wait()  # set by the respool, the first row on disk only
+        assert spooler.disk_only == 1
+        unblock.set()  # the commit: the call counts its row on disk, behind "first"
+        late = await call
+        first_outcome = await first.wait()
+        late_outcome = await late.wait()
+        stats = await queue.aclose()
+    assert first_outcome.status is late_outcome.status is OutcomeStatus.DELIVERED
+    assert sorted(str(o.customer_id) for o in outcomes) == ["first", "late"]
+    assert stats.delivered == stats.enqueued == settled_sum(stats) == 2
+
+
 async def test_a_batch_that_meets_the_shutdown_midway_raises_queue_closed_error(
         tmp_path: Path) -> None:
     """The rest of a batch() gets QueueClosedError, never an AssertionError or SpoolError.
