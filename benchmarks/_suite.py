@@ -226,20 +226,24 @@ class Suite:
             self.cio(MATRIX, transport, rate_limit, ops, record_latency=True)
         for encoder in RAW_ENCODERS:
             self.raw(MATRIX, encoder, s.throughput_ops)
-        self.measure(MATRIX, RAW_PIPELINE_LABEL, s.throughput_ops,
-                     lambda probe: _run_async(lambda: pipe_raw(self.server, s.throughput_ops,
-                                                               probe)))
-        self._repeat_goal_pair(MATRIX)
+        self.pipeline(MATRIX, s.throughput_ops)
+        self._repeat_goal_pair(MATRIX, with_pipeline=True)
 
-    def _repeat_goal_pair(self, group: str) -> None:
+    def pipeline(self, group: str, ops: int) -> None:
+        self.measure(group, RAW_PIPELINE_LABEL, ops,
+                     lambda probe: _run_async(lambda: pipe_raw(self.server, ops, probe)))
+
+    def _repeat_goal_pair(self, group: str, *, with_pipeline: bool = False) -> None:
         """Run the goal's pair (batch without a limit, raw orjson) again, interleaved.
 
         The report keeps each one's median run, so one burst of noise on a shared machine
-        does not decide a goal.
+        does not decide a goal. The raw pipeline, the goal's context, may join them.
         """
         for _ in range(self.sizes.throughput_repeats - 1):
             self.cio(group, "batch", None, self.sizes.throughput_ops, record_latency=True)
             self.raw(group, "orjson", self.sizes.throughput_ops)
+            if with_pipeline:
+                self.pipeline(group, self.sizes.throughput_ops)
 
     def sweep(self) -> None:
         """Figure 9: the latencies the matrix did not cover."""
