@@ -156,6 +156,10 @@ class SpoolStore:
         """Record bytes of the live rows, plus ``ROW_OVERHEAD`` per row."""
         return self._live.bytes
 
+    def holds(self, key: int) -> bool:
+        """Tell whether the row ``key`` is live: added (or found at open), not removed."""
+        return key in self._live
+
     def full(self, extra: int) -> bool:
         """Tell whether a record of ``extra`` bytes more would cross ``max_bytes``."""
         limit = self.max_bytes
@@ -286,6 +290,10 @@ class _LiveRows:
         self.count += 1
         self.bytes += size
         return self._base + len(self._sizes) - 1
+
+    def __contains__(self, key: int) -> bool:
+        index = key - self._base
+        return self._head <= index < len(self._sizes) and self._sizes[index] != 0
 
     def remove(self, key: int) -> bool:
         index = key - self._base

@@ -219,29 +219,39 @@ class Spooler:
                     await self._backlog.wait()
                     continue
                 read = await store.load(self._loaded, LOAD_CHUNK)
-                rows.extend(self._disk_only_rows(read))
+                kept, cut = self._disk_only_rows(store, read)
+                rows.extend(kept)
                 if not rows:
-                    if read:  # the next row's call awaits its commit: wait till it decides
+                    if cut:  # the next row's call awaits its commit: wait till it decides
                         self._commit_ended.clear()
                         await self._commit_ended.wait()
-                    else:  # keys ran out before the count: trust the store
+                    elif not read:  # keys ran out before the count: trust the store
                         self.disk_only = 0
-                    continue
+                    continue  # (else every row read was removed meanwhile: read on)
                 self._loaded = rows[-1][0]
             await room.acquire()
             self._bring_back(*rows.popleft())
 
-    def _disk_only_rows(self, read: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        """The rows of a read that wait on disk: those before the first still committing.
+    def _disk_only_rows(self, store: SpoolStore, read: list[tuple[int, bytes]],
+                        ) -> tuple[list[tuple[int, bytes]], bool]:
+        """The rows of a read that wait on disk, and whether a committing row cut them off.
+
+        They are those before the first row whose call still awaits its commit, less
+        those removed while the read was under way (the row of a call cancelled then:
+        it was never counted, and its caller was told it was not enqueued).
 
         Keys grow with time, so the rows cut off are newer than that call: the loader
         reads them again once it has decided, and takes them in key order all the same.
         The loader never passes a committing row: nor does ``_keep_on_disk``.
         """
-        if not self._committing:
-            return read
-        first = min(self._committing)
-        return [row for row in read if row[0] < first]
+        first = min(self._committing, default=None)
+        kept: list[tuple[int, bytes]] = []
+        for row in read:
+            if first is not None and row[0] >= first:
+                return kept, True
+            if store.holds(row[0]):
+                kept.append(row)
+        return kept, False
 
     def _bring_back(self, key: int, record: bytes) -> None:
         """Admit one disk-only operation in memory; its caller holds a place."""

@@ -170,6 +170,9 @@ async def test_removed_rows_are_deleted_from_the_file(tmp_path: Path) -> None:
         await durable
     store.remove(added[1][0])
     store.remove(added[2][0])
+    assert [store.holds(key) for key, _ in added] == [True, False, False, True]
+    assert not store.holds(0)
+    assert not store.holds(5)
     assert store.close_blocking(5.0) == 2
     with contextlib.closing(sqlite3.connect(store.path)) as db:
         assert db.execute("SELECT key, record FROM spool").fetchall() == [

@@ -30,6 +30,8 @@ from cio_queue import (
     _spooled,
 )
 from cio_queue._pipeline import CLOSE_MARGIN
+from cio_queue._spoolfile import SpoolFile
+from cio_queue._spoolthread import SpoolThread
 from cio_queue.testing import FakeTrackAPI, refused_url
 
 from .recording import RecordingSender
@@ -479,6 +481,67 @@ async def test_a_row_respooled_while_a_call_awaits_its_commit_does_not_strand_th
     assert first_outcome.status is late_outcome.status is OutcomeStatus.DELIVERED
     assert sorted(str(o.customer_id) for o in outcomes) == ["first", "late"]
     assert stats.delivered == stats.enqueued == settled_sum(stats) == 2
+
+
+async def test_a_call_cancelled_while_the_loader_reads_its_row_is_never_sent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read may return the row of a call that is cancelled before the loader sees it.
+
+    The call removed its row and was told its operation was not enqueued; the loader,
+    finding the row no longer committing, took it for one waiting on disk and sent it
+    (an outcome for an operation never counted as enqueued).
+    """
+    spool = tmp_path / "spool"
+    with refused_url() as down:  # three rows on disk: the backlog of the queue below
+        async with EventQueue(config(spool, base_url=down)) as first:
+            for i in range(3):
+                await first.track(f"c{i}", "ev")
+    assert first.statistics().spooled == 3
+    monkeypatch.setattr(_spooled, "LOAD_CHUNK", 2)
+    sender = RecordingSender()
+    sender.hold.clear()
+    outcomes: list[Outcome] = []
+    queue = EventQueue(config(spool, spool_durability="sync", max_queue_size=1, batch_size=1,
+                              shutdown_timeout=30),
+                       sender=sender, on_outcome=outcomes.append)
+    with anyio.fail_after(30):
+        await queue.start()
+        await sender.wait_for(1)  # c0 in flight, held; c1 read, waiting for room
+        run = queue._run
+        assert run is not None
+        assert run.spooler is not None
+        store = run.spooler.store
+        assert store is not None
+        thread = store._thread
+        unblock, snapshot, release = threading.Event(), threading.Event(), threading.Event()
+
+        def hold_the_thread(_file: object) -> None:
+            unblock.wait(30)
+
+        def read_then_pause(file: SpoolFile, after: int, limit: int) -> list[tuple[int, bytes]]:
+            rows = SpoolThread.read(thread, file, after, limit)
+            snapshot.set()
+            release.wait(30)
+            return rows
+
+        thread.submit(hold_the_thread)
+        monkeypatch.setattr(thread, "read", read_then_pause)
+        call = asyncio.ensure_future(queue.track("late", "ev"))
+        await asyncio.sleep(0)  # its row is added; its commit waits behind the job
+        sender.hold.set()  # c0 and c1 are sent; the loader asks for the rows after c1
+        await sender.wait_for(2)
+        unblock.set()  # that read (c2 and the late row) runs first, and pauses
+        assert await anyio.to_thread.run_sync(snapshot.wait, 30)
+        call.cancel()  # the call removes its row
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        release.set()
+        await sender.wait_for(3)  # c2
+        stats = await queue.aclose()
+    assert [o.customer_id for o in outcomes] == ["c0", "c1", "c2"]
+    assert not any(b'"late"' in request.body for request in sender.requests)
+    assert stats.delivered == stats.enqueued == settled_sum(stats) == 3
+    assert store.rows == 0
 
 
 async def test_a_batch_that_meets_the_shutdown_midway_raises_queue_closed_error(
