@@ -421,13 +421,25 @@ async def test_a_row_read_while_its_call_awaits_the_commit_is_sent_once(
         def hold_the_thread(_file: object) -> None:
             unblock.wait(30)
 
-        store._thread.submit(hold_the_thread)
+        thread = store._thread
+        reads: list[list[tuple[int, bytes]]] = []
+
+        def recorded_read(file: SpoolFile, after: int, limit: int) -> list[tuple[int, bytes]]:
+            rows = SpoolThread.read(thread, file, after, limit)
+            reads.append(rows)
+            return rows
+
+        thread.submit(hold_the_thread)
+        monkeypatch.setattr(thread, "read", recorded_read)
         call = asyncio.ensure_future(queue.track("late", "ev"))
         await asyncio.sleep(0)  # its row is added; its commit waits behind the job
         sender.hold.set()  # c0 to c3 are sent; the loader asks for the rows after c3
         await sender.wait_for(4)
         unblock.set()  # that read (c4 and the late row) runs first, then the commit
         receipt = await call
+        # The race was met: a read returned c4 and the late row while its call committed
+        # (the read of c2 and c3 may have run after the patch as well).
+        assert [False, True] in [[b'"late"' in record for _, record in rows] for rows in reads]
         stats = await queue.aclose()
     assert [o for o in outcomes if o.customer_id == "late"] == [receipt.outcome]
     assert receipt.outcome is not None
@@ -518,8 +530,11 @@ async def test_a_call_cancelled_while_the_loader_reads_its_row_is_never_sent(
         def hold_the_thread(_file: object) -> None:
             unblock.wait(30)
 
+        paused: list[list[tuple[int, bytes]]] = []
+
         def read_then_pause(file: SpoolFile, after: int, limit: int) -> list[tuple[int, bytes]]:
             rows = SpoolThread.read(thread, file, after, limit)
+            paused.append(rows)
             snapshot.set()
             release.wait(30)
             return rows
@@ -532,6 +547,7 @@ async def test_a_call_cancelled_while_the_loader_reads_its_row_is_never_sent(
         await sender.wait_for(2)
         unblock.set()  # that read (c2 and the late row) runs first, and pauses
         assert await anyio.to_thread.run_sync(snapshot.wait, 30)
+        assert [b'"late"' in record for _, record in paused[0]] == [False, True]
         call.cancel()  # the call removes its row
         with pytest.raises(asyncio.CancelledError):
             await call
