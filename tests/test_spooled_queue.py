@@ -30,6 +30,7 @@ from cio_queue import (
     _spooled,
 )
 from cio_queue._pipeline import CLOSE_MARGIN
+from cio_queue._spool import SpoolStore
 from cio_queue._spoolfile import SpoolFile
 from cio_queue._spoolthread import SpoolThread
 from cio_queue.testing import FakeTrackAPI, refused_url
@@ -383,6 +384,99 @@ async def test_a_call_committed_while_the_drain_loads_the_disk_ends_once(
     assert stats.pending == 0
 
 
+# The three tests below meet races between the spool's loader and a "sync" call. Each holds
+# the spool's thread in a job, so that a call's commit, and the loader's next read, queue
+# up behind it; the thread runs queued jobs (the read) before a due commit.
+
+
+async def leave_on_disk(spool: Path, count: int) -> None:
+    """Leave operations ``c0`` to ``c{count - 1}`` in the spool: the next queue's backlog."""
+    with refused_url() as down:
+        async with EventQueue(config(spool, base_url=down)) as first:
+            for i in range(count):
+                await first.track(f"c{i}", "ev")
+    assert first.statistics().spooled == count
+
+
+def spooler_of(queue: EventQueue) -> tuple[_spooled.Spooler, SpoolStore]:
+    """The running queue's spooler and its open store."""
+    run = queue._run
+    assert run is not None
+    assert run.spooler is not None
+    assert run.spooler.store is not None
+    return run.spooler, run.spooler.store
+
+
+def hold_the_thread(store: SpoolStore) -> threading.Event:
+    """Hold the store's thread in a job until the event returned is set (30 s at most)."""
+    unblock = threading.Event()
+
+    def job(_file: object) -> None:
+        unblock.wait(30)
+
+    store._thread.submit(job)
+    return unblock
+
+
+def sync_queue_over_the_backlog(spool: Path, monkeypatch: pytest.MonkeyPatch,
+                                max_queue_size: int,
+                                ) -> tuple[EventQueue, RecordingSender, list[Outcome]]:
+    """A "sync" queue on ``spool`` whose loader reads two rows at a time; its sender holds."""
+    monkeypatch.setattr(_spooled, "LOAD_CHUNK", 2)
+    sender = RecordingSender()
+    sender.hold.clear()
+    outcomes: list[Outcome] = []
+    queue = EventQueue(config(spool, spool_durability="sync", max_queue_size=max_queue_size,
+                              batch_size=1, shutdown_timeout=30),
+                       sender=sender, on_outcome=outcomes.append)
+    return queue, sender, outcomes
+
+
+def record_reads(store: SpoolStore, monkeypatch: pytest.MonkeyPatch,
+                 release: threading.Event | None = None,
+                 ) -> tuple[list[list[tuple[int, bytes]]], threading.Event]:
+    """Record each read of the store's thread, and set the event returned after the first.
+
+    With ``release``, each read then waits (on the thread) until it is set.
+    """
+    thread = store._thread
+    reads: list[list[tuple[int, bytes]]] = []
+    read_once = threading.Event()
+
+    def read(file: SpoolFile, after: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = SpoolThread.read(thread, file, after, limit)
+        reads.append(rows)
+        read_once.set()
+        if release is not None:
+            release.wait(30)
+        return rows
+
+    monkeypatch.setattr(thread, "read", read)
+    return reads, read_once
+
+
+async def late_call_behind_a_read(queue: EventQueue, sender: RecordingSender,
+                                  store: SpoolStore, sent: int) -> asyncio.Future[Receipt]:
+    """Start ``track("late")`` while the loader's next read queues up beside its commit.
+
+    With the store's thread held, the call adds its row and waits for its commit; the
+    sender answers until ``sent`` requests have come, by when the loader has asked for its
+    next rows; then the thread runs that read first (a job), and the commit after it.
+    """
+    unblock = hold_the_thread(store)
+    call = asyncio.ensure_future(queue.track("late", "ev"))
+    await asyncio.sleep(0)  # its row is added; its commit waits behind the job
+    sender.hold.set()
+    await sender.wait_for(sent)
+    unblock.set()
+    return call
+
+
+def late_flags(rows: list[tuple[int, bytes]]) -> list[bool]:
+    """Which rows of a read are the ``late`` call's."""
+    return [b'"late"' in record for _, record in rows]
+
+
 async def test_a_row_read_while_its_call_awaits_the_commit_is_sent_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The loader reads uncommitted rows too: one whose call awaits its commit isn't its own.
@@ -393,53 +487,22 @@ async def test_a_row_read_while_its_call_awaits_the_commit_is_sent_once(
     receipt waited for the shutdown to settle it ``spooled`` (two outcomes).
     """
     spool = tmp_path / "spool"
-    with refused_url() as down:  # five rows on disk: the backlog of the queue below
-        async with EventQueue(config(spool, base_url=down)) as first:
-            for i in range(5):
-                await first.track(f"c{i}", "ev")
-    assert first.statistics().spooled == 5
-    monkeypatch.setattr(_spooled, "LOAD_CHUNK", 2)
-    sender = RecordingSender()
-    sender.hold.clear()
-    outcomes: list[Outcome] = []
-    queue = EventQueue(config(spool, spool_durability="sync", max_queue_size=2, batch_size=1,
-                              shutdown_timeout=30),
-                       sender=sender, on_outcome=outcomes.append)
+    await leave_on_disk(spool, 5)
+    queue, sender, outcomes = sync_queue_over_the_backlog(spool, monkeypatch, 2)
     with anyio.fail_after(30):
         await queue.start()
         # The loader reads c0 and c1, admits them (memory is full), and asks at once for
         # the next two, c2 and c3: they wait for room.
         await sender.wait_for(2)
-        run = queue._run
-        assert run is not None
-        assert run.spooler is not None
-        store = run.spooler.store
-        assert store is not None
-        # Hold the spool's thread in a job, so that what follows queues up behind it.
-        unblock = threading.Event()
-
-        def hold_the_thread(_file: object) -> None:
-            unblock.wait(30)
-
-        thread = store._thread
-        reads: list[list[tuple[int, bytes]]] = []
-
-        def recorded_read(file: SpoolFile, after: int, limit: int) -> list[tuple[int, bytes]]:
-            rows = SpoolThread.read(thread, file, after, limit)
-            reads.append(rows)
-            return rows
-
-        thread.submit(hold_the_thread)
-        monkeypatch.setattr(thread, "read", recorded_read)
-        call = asyncio.ensure_future(queue.track("late", "ev"))
-        await asyncio.sleep(0)  # its row is added; its commit waits behind the job
-        sender.hold.set()  # c0 to c3 are sent; the loader asks for the rows after c3
-        await sender.wait_for(4)
-        unblock.set()  # that read (c4 and the late row) runs first, then the commit
+        _, store = spooler_of(queue)
+        reads, _ = record_reads(store, monkeypatch)
+        # c0 to c3 are sent; the loader asks for the rows after c3; that read (c4 and the
+        # late row) runs first, then the commit.
+        call = await late_call_behind_a_read(queue, sender, store, sent=4)
         receipt = await call
         # The race was met: a read returned c4 and the late row while its call committed
         # (the read of c2 and c3 may have run after the patch as well).
-        assert [False, True] in [[b'"late"' in record for _, record in rows] for rows in reads]
+        assert [False, True] in [late_flags(rows) for rows in reads]
         stats = await queue.aclose()
     assert [o for o in outcomes if o.customer_id == "late"] == [receipt.outcome]
     assert receipt.outcome is not None
@@ -467,18 +530,8 @@ async def test_a_row_respooled_while_a_call_awaits_its_commit_does_not_strand_th
     with anyio.fail_after(30):
         first = await queue.track("first", "ev")  # in memory, then in flight, held
         await sender.wait_for(1)
-        run = queue._run
-        assert run is not None
-        spooler = run.spooler
-        assert spooler is not None
-        store = spooler.store
-        assert store is not None
-        unblock = threading.Event()
-
-        def hold_the_thread(_file: object) -> None:
-            unblock.wait(30)
-
-        store._thread.submit(hold_the_thread)
+        spooler, store = spooler_of(queue)
+        unblock = hold_the_thread(store)
         call = asyncio.ensure_future(queue.track("late", "ev"))
         await asyncio.sleep(0)  # its row is added; its commit waits behind the job
         sender.script.append(503)  # "first" runs out of its one attempt: respooled
@@ -504,50 +557,19 @@ async def test_a_call_cancelled_while_the_loader_reads_its_row_is_never_sent(
     (an outcome for an operation never counted as enqueued).
     """
     spool = tmp_path / "spool"
-    with refused_url() as down:  # three rows on disk: the backlog of the queue below
-        async with EventQueue(config(spool, base_url=down)) as first:
-            for i in range(3):
-                await first.track(f"c{i}", "ev")
-    assert first.statistics().spooled == 3
-    monkeypatch.setattr(_spooled, "LOAD_CHUNK", 2)
-    sender = RecordingSender()
-    sender.hold.clear()
-    outcomes: list[Outcome] = []
-    queue = EventQueue(config(spool, spool_durability="sync", max_queue_size=1, batch_size=1,
-                              shutdown_timeout=30),
-                       sender=sender, on_outcome=outcomes.append)
+    await leave_on_disk(spool, 3)
+    queue, sender, outcomes = sync_queue_over_the_backlog(spool, monkeypatch, 1)
     with anyio.fail_after(30):
         await queue.start()
         await sender.wait_for(1)  # c0 in flight, held; c1 read, waiting for room
-        run = queue._run
-        assert run is not None
-        assert run.spooler is not None
-        store = run.spooler.store
-        assert store is not None
-        thread = store._thread
-        unblock, snapshot, release = threading.Event(), threading.Event(), threading.Event()
-
-        def hold_the_thread(_file: object) -> None:
-            unblock.wait(30)
-
-        paused: list[list[tuple[int, bytes]]] = []
-
-        def read_then_pause(file: SpoolFile, after: int, limit: int) -> list[tuple[int, bytes]]:
-            rows = SpoolThread.read(thread, file, after, limit)
-            paused.append(rows)
-            snapshot.set()
-            release.wait(30)
-            return rows
-
-        thread.submit(hold_the_thread)
-        monkeypatch.setattr(thread, "read", read_then_pause)
-        call = asyncio.ensure_future(queue.track("late", "ev"))
-        await asyncio.sleep(0)  # its row is added; its commit waits behind the job
-        sender.hold.set()  # c0 and c1 are sent; the loader asks for the rows after c1
-        await sender.wait_for(2)
-        unblock.set()  # that read (c2 and the late row) runs first, and pauses
+        _, store = spooler_of(queue)
+        release = threading.Event()
+        paused, snapshot = record_reads(store, monkeypatch, release)
+        # c0 and c1 are sent; the loader asks for the rows after c1; that read (c2 and the
+        # late row) runs first, and pauses.
+        call = await late_call_behind_a_read(queue, sender, store, sent=2)
         assert await anyio.to_thread.run_sync(snapshot.wait, 30)
-        assert [b'"late"' in record for _, record in paused[0]] == [False, True]
+        assert late_flags(paused[0]) == [False, True]
         call.cancel()  # the call removes its row
         with pytest.raises(asyncio.CancelledError):
             await call
