@@ -202,7 +202,7 @@ class Spooler:
             # Disk-only rows are the keys from this one on, and from the first row whose
             # call still awaits its commit (a respool may come first): that call decides
             # after, and may count its row on disk too, which the loader must not pass.
-            self._loaded = min(key, *self._committing) - 1 if self._committing else key - 1
+            self._loaded = min(key, min(self._committing, default=key)) - 1
         self.disk_only += 1
         self._receipts[key] = entry
         self._backlog.set()
@@ -242,7 +242,8 @@ class Spooler:
 
         Keys grow with time, so the rows cut off are newer than that call: the loader
         reads them again once it has decided, and takes them in key order all the same.
-        The loader never passes a committing row: nor does ``_keep_on_disk``.
+        Neither the loader nor ``_keep_on_disk`` ever moves ``_loaded`` past a committing
+        row.
         """
         first = min(self._committing, default=None)
         kept: list[tuple[int, bytes]] = []
