@@ -105,25 +105,33 @@ def _auth_header(server: ServerHandle) -> str:
     return f"Basic {token}"
 
 
+def _batch_request(server: ServerHandle) -> tuple[str, dict[str, str]]:
+    """The URL and headers of a raw client's ``POST /api/v2/batch``."""
+    return (f"{server.track_url}/api/v2/batch",
+            {"Authorization": _auth_header(server), "Content-Type": "application/json"})
+
+
+async def _post(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                body: bytes, client: str) -> None:
+    """Send one batch body; anything but a 200 is an error (raw clients never retry)."""
+    async with session.post(url, data=body, headers=headers) as response:
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{client}: HTTP {response.status}")
+
+
 async def send_raw(server: ServerHandle, ops: list[dict[str, Any]], encoder: Encoder,
                    probe: Probe, concurrency: int = CONCURRENCY) -> Outcome:
     """Deliver pre-built v2 ops, ``OPS_PER_REQUEST`` per request, ``concurrency`` at a time."""
     encode = _encoder(encoder)
-    url = f"{server.track_url}/api/v2/batch"
-    headers = {"Authorization": _auth_header(server), "Content-Type": "application/json"}
+    url, headers = _batch_request(server)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def post(chunk: list[dict[str, Any]]) -> None:
-            async with session.post(url, data=encode(chunk), headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"raw sender: HTTP {response.status}")
 
         async def worker(chunks: Iterator[list[dict[str, Any]]]) -> int:
             sent = 0
             for chunk in chunks:  # workers share one iterator: each takes the next chunk
-                await post(chunk)
+                await _post(session, url, headers, encode(chunk), "raw sender")
                 sent += len(chunk)
             return sent
 
@@ -141,18 +149,11 @@ async def send_raw(server: ServerHandle, ops: list[dict[str, Any]], encoder: Enc
 async def pipe_raw(server: ServerHandle, ops: int, probe: Probe,
                    concurrency: int = CONCURRENCY) -> Outcome:
     """Deliver ``ops`` track events as built: the producers' calls, then 100 per request."""
-    url = f"{server.track_url}/api/v2/batch"
-    headers = {"Authorization": _auth_header(server), "Content-Type": "application/json"}
+    url, headers = _batch_request(server)
     pipeline = RawPipeline()
     requests = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def post(body: bytes) -> None:
-            async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"raw pipeline: HTTP {response.status}")
 
         async def worker() -> int:
             nonlocal requests
@@ -165,7 +166,7 @@ async def pipe_raw(server: ServerHandle, ops: int, probe: Probe,
                     pipeline.full.clear()
                     await pipeline.full.wait()
                     continue
-                await post(taken[0])
+                await _post(session, url, headers, taken[0], "raw pipeline")
                 sent += taken[1]
                 requests += 1
 
@@ -175,8 +176,10 @@ async def pipe_raw(server: ServerHandle, ops: int, probe: Probe,
                 pipeline.full.set()
             return event_id
 
-        await asyncio.gather(*(post(orjson.dumps({"batch": [v2_event("warm-up", new_ulid(),
-                                                                       EVENT_DATA)]}))
+        warm_up = _encoder("orjson")
+        await asyncio.gather(*(_post(session, url, headers,
+                                     warm_up([v2_event("warm-up", new_ulid(), EVENT_DATA)]),
+                                     "raw pipeline")
                                for _ in range(WARMUP_REQUESTS)))
         workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
         probe.start()
